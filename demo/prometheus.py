@@ -1,0 +1,185 @@
+"""A real Prometheus process on loopback, for the demo, the tests and the benchmarks.
+
+It runs Debian's ``/usr/bin/prometheus`` with a generated config and its own data
+directory, can be backfilled with ``promtool tsdb create-blocks-from openmetrics``
+before it starts, and is stopped (or killed) by its owner.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+PROMETHEUS = "/usr/bin/prometheus"
+PROMTOOL = "/usr/bin/promtool"
+
+
+class ProcessError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def find_binary(name: str, default: str) -> str | None:
+    return shutil.which(name) or (default if Path(default).exists() else None)
+
+
+def scrape_config(
+    jobs: dict[str, list[str]],
+    *,
+    interval: str = "15s",
+    rule_files: list[str] | None = None,
+    alertmanagers: list[str] | None = None,
+) -> str:
+    """Prometheus YAML scraping ``jobs`` (job name → ``host:port`` targets)."""
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": targets}]}
+            for job, targets in jobs.items()
+        ],
+    }
+    if rule_files:
+        config["rule_files"] = rule_files
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]}
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def backfill(openmetrics: Path, data_dir: Path, *, promtool: str = PROMTOOL) -> None:
+    """Write TSDB blocks for the samples in ``openmetrics`` into ``data_dir``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(openmetrics), str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise ProcessError(f"promtool backfill failed: {' | '.join(tail)}")
+
+
+class PrometheusProcess:
+    """One Prometheus server on 127.0.0.1 with its own config file and data directory."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        config: str,
+        *,
+        port: int | None = None,
+        binary: str = PROMETHEUS,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.config = config
+        self.port = port or free_port()
+        self.binary = binary
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.data_dir = self.workdir / "data"
+        self.config_file = self.workdir / "prometheus.yml"
+        self.log_file = self.workdir / "prometheus.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> PrometheusProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self.config)
+        log = self.log_file.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                f"--config.file={self.config_file}",
+                f"--storage.tsdb.path={self.data_dir}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
+                "--storage.tsdb.retention.time=30d",
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+        )
+        log.close()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ProcessError(
+                    f"prometheus exited with {self.proc.returncode}: {self.log_tail()}"
+                )
+            try:
+                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise ProcessError(f"prometheus not ready after {timeout:g}s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            return " | ".join(
+                self.log_file.read_text(errors="replace").strip().splitlines()[-lines:]
+            )
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """Instant query result (vector), for tests and the demo's checks."""
+        r = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
+        r.raise_for_status()
+        return r.json()["data"]["result"]
+
+    def targets_up(self) -> dict[str, bool]:
+        r = httpx.get(f"{self.url}/api/v1/targets", timeout=10)
+        r.raise_for_status()
+        return {t["scrapeUrl"]: t["health"] == "up" for t in r.json()["data"]["activeTargets"]}
+
+    def __enter__(self) -> PrometheusProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

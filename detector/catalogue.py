@@ -1,0 +1,212 @@
+"""The query catalogue: which named PromQL queries the detector watches, and how.
+
+A query returns one series per label set. ``direction`` says which way is bad:
+a success rate only matters when it drops (``down``), latency when it rises
+(``up``); ``both`` watches either way. ``labels`` are the series labels kept on
+the exported gauges (``None`` keeps every label but ``__name__``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from detector.durations import parse_duration
+from detector.errors import ConfigError
+from detector.settings import Settings
+
+_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+Direction = Literal["up", "down", "both"]
+
+
+class Query(BaseModel):
+    """One catalogue entry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    promql: str = Field(min_length=1)
+    direction: Direction = "both"
+    labels: tuple[str, ...] | None = None
+    seasonality: Literal["daily", "weekly"] | None = None
+    lookback: str | None = None
+    step: str | None = None
+    min_scale: float = Field(0.0, ge=0)
+    counter: bool = False
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"name must match [a-zA-Z_][a-zA-Z0-9_]*, got {v!r}")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for label in v or ():
+            if not _LABEL.match(label) or label.startswith("__"):
+                raise ValueError(f"invalid label name {label!r}")
+        return v
+
+    @field_validator("lookback", "step")
+    @classmethod
+    def _check_duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    def lookback_seconds(self, settings: Settings) -> float:
+        return parse_duration(self.lookback or settings.lookback)
+
+    def step_seconds(self, settings: Settings) -> float:
+        return parse_duration(self.step or settings.step)
+
+
+_SLO = ("namespace", "app")
+
+#: The default catalogue: SLOs and business KPIs in the style of the demo workload
+#: (request counters by status code, a latency histogram, shop counters).
+DEFAULT_QUERIES: tuple[Query, ...] = (
+    Query(
+        name="success_rate",
+        promql=(
+            'sum by (namespace, app) (rate(http_requests_total{code!~"5.."}[2m]))'
+            " / sum by (namespace, app) (rate(http_requests_total[2m]))"
+        ),
+        direction="down",
+        labels=_SLO,
+        min_scale=0.0005,
+        description="share of requests answered without a 5xx",
+    ),
+    Query(
+        name="latency_p99",
+        promql=(
+            "histogram_quantile(0.99, sum by (namespace, app, le)"
+            " (rate(http_request_duration_seconds_bucket[2m])))"
+        ),
+        direction="up",
+        labels=_SLO,
+        description="99th percentile request latency, seconds",
+    ),
+    Query(
+        name="error_budget_burn",
+        promql=(
+            'sum by (namespace, app) (rate(http_requests_total{code=~"5.."}[2m]))'
+            " / sum by (namespace, app) (rate(http_requests_total[2m])) / (1 - 0.999)"
+        ),
+        direction="up",
+        labels=_SLO,
+        min_scale=0.5,
+        description="error budget burn rate against a 99.9% SLO (1 = on budget)",
+    ),
+    Query(
+        name="checkouts",
+        promql="sum by (namespace, app) (rate(shop_checkouts_completed_total[2m]))",
+        direction="down",
+        labels=_SLO,
+        seasonality="daily",
+        description="completed checkouts per second (business KPI)",
+    ),
+    Query(
+        name="revenue",
+        promql="sum by (namespace, app) (rate(shop_revenue_euros_total[2m]))",
+        direction="down",
+        labels=_SLO,
+        seasonality="daily",
+        description="revenue, euros per second (business KPI)",
+    ),
+    Query(
+        name="sessions",
+        promql="sum by (namespace, app) (rate(shop_sessions_started_total[2m]))",
+        direction="both",
+        labels=_SLO,
+        seasonality="daily",
+        description="sessions started per second (business KPI)",
+    ),
+)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg'].removeprefix('Value error, ')}"
+
+
+def _parse_entries(entries: list[Any], source: str) -> list[Query]:
+    out: list[Query] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{source}: queries[{i}] must be a mapping with name and promql")
+        try:
+            out.append(Query(**entry))
+        except ValidationError as exc:
+            name = entry.get("name", i)
+            raise ConfigError(f"{source}: query {name!r}: {_first_error(exc)}") from None
+    return out
+
+
+def parse_metrics(spec: str, catalogue: dict[str, Query]) -> list[Query]:
+    """``AIOPS_METRICS``: catalogue names and/or ``name=PromQL`` pairs separated by ``;``."""
+    out: list[Query] = []
+    for raw in spec.split(";"):
+        item = raw.strip()
+        if not item:
+            continue
+        name, eq, promql = item.partition("=")
+        name = name.strip()
+        if eq:
+            if not _NAME.match(name):
+                raise ConfigError(f"AIOPS_METRICS: invalid query name {name!r} in {item!r}")
+            if not promql.strip():
+                raise ConfigError(f"AIOPS_METRICS: query {name!r} has an empty PromQL")
+            base = catalogue.get(name)
+            if base is not None:
+                out.append(base.model_copy(update={"promql": promql.strip()}))
+            else:
+                out.append(Query(name=name, promql=promql.strip()))
+        elif name in catalogue:
+            out.append(catalogue[name])
+        else:
+            known = ", ".join(sorted(catalogue)) or "none"
+            raise ConfigError(f"AIOPS_METRICS: unknown query {name!r} (catalogue has: {known})")
+    if not out:
+        raise ConfigError("AIOPS_METRICS: no query named")
+    return out
+
+
+def resolve_catalogue(settings: Settings) -> list[Query]:
+    """The queries to watch: the YAML catalogue or the default one, narrowed by AIOPS_METRICS."""
+    if settings.queries is not None:
+        if not isinstance(settings.queries, list) or not settings.queries:
+            raise ConfigError("AIOPS_CONFIG: queries: must be a non-empty list")
+        base = _parse_entries(settings.queries, "AIOPS_CONFIG")
+    else:
+        base = list(DEFAULT_QUERIES)
+    catalogue = {}
+    for q in base:
+        if q.name in catalogue:
+            raise ConfigError(f"AIOPS_CONFIG: query {q.name!r} is defined twice")
+        catalogue[q.name] = q
+    queries = parse_metrics(settings.metrics, catalogue) if settings.metrics else base
+    names = [q.name for q in queries]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ConfigError(f"AIOPS_METRICS: query {sorted(dupes)[0]!r} named twice")
+    for q in queries:
+        step, lookback = q.step_seconds(settings), q.lookback_seconds(settings)
+        if lookback < 30 * step:
+            raise ConfigError(
+                f"query {q.name!r}: lookback {lookback:g}s must hold at least 30 steps of {step:g}s"
+            )
+        if lookback / step > 11000:
+            raise ConfigError(
+                f"query {q.name!r}: lookback/step = {lookback / step:.0f} points exceeds"
+                " Prometheus' 11000 points per series; raise the step"
+            )
+    return queries

@@ -1,0 +1,250 @@
+"""One detection cycle over the whole catalogue, and the detector's own state.
+
+The ``Detector`` owns the Prometheus source, the model provider, the metrics
+registry and what it remembers between cycles (onsets of anomalies, last good
+cycle, last error per query). ``run_cycle`` never raises for a Prometheus
+problem: errors are counted, logged and shown by ``health``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from detector.catalogue import Query, resolve_catalogue
+from detector.errors import QueryError
+from detector.exporter import AnomalyCollector, DetectorMetrics
+from detector.pipeline import SeriesResult, Thresholds, detect_batch
+from detector.scoring import BaselineModelProvider, ModelProvider
+from detector.settings import Settings
+from detector.source import PrometheusSource
+
+log = logging.getLogger("aiops.detector")
+
+#: Errors that mean Prometheus itself did not answer.
+_DOWN_KINDS = frozenset({"unreachable", "timeout", "server_error"})
+
+
+@dataclass
+class QueryState:
+    ok: bool = False
+    last_ok: float | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    series: int = 0
+    warming_up: int = 0
+    anomalies: int = 0
+
+
+@dataclass
+class CycleReport:
+    started: float
+    duration: float
+    results: dict[str, list[SeriesResult]] = field(default_factory=dict)
+    errors: dict[str, QueryError] = field(default_factory=dict)
+
+    @property
+    def outcome(self) -> str:
+        if not self.errors:
+            return "ok"
+        return "failed" if not self.results else "partial"
+
+    def all_results(self) -> list[SeriesResult]:
+        return [r for rs in self.results.values() for r in rs]
+
+
+class Detector:
+    """Runs detection cycles and exports their results."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        queries: list[Query] | None = None,
+        source: PrometheusSource | None = None,
+        provider: ModelProvider | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.queries = queries if queries is not None else resolve_catalogue(settings)
+        token = settings.prom_token.get_secret_value() if settings.prom_token else None
+        self.source = source or PrometheusSource(
+            settings.prom_url,
+            token=token,
+            timeout=settings.prom_timeout_seconds,
+            retries=settings.prom_retries,
+        )
+        self.provider = provider or BaselineModelProvider(
+            refit_seconds=settings.model_refit_seconds
+        )
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.collector = AnomalyCollector(self.registry)
+        self.metrics = DetectorMetrics(self.registry)
+        self.thresholds = Thresholds.from_settings(settings)
+        self.state = {q.name: QueryState() for q in self.queries}
+        self.prometheus_up: bool | None = None
+        self.last_success: float | None = None
+        self.last_cycle: float | None = None
+        self.cycles = 0
+        self._onsets: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._lock = threading.Lock()
+
+    # -- start-up ---------------------------------------------------------------------------
+    def check_queries(self) -> dict[str, str | None]:
+        """Validate every query against Prometheus; log each invalid one by name."""
+        out: dict[str, str | None] = {}
+        for q in self.queries:
+            try:
+                self.source.check(q)
+                out[q.name] = None
+            except QueryError as exc:
+                out[q.name] = f"{exc.kind}: {exc.message}"
+                self.metrics.query_errors.labels(q.name, exc.kind).inc()
+                if exc.kind == "bad_query":
+                    log.error("invalid PromQL query=%s error=%s", q.name, exc.message)
+                else:
+                    log.warning(
+                        "cannot check query=%s kind=%s error=%s", q.name, exc.kind, exc.message
+                    )
+        return out
+
+    # -- the cycle --------------------------------------------------------------------------
+    def run_cycle(self, now: float | None = None) -> CycleReport:
+        """Fetch, score, explain and export every query once."""
+        with self._lock:
+            return self._run_cycle(time.time() if now is None else now)
+
+    def _run_cycle(self, now: float) -> CycleReport:
+        t0 = time.perf_counter()
+        report = CycleReport(started=now, duration=0.0)
+        answered = False
+        fetch_s = detect_s = 0.0
+        for q in self.queries:
+            st = self.state[q.name]
+            step = q.step_seconds(self.settings)
+            lookback = q.lookback_seconds(self.settings)
+            t1 = time.perf_counter()
+            try:
+                batch = self.source.fetch(q, end=now, lookback=lookback, step=step)
+            except QueryError as exc:
+                self._query_failed(q, st, exc, now)
+                report.errors[q.name] = exc
+                answered |= exc.kind not in _DOWN_KINDS
+                continue
+            finally:
+                took = time.perf_counter() - t1
+                fetch_s += took
+                self.metrics.query_seconds.labels(q.name).set(took)
+            answered = True
+            for warning in batch.warnings:
+                log.warning("query=%s %s", q.name, warning)
+            t2 = time.perf_counter()
+            results = detect_batch(
+                batch, q, self.settings, self.provider, now=now, thresholds=self.thresholds
+            )
+            detect_s += time.perf_counter() - t2
+            self._track_onsets(q.name, results)
+            self.collector.update(q.name, results)
+            report.results[q.name] = results
+            self._query_ok(q, st, results, now)
+        self.prometheus_up = answered
+        self.metrics.prometheus_up.set(1 if answered else 0)
+        if answered:
+            self.last_success = now
+            self.metrics.last_success.set(now)
+        report.duration = time.perf_counter() - t0
+        self.metrics.cycle_seconds.observe(report.duration)
+        self.metrics.cycles.labels(report.outcome).inc()
+        self.metrics.phase_seconds.labels("fetch").set(fetch_s)
+        self.metrics.phase_seconds.labels("detect").set(detect_s)
+        self.last_cycle = now
+        self.cycles += 1
+        log.info(
+            "cycle outcome=%s seconds=%.3f series=%d anomalies=%d errors=%d",
+            report.outcome,
+            report.duration,
+            sum(len(r) for r in report.results.values()),
+            sum(r.anomalous for r in report.all_results()),
+            len(report.errors),
+        )
+        return report
+
+    def _query_ok(self, q: Query, st: QueryState, results: list[SeriesResult], now: float) -> None:
+        if not st.ok and st.error:
+            log.info("query recovered query=%s", q.name)
+        st.ok, st.last_ok, st.error, st.error_kind = True, now, None, None
+        st.series = sum(r.status == "ok" for r in results)
+        st.warming_up = sum(r.status == "warming_up" for r in results)
+        st.anomalies = sum(r.anomalous for r in results)
+        m = self.metrics
+        m.query_up.labels(q.name).set(1)
+        m.series_scored.labels(q.name).set(st.series)
+        m.series_warming.labels(q.name).set(st.warming_up)
+        m.anomalies.labels(q.name).set(st.anomalies)
+        model = self.provider.current(q.name)
+        if model is not None:
+            m.set_model(q.name, model.version, now - model.fitted_at)
+
+    def _query_failed(self, q: Query, st: QueryState, exc: QueryError, now: float) -> None:
+        st.ok, st.error, st.error_kind = False, exc.message, exc.kind
+        self.metrics.query_errors.labels(q.name, exc.kind).inc()
+        self.metrics.query_up.labels(q.name).set(0)
+        log.error("query failed query=%s kind=%s error=%s", q.name, exc.kind, exc.message)
+        # Keep the last verdicts for a while; past the staleness limit, export nothing
+        # rather than stale anomaly values.
+        if st.last_ok is None or now - st.last_ok > self.settings.stale_after:
+            if q.name in self.collector.queries():
+                log.warning("dropping stale gauges query=%s", q.name)
+            self.collector.drop(q.name)
+            self.metrics.forget_query(q.name)
+            self._onsets = {k: v for k, v in self._onsets.items() if k[0] != q.name}
+
+    def _track_onsets(self, query: str, results: list[SeriesResult]) -> None:
+        seen = set()
+        for r in results:
+            key = (query, tuple(sorted(r.labels.items())))
+            if r.anomalous:
+                seen.add(key)
+                if key not in self._onsets:
+                    self._onsets[key] = r.observed_at
+                    log.warning(
+                        "anomaly started metric=%s labels=%s score=%.3f reasons=%s",
+                        query,
+                        r.labels,
+                        r.score,
+                        ",".join(x.reason for x in r.reasons),
+                    )
+                r.started_at = self._onsets[key]
+        for key in [k for k in self._onsets if k[0] == query and k not in seen]:
+            log.info("anomaly ended metric=%s labels=%s", query, dict(key[1]))
+            del self._onsets[key]
+
+    # -- health -----------------------------------------------------------------------------
+    def health(self, now: float | None = None) -> tuple[bool, dict[str, Any]]:
+        """(healthy, body) for /healthz: unhealthy when the last good cycle is too old."""
+        now = time.time() if now is None else now
+        age = None if self.last_success is None else now - self.last_success
+        healthy = age is not None and age <= self.settings.stale_after
+        body = {
+            "status": "ok" if healthy else ("starting" if self.cycles == 0 else "stale"),
+            "prometheus": {"url": self.settings.prom_url, "up": self.prometheus_up},
+            "last_success_age_seconds": None if age is None else round(age, 3),
+            "stale_after_seconds": self.settings.stale_after,
+            "cycles": self.cycles,
+            "queries": {
+                name: {
+                    "up": st.ok,
+                    "series": st.series,
+                    "warming_up": st.warming_up,
+                    "anomalies": st.anomalies,
+                    "error": None if st.error is None else f"{st.error_kind}: {st.error}",
+                }
+                for name, st in self.state.items()
+            },
+        }
+        return healthy, body

@@ -1,0 +1,220 @@
+"""Z-score explainers: each names one reason why a series is anomalous.
+
+An explainer looks at the feature arrays of all series and times at once and
+returns ``Evidence`` (where it fired, the statistic, the delta, the threshold).
+``reasons_at`` turns the evidence of one series at one time into ``Reason``
+objects, the unit users see on gauges, events and tables.
+
+Reasons and their statistic (the ``zscore`` field of a Reason):
+
+- ``level_shift``: the recent mean left the baseline by ``z_thresh`` baseline sds in
+  every short window (5m and 15m), and the change is a step, not a ramp;
+  statistic = z of the strongest window.
+- ``trend_break``: the slope of the last hour differs from the baseline slope by
+  ``z_thresh`` sds over the hour and a straight line fits the hour (better than a
+  step would); statistic = that slope change in sds.
+- ``volatility_spike``: the dispersion of recent first differences is
+  ``vol_mult`` times the baseline's; statistic = the ratio.
+- ``percent_change``: the recent mean moved by ``pct_thresh`` of the baseline level
+  (and by at least ``PCT_MIN_Z`` sds, so noise alone cannot do it); statistic =
+  the relative change.
+
+``direction`` (``up``/``down``/``both``) is respected by every signed reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from detector.features import Features
+
+REASONS: tuple[str, ...] = ("level_shift", "volatility_spike", "trend_break", "percent_change")
+
+#: percent_change also needs the change to stand this many baseline sds out of the noise.
+PCT_MIN_Z = 2.0
+#: A line must fit the last hour within this many baseline sds to call it a trend.
+TREND_MAX_RESID = 1.5
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a series is anomalous: which reason, in which window, by how much."""
+
+    reason: str
+    window: str
+    zscore: float
+    delta: float
+    threshold: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class Evidence:
+    """Where one explainer fired, with its statistic and delta (arrays like the features)."""
+
+    reason: str
+    fired: np.ndarray
+    window: np.ndarray  # index into Features.windows
+    zscore: np.ndarray
+    delta: np.ndarray
+    threshold: float
+
+
+def signed(a: np.ndarray, direction: str) -> np.ndarray:
+    """The part of ``a`` that counts as bad: up keeps rises, down keeps drops, both keeps either."""
+    if direction == "up":
+        return a
+    if direction == "down":
+        return -a
+    return np.abs(a)
+
+
+def _ge(a: np.ndarray, threshold: float) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(a, nan=-np.inf) >= threshold
+
+
+def _trend_like(f: Features, threshold: float, direction: str) -> np.ndarray:
+    """A line fits the last hour (better than any step) and its slope broke from the baseline."""
+    line = np.nan_to_num(f.resid_ratio, nan=np.inf)
+    with np.errstate(invalid="ignore"):
+        fits = (line <= TREND_MAX_RESID) & (line < np.nan_to_num(f.step_resid_ratio, nan=np.inf))
+    return fits & _ge(signed(f.trend_z, direction), threshold)
+
+
+class LevelShiftExplainer:
+    """The recent level left the baseline as a step in every short window."""
+
+    name = "level_shift"
+
+    def __init__(self, *, threshold: float = 3.0, direction: str = "both") -> None:
+        self.threshold = threshold
+        self.direction = direction
+
+    def evaluate(self, f: Features) -> Evidence:
+        names = f.windows
+        confirm = names[:-1] or names
+        stack = np.stack([f.z[w] for w in names])
+        if self.direction == "both":
+            # one sign for all windows: the sign of the longest confirming window
+            sign = np.sign(np.nan_to_num(f.z[confirm[-1]]))
+            bad = stack * sign
+        else:
+            bad = signed(stack, self.direction)
+        fired = np.ones(stack.shape[1:], dtype=bool)
+        for w in confirm:
+            fired &= _ge(bad[names.index(w)], self.threshold)
+        fired &= ~_trend_like(f, self.threshold, self.direction)
+        best = np.argmax(np.nan_to_num(bad, nan=-np.inf), axis=0)
+        z = np.take_along_axis(stack, best[None], axis=0)[0]
+        delta = np.take_along_axis(np.stack([f.delta[w] for w in names]), best[None], axis=0)[0]
+        return Evidence(self.name, fired & f.ready, best, z, delta, self.threshold)
+
+
+class TrendBreakExplainer:
+    """The last hour follows a line whose slope breaks from the baseline's."""
+
+    name = "trend_break"
+
+    def __init__(self, *, threshold: float = 3.0, direction: str = "both") -> None:
+        self.threshold = threshold
+        self.direction = direction
+
+    def evaluate(self, f: Features) -> Evidence:
+        fired = _trend_like(f, self.threshold, self.direction) & f.ready
+        window = np.full(fired.shape, len(f.windows) - 1)
+        return Evidence(self.name, fired, window, f.trend_z, f.slope_delta, self.threshold)
+
+
+class VolatilityExplainer:
+    """Recent first differences are ``threshold`` times more dispersed than the baseline's."""
+
+    name = "volatility_spike"
+
+    def __init__(self, *, threshold: float = 2.0, window: str = "15m") -> None:
+        self.threshold = threshold
+        self.window = window
+
+    def evaluate(self, f: Features) -> Evidence:
+        fired = _ge(f.vol_ratio, self.threshold) & f.ready
+        idx = f.windows.index(self.window) if self.window in f.windows else 0
+        window = np.full(fired.shape, idx)
+        delta = f.vol_recent - f.vol_baseline
+        return Evidence(self.name, fired, window, f.vol_ratio, delta, self.threshold)
+
+
+class PercentChangeExplainer:
+    """The recent level moved by ``threshold`` of the baseline level (and beyond the noise)."""
+
+    name = "percent_change"
+
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.3,
+        direction: str = "both",
+        window: str = "15m",
+        min_z: float = PCT_MIN_Z,
+    ) -> None:
+        self.threshold = threshold
+        self.direction = direction
+        self.window = window
+        self.min_z = min_z
+
+    def evaluate(self, f: Features) -> Evidence:
+        w = self.window if self.window in f.windows else f.windows[-1]
+        fired = _ge(signed(f.pct_change, self.direction), self.threshold)
+        fired &= _ge(signed(f.z[w], self.direction), self.min_z)
+        if self.direction == "both":
+            fired &= np.sign(f.pct_change) == np.sign(f.z[w])
+        window = np.full(fired.shape, f.windows.index(w))
+        return Evidence(
+            self.name, fired & f.ready, window, f.pct_change, f.delta[w], self.threshold
+        )
+
+
+Explainer = LevelShiftExplainer | TrendBreakExplainer | VolatilityExplainer | PercentChangeExplainer
+
+
+def default_explainers(
+    *, z_thresh: float, vol_mult: float, pct_thresh: float, direction: str
+) -> list[Explainer]:
+    """The four explainers with the configured thresholds, for one query's direction."""
+    return [
+        LevelShiftExplainer(threshold=z_thresh, direction=direction),
+        VolatilityExplainer(threshold=vol_mult),
+        TrendBreakExplainer(threshold=z_thresh, direction=direction),
+        PercentChangeExplainer(threshold=pct_thresh, direction=direction),
+    ]
+
+
+def evaluate(explainers: list[Explainer], f: Features) -> list[Evidence]:
+    return [e.evaluate(f) for e in explainers]
+
+
+def any_fired(evidence: list[Evidence]) -> np.ndarray:
+    out = np.zeros_like(evidence[0].fired)
+    for ev in evidence:
+        out |= ev.fired
+    return out
+
+
+def reasons_at(evidence: list[Evidence], windows: tuple[str, ...], i: int, t: int) -> list[Reason]:
+    """The reasons that fired for series ``i`` at time index ``t``."""
+    out = []
+    for ev in evidence:
+        if ev.fired[i, t]:
+            out.append(
+                Reason(
+                    reason=ev.reason,
+                    window=windows[int(ev.window[i, t])],
+                    zscore=round(float(ev.zscore[i, t]), 4),
+                    delta=float(ev.delta[i, t]),
+                    threshold=ev.threshold,
+                )
+            )
+    return out

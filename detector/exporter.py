@@ -1,0 +1,183 @@
+"""Prometheus metrics of the detector: the anomaly gauges (DESIGN 4.2) and self-monitoring.
+
+The anomaly gauges come from a custom collector that holds one snapshot per
+query and is replaced whole at the end of each cycle: a series that vanished
+from Prometheus, or a reason that ended, is simply not in the new snapshot, so
+its label set disappears from /metrics (never left at a stale value). Series of
+different queries may keep different labels, which a fixed-label Gauge could not
+express.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from detector.pipeline import SeriesResult
+
+CYCLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+
+class AnomalyCollector(Collector):
+    """``aiops_anomaly_*`` gauges from the latest results of every query."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._lock = threading.Lock()
+        self._snapshots: dict[str, list[SeriesResult]] = {}
+        if registry is not None:
+            registry.register(self)
+
+    def update(self, query: str, results: Iterable[SeriesResult]) -> None:
+        """Replace everything exported for ``query`` with ``results``."""
+        snapshot = list(results)
+        with self._lock:
+            self._snapshots[query] = snapshot
+
+    def drop(self, query: str) -> None:
+        """Export nothing more for ``query`` (e.g. its data went stale)."""
+        with self._lock:
+            self._snapshots.pop(query, None)
+
+    def queries(self) -> list[str]:
+        with self._lock:
+            return list(self._snapshots)
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            snapshots = list(self._snapshots.values())
+        current, score, info, zscore, delta = self._families()
+        for results in snapshots:
+            for r in results:
+                labels = {"metric": r.metric, **r.labels}
+                current.add_sample("aiops_anomaly_current", labels, 1.0 if r.anomalous else 0.0)
+                if r.status != "ok":
+                    continue
+                if math.isfinite(r.score):
+                    score.add_sample("aiops_anomaly_score", labels, r.score)
+                if math.isfinite(r.delta):
+                    delta.add_sample("aiops_anomaly_delta", labels, r.delta)
+                for window, z in r.zscores.items():
+                    if math.isfinite(z):
+                        zscore.add_sample("aiops_anomaly_zscore", {**labels, "window": window}, z)
+                for reason in r.reasons:
+                    info.add_sample("aiops_anomaly_info", {**labels, "reason": reason.reason}, 1.0)
+        yield from (current, score, info, zscore, delta)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, ...]:
+        return (
+            GaugeMetricFamily("aiops_anomaly_current", "1 while the series is anomalous, else 0"),
+            GaugeMetricFamily(
+                "aiops_anomaly_score", "IsolationForest anomaly score of the latest point, 0..1"
+            ),
+            GaugeMetricFamily(
+                "aiops_anomaly_info", "1 for each active reason of an anomalous series"
+            ),
+            GaugeMetricFamily(
+                "aiops_anomaly_zscore", "z-score of the recent window against the baseline"
+            ),
+            GaugeMetricFamily("aiops_anomaly_delta", "recent level minus baseline level"),
+        )
+
+
+class DetectorMetrics:
+    """Self-monitoring metrics (``aiops_detector_*``) on an injectable registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.cycle_seconds = Histogram(
+            "aiops_detector_cycle_seconds",
+            "Wall time of one detection cycle",
+            buckets=CYCLE_BUCKETS,
+            registry=registry,
+        )
+        self.cycles = Counter(
+            "aiops_detector_cycles", "Detection cycles by result", ["result"], registry=registry
+        )
+        self.last_success = Gauge(
+            "aiops_detector_last_success_timestamp_seconds",
+            "Unix time of the last cycle in which Prometheus answered",
+            registry=registry,
+        )
+        self.query_errors = Counter(
+            "aiops_detector_query_errors",
+            "Failed queries by catalogue name and kind",
+            ["query", "kind"],
+            registry=registry,
+        )
+        self.query_up = Gauge(
+            "aiops_detector_query_up",
+            "1 if the query succeeded in the last cycle",
+            ["query"],
+            registry=registry,
+        )
+        self.query_seconds = Gauge(
+            "aiops_detector_query_duration_seconds",
+            "Wall time of the last range query",
+            ["query"],
+            registry=registry,
+        )
+        self.series_scored = Gauge(
+            "aiops_detector_series_scored",
+            "Series scored in the last cycle",
+            ["query"],
+            registry=registry,
+        )
+        self.series_warming = Gauge(
+            "aiops_detector_series_warming_up",
+            "Series with too little history to be scored",
+            ["query"],
+            registry=registry,
+        )
+        self.anomalies = Gauge(
+            "aiops_detector_anomalies", "Series anomalous now", ["query"], registry=registry
+        )
+        self.prometheus_up = Gauge(
+            "aiops_detector_prometheus_up",
+            "1 if Prometheus answered in the last cycle",
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "aiops_detector_model_info",
+            "Model version scoring each query (value 1)",
+            ["query", "version"],
+            registry=registry,
+        )
+        self.model_age = Gauge(
+            "aiops_detector_model_age_seconds",
+            "Age of the model scoring each query",
+            ["query"],
+            registry=registry,
+        )
+        self._model_versions: dict[str, str] = {}
+        self.phase_seconds = Gauge(
+            "aiops_detector_phase_seconds",
+            "Wall time of each phase of the last cycle",
+            ["phase"],
+            registry=registry,
+        )
+
+    def set_model(self, query: str, version: str, age: float) -> None:
+        old = self._model_versions.get(query)
+        if old is not None and old != version:
+            self.model_info.remove(query, old)
+        if version:
+            self.model_info.labels(query, version).set(1)
+            self.model_age.labels(query).set(age)
+            self._model_versions[query] = version
+
+    def forget_query(self, query: str) -> None:
+        for gauge in (self.series_scored, self.series_warming, self.anomalies, self.model_age):
+            with contextlib.suppress(KeyError):
+                gauge.remove(query)
+        old = self._model_versions.pop(query, None)
+        if old is not None:
+            self.model_info.remove(query, old)

@@ -1,0 +1,311 @@
+"""THE feature function: recent windows against a trailing baseline, for every series at once.
+
+``compute_features(values, spec)`` is the only place features are computed. The
+live detector takes the last column, training takes the baseline columns and
+backtests take every column, so what is scored live is exactly what was trained
+and evaluated.
+
+For every series ``s`` and time index ``t`` (columns of ``values``) it uses only
+``values[s, :t + 1]``: features are causal, which makes streaming backtests a
+plain slice of one vectorised call.
+
+The baseline of time ``t`` is the ``B`` points that end just before the longest
+recent window (``t - W``): an incident that started inside the recent windows is
+never part of its own baseline. All window statistics come from prefix sums along
+the time axis, so the cost is O(series × points) whatever the window lengths.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Recent windows, shortest first: (label, seconds).
+DEFAULT_WINDOWS: tuple[tuple[str, float], ...] = (("5m", 300.0), ("15m", 900.0), ("1h", 3600.0))
+
+
+def feature_names(windows: tuple[tuple[str, float], ...] = DEFAULT_WINDOWS) -> tuple[str, ...]:
+    """Columns of the matrix the IsolationForest sees, in this order."""
+    return (*(f"z_{name}" for name, _ in windows), "trend_z", "log_vol_ratio", "pct_change")
+
+
+FEATURE_NAMES: tuple[str, ...] = feature_names()
+
+#: |d| of first differences is capped at this many baseline standard deviations
+#: before averaging, so one jump (a level shift) does not read as volatility.
+VOL_CAP_SIGMAS = 4.0
+_HALF_NORMAL_MEAN = math.sqrt(2.0 / math.pi)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How features are computed for one query (grid step, windows, baseline length)."""
+
+    step: float = 60.0
+    windows: tuple[tuple[str, float], ...] = DEFAULT_WINDOWS
+    baseline: float = 5 * 3600.0
+    vol_window: str = "15m"
+    pct_window: str = "15m"
+    min_scale: float = 0.0
+    rel_scale_floor: float = 1e-3
+    min_baseline_points: int = 20
+
+    def points(self, seconds: float) -> int:
+        return max(1, round(seconds / self.step))
+
+    @property
+    def window_points(self) -> dict[str, int]:
+        return {name: self.points(sec) for name, sec in self.windows}
+
+    @property
+    def longest(self) -> int:
+        return max(self.window_points.values())
+
+    @property
+    def baseline_points(self) -> int:
+        return max(self.points(self.baseline), 2)
+
+    @property
+    def warmup_points(self) -> int:
+        """Points of history a series needs before it is scored."""
+        return self.longest + max(self.min_baseline_points, 2)
+
+
+@dataclass
+class Features:
+    """Feature arrays, each of shape (n_series, n_times)."""
+
+    windows: tuple[str, ...]
+    value: np.ndarray
+    mean: dict[str, np.ndarray]
+    z: dict[str, np.ndarray]
+    delta: dict[str, np.ndarray]
+    baseline: np.ndarray
+    scale: np.ndarray
+    slope_delta: np.ndarray  # recent minus baseline slope, value units per longest window
+    trend_z: np.ndarray  # slope_delta / scale
+    resid_ratio: np.ndarray  # residual sd of a line through the longest window / scale
+    step_resid_ratio: np.ndarray  # residual sd of the best two-level step there / scale
+    vol_ratio: np.ndarray  # recent / baseline dispersion of first differences
+    vol_recent: np.ndarray
+    vol_baseline: np.ndarray
+    pct_change: np.ndarray
+    ready: np.ndarray  # bool: enough history and recent data to score
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def matrix(
+        self, direction: str = "both", at: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """Rows for the IsolationForest, columns as ``feature_names``.
+
+        ``at`` = (series indices, time indices) picks rows; without it every
+        (series, time) pair is a row, series-major. Signed features are turned so
+        that "bad" is positive for ``up``/``down``.
+        """
+
+        def pick(a: np.ndarray) -> np.ndarray:
+            return a.reshape(-1) if at is None else a[at]
+
+        sign = -1.0 if direction == "down" else 1.0
+        cols = [sign * pick(self.z[name]) for name in self.windows]
+        cols += [
+            sign * pick(self.trend_z),
+            np.log(np.maximum(pick(self.vol_ratio), 1e-3)),
+            sign * np.clip(pick(self.pct_change), -10, 10),
+        ]
+        return np.clip(np.stack(cols, axis=-1), -1e3, 1e3)
+
+    def take(self, cols: slice | np.ndarray) -> Features:
+        """The same features at some time columns only (e.g. the latest: ``slice(-1, None)``)."""
+
+        def t(a: np.ndarray) -> np.ndarray:
+            return a[:, cols]
+
+        return Features(
+            windows=self.windows,
+            value=t(self.value),
+            mean={k: t(v) for k, v in self.mean.items()},
+            z={k: t(v) for k, v in self.z.items()},
+            delta={k: t(v) for k, v in self.delta.items()},
+            baseline=t(self.baseline),
+            scale=t(self.scale),
+            slope_delta=t(self.slope_delta),
+            trend_z=t(self.trend_z),
+            resid_ratio=t(self.resid_ratio),
+            step_resid_ratio=t(self.step_resid_ratio),
+            vol_ratio=t(self.vol_ratio),
+            vol_recent=t(self.vol_recent),
+            vol_baseline=t(self.vol_baseline),
+            pct_change=t(self.pct_change),
+            ready=t(self.ready),
+            extra={k: t(v) for k, v in self.extra.items()},
+        )
+
+
+def _prefix(a: np.ndarray) -> np.ndarray:
+    out = np.zeros((a.shape[0], a.shape[1] + 1))
+    np.cumsum(a, axis=1, out=out[:, 1:])
+    return out
+
+
+def _lagged(p: np.ndarray, lag: int) -> np.ndarray:
+    """``p[:, t + 1 - lag]`` for every t, 0 where that index is below 0 (``p[:, 0]`` is 0)."""
+    n_times = p.shape[1] - 1
+    out = np.zeros((p.shape[0], n_times))
+    first = max(lag - 1, 0)
+    if first < n_times:
+        out[:, first:] = p[:, first + 1 - lag : n_times + 1 - lag]
+    return out
+
+
+def _window(p: np.ndarray, lag: int, width: int) -> np.ndarray:
+    """For every t: the sum over columns [t + 1 - lag - width, t + 1 - lag), clipped at 0."""
+    return _lagged(p, lag) - _lagged(p, lag + width)
+
+
+def _line_stats(
+    n: np.ndarray, sk: np.ndarray, skk: np.ndarray, sy: np.ndarray, sky: np.ndarray, syy: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares slope, residual sd and sd around the mean from window sums."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sxx = skk - sk * sk / n
+        sxy = sky - sk * sy / n
+        syy_c = np.maximum(syy - sy * sy / n, 0.0)
+        slope = np.where(sxx > 0, sxy / sxx, np.nan)
+        sse = np.maximum(syy_c - np.nan_to_num(slope) * sxy, 0.0)
+        resid = np.sqrt(sse / np.maximum(n - 2, 1))
+        sd = np.sqrt(syy_c / np.maximum(n - 1, 1))
+    return slope, resid, sd
+
+
+def _best_step_resid(
+    pc: np.ndarray,
+    p1: np.ndarray,
+    n: np.ndarray,
+    sy: np.ndarray,
+    syy: np.ndarray,
+    longest: int,
+    wpts: dict[str, int],
+) -> np.ndarray:
+    """Residual sd of the best two-level step through the longest window.
+
+    Splits are tried at sixths of the window and at the shorter windows' edges: a
+    ramp fits a line better than any step, a level shift fits a step better.
+    """
+    splits = {round(longest * f / 6) for f in range(1, 6)} | set(wpts.values())
+    splits = {s for s in splits if 0 < s < longest}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ss = np.maximum(syy - sy * sy / n, 0.0)
+        best = np.full(n.shape, np.inf)
+        for s in sorted(splits):
+            n2, s2 = _window(pc, 0, s), _window(p1, 0, s)
+            n1, s1 = n - n2, sy - s2
+            between = np.where((n1 > 0) & (n2 > 0), (s1 / n1 - s2 / n2) ** 2 * n1 * n2 / n, 0.0)
+            best = np.fmin(best, ss - between)
+        return np.sqrt(np.maximum(best, 0.0) / np.maximum(n - 2, 1))
+
+
+def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
+    """Features of every series at every time index; see the module docstring."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None, :]
+    n_series, n_times = x.shape
+    finite = np.isfinite(x)
+    # Shift each row by its first finite value: sums stay small and exact enough;
+    # every feature is shift-invariant except the levels, which add it back.
+    first = np.argmax(finite, axis=1)
+    offset = np.where(finite.any(axis=1), x[np.arange(n_series), first], 0.0)
+    offset = np.nan_to_num(offset)[:, None]
+    x0 = np.where(finite, x - offset, 0.0)
+    m = finite.astype(np.float64)
+    k = np.arange(n_times, dtype=np.float64)[None, :]
+
+    pc, p1, p2 = _prefix(m), _prefix(x0), _prefix(x0 * x0)
+    pk, pkk, pky = _prefix(m * k), _prefix(m * k * k), _prefix(x0 * k)
+
+    wpts = spec.window_points
+    longest = spec.longest
+    base_w = spec.baseline_points
+
+    def sums(lag: int, width: int) -> tuple[np.ndarray, ...]:
+        return tuple(_window(p, lag, width) for p in (pc, pk, pkk, p1, pky, p2))
+
+    bn, bk, bkk, by, bky, byy = sums(longest, base_w)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b_mean0 = by / bn
+    b_slope, _, b_sd = _line_stats(bn, bk, bkk, by, bky, byy)
+    baseline = b_mean0 + offset
+    floor = np.maximum(spec.rel_scale_floor * np.abs(baseline), max(spec.min_scale, 1e-12))
+    scale = np.fmax(b_sd, floor)
+
+    ready = (bn >= spec.min_baseline_points) & np.isfinite(baseline)
+
+    mean: dict[str, np.ndarray] = {}
+    z: dict[str, np.ndarray] = {}
+    delta: dict[str, np.ndarray] = {}
+    for name, w in wpts.items():
+        cnt = _window(pc, 0, w)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mu = np.where(cnt >= math.ceil(w / 2), _window(p1, 0, w) / cnt, np.nan)
+        mean[name] = mu + offset
+        delta[name] = mu - b_mean0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z[name] = delta[name] / scale
+        ready &= np.isfinite(mu)
+
+    # Trend: slope of the longest recent window against the baseline's slope.
+    rn, rk, rkk, ry, rky, ryy = sums(0, longest)
+    r_slope, r_resid, _ = _line_stats(rn, rk, rkk, ry, rky, ryy)
+    slope_delta = (r_slope - np.nan_to_num(b_slope)) * longest
+    step_resid = _best_step_resid(pc, p1, rn, ry, ryy, longest, wpts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        trend_z = slope_delta / scale
+        resid_ratio = r_resid / scale
+        step_resid_ratio = step_resid / scale
+
+    # Volatility: mean |first difference| in the recent window (each capped at
+    # VOL_CAP_SIGMAS baseline sds) against the baseline's sd of first differences.
+    d = np.full_like(x0, np.nan)
+    d[:, 1:] = np.where(finite[:, 1:] & finite[:, :-1], np.diff(x0, axis=1), np.nan)
+    dm = np.isfinite(d).astype(np.float64)
+    d0 = np.nan_to_num(d)
+    pdc, pd1, pd2 = _prefix(dm), _prefix(d0), _prefix(d0 * d0)
+    dn = _window(pdc, longest, base_w)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d_mean = _window(pd1, longest, base_w) / dn
+        d_var = (_window(pd2, longest, base_w) - dn * d_mean * d_mean) / np.maximum(dn - 1, 1)
+        d_sd = np.fmax(np.sqrt(np.maximum(d_var, 0.0)), floor)
+    capped = np.where(dm > 0, np.minimum(np.abs(d0), VOL_CAP_SIGMAS * np.nan_to_num(d_sd)), 0.0)
+    pcap = _prefix(capped)
+    vw = wpts[spec.vol_window]
+    vn = _window(pdc, 0, vw)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vol_recent = np.where(vn >= max(2, math.ceil(vw / 2)), _window(pcap, 0, vw) / vn, np.nan)
+        vol_recent = vol_recent / _HALF_NORMAL_MEAN
+        vol_ratio = vol_recent / d_sd
+
+    base_abs = np.abs(baseline)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pct = np.where(base_abs > 1e-12, delta[spec.pct_window] / base_abs, np.nan)
+
+    return Features(
+        windows=tuple(wpts),
+        value=np.where(finite, x, np.nan),
+        mean=mean,
+        z=z,
+        delta=delta,
+        baseline=baseline,
+        scale=scale,
+        slope_delta=slope_delta,
+        trend_z=trend_z,
+        resid_ratio=resid_ratio,
+        step_resid_ratio=step_resid_ratio,
+        vol_ratio=vol_ratio,
+        vol_recent=vol_recent,
+        vol_baseline=d_sd,
+        pct_change=pct,
+        ready=ready,
+    )

@@ -1,0 +1,108 @@
+"""The detector service: an APScheduler interval job plus /metrics and /healthz over HTTP.
+
+Cycles never overlap (``max_instances=1``) and missed runs are coalesced into one.
+uvicorn handles SIGTERM/SIGINT: the HTTP server stops, then the scheduler shuts down
+and waits for a running cycle to finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from detector.cycle import Detector
+
+log = logging.getLogger("aiops.service")
+
+
+def make_scheduler(detector: Detector) -> BackgroundScheduler:
+    """A scheduler running ``detector.run_cycle`` now and every interval, never overlapping."""
+    interval = detector.settings.interval_seconds
+    scheduler = BackgroundScheduler(timezone=timezone.utc)
+    scheduler.add_job(
+        _safe_cycle,
+        "interval",
+        args=[detector],
+        seconds=interval,
+        id="detect",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=max(int(interval), 1),
+        next_run_time=datetime.now(timezone.utc),
+    )
+    return scheduler
+
+
+def _safe_cycle(detector: Detector) -> None:
+    try:
+        detector.run_cycle()
+    except Exception:  # a bug must not kill the scheduler thread; it is logged and counted
+        log.exception("detection cycle crashed")
+        detector.metrics.cycles.labels("crashed").inc()
+
+
+def create_app(detector: Detector, *, schedule: bool = True) -> FastAPI:
+    """The HTTP app; with ``schedule`` its lifespan runs the detection scheduler."""
+    for collector_cls in (ProcessCollector, PlatformCollector, GCCollector):
+        with contextlib.suppress(ValueError):  # already registered on this registry
+            collector_cls(registry=detector.registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler = make_scheduler(detector) if schedule else None
+        if scheduler is not None:
+            detector.check_queries()
+            scheduler.start()
+            log.info(
+                "detector started prometheus=%s queries=%d interval=%ss",
+                detector.settings.prom_url,
+                len(detector.queries),
+                detector.settings.interval_seconds,
+            )
+        try:
+            yield
+        finally:
+            if scheduler is not None:
+                scheduler.shutdown(wait=True)
+                log.info("detector stopped")
+
+    app = FastAPI(title="aiops detector", lifespan=lifespan)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(detector.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        healthy, body = detector.health()
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    @app.get("/livez")
+    def livez() -> dict[str, str]:
+        return {"status": "alive"}
+
+    return app
+
+
+def serve(detector: Detector, *, host: str, port: int) -> None:
+    """Run the service until SIGTERM/SIGINT."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        create_app(detector), host=host, port=port, log_level="warning", access_log=False
+    )
+    uvicorn.Server(config).run()

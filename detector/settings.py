@@ -1,0 +1,193 @@
+"""The service's settings: one pydantic-settings class, read from the environment.
+
+Every public variable of DESIGN 4.1 maps to one field (the field's alias is the
+variable name). ``AIOPS_CONFIG`` may point at a YAML file whose top-level keys hold
+the same settings (either the variable name or the field name) plus the
+``queries:`` catalogue; the environment wins over the file, and explicit
+overrides (command-line options) win over both.
+
+No other module reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from detector.durations import parse_duration
+from detector.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """All settings of the detector (and, later, of the other services)."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, populate_by_name=True)
+
+    prom_url: str = Field(
+        "http://localhost:9090", validation_alias=AliasChoices("PROM_URL", "prom_url")
+    )
+    prom_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("PROM_TOKEN", "prom_token")
+    )
+    prom_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=AliasChoices("AIOPS_PROM_TIMEOUT_SECONDS", "prom_timeout_seconds"),
+    )
+    prom_retries: int = Field(
+        2, ge=0, le=10, validation_alias=AliasChoices("AIOPS_PROM_RETRIES", "prom_retries")
+    )
+    metrics: str | None = Field(None, validation_alias=AliasChoices("AIOPS_METRICS", "metrics"))
+    config: Path | None = Field(None, validation_alias=AliasChoices("AIOPS_CONFIG", "config"))
+    interval_seconds: float = Field(
+        60.0, gt=0, validation_alias=AliasChoices("AIOPS_INTERVAL_SECONDS", "interval_seconds")
+    )
+    z_thresh: float = Field(3.0, gt=0, validation_alias=AliasChoices("AIOPS_Z_THRESH", "z_thresh"))
+    vol_mult: float = Field(2.0, gt=1, validation_alias=AliasChoices("AIOPS_VOL_MULT", "vol_mult"))
+    pct_thresh: float = Field(
+        0.3, gt=0, validation_alias=AliasChoices("AIOPS_PCT_THRESH", "pct_thresh")
+    )
+    score_thresh: float = Field(
+        0.5, ge=0, le=1, validation_alias=AliasChoices("AIOPS_SCORE_THRESH", "score_thresh")
+    )
+    lookback: str = Field("6h", validation_alias=AliasChoices("AIOPS_LOOKBACK", "lookback"))
+    step: str = Field("60s", validation_alias=AliasChoices("AIOPS_STEP", "step"))
+    model_refit_seconds: float = Field(
+        3600.0,
+        ge=0,
+        validation_alias=AliasChoices("AIOPS_MODEL_REFIT_SECONDS", "model_refit_seconds"),
+    )
+    stale_after_seconds: float | None = Field(
+        None,
+        gt=0,
+        validation_alias=AliasChoices("AIOPS_STALE_AFTER_SECONDS", "stale_after_seconds"),
+    )
+    http_host: str = Field("0.0.0.0", validation_alias=AliasChoices("AIOPS_HTTP_HOST", "http_host"))
+    http_port: int = Field(
+        9109, ge=0, le=65535, validation_alias=AliasChoices("AIOPS_HTTP_PORT", "http_port")
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=AliasChoices("AIOPS_LOG_LEVEL", "log_level")
+    )
+    database_url: str = Field(
+        "sqlite:///./var/aiops.db",
+        validation_alias=AliasChoices("AIOPS_DATABASE_URL", "database_url"),
+    )
+    queries: list[dict[str, Any]] | None = Field(None, validation_alias=AliasChoices("queries"))
+
+    @field_validator("prom_url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")) or len(v) < 10:
+            raise ValueError(f"must be an http(s) URL, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("lookback", "step")
+    @classmethod
+    def _check_duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @property
+    def lookback_seconds(self) -> float:
+        return parse_duration(self.lookback)
+
+    @property
+    def step_seconds(self) -> float:
+        return parse_duration(self.step)
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds after which /healthz calls the last good cycle too old."""
+        return self.stale_after_seconds or max(3 * self.interval_seconds, 60.0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls, init_settings))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Settings from the YAML file named by AIOPS_CONFIG (or the ``config`` override)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._init = init
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = self._init().get("config") or os.environ.get("AIOPS_CONFIG")
+        if not path:
+            return {}
+        return read_yaml_config(Path(path))
+
+
+def read_yaml_config(path: Path) -> dict[str, Any]:
+    """Top-level mapping of a YAML config file, keys normalised to field names."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"AIOPS_CONFIG: file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"AIOPS_CONFIG: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where else ""
+        raise ConfigError(f"AIOPS_CONFIG: {path}{line}: invalid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"AIOPS_CONFIG: {path}: top level must be a mapping of settings")
+    fields = {}
+    for name, info in Settings.model_fields.items():
+        aliases = info.validation_alias.choices if info.validation_alias else [name]
+        for alias in aliases:
+            fields[str(alias).lower()] = name
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = fields.get(str(key).lower())
+        if name is None:
+            raise ConfigError(f"AIOPS_CONFIG: {path}: unknown setting {key!r}")
+        out[name] = value
+    return out
+
+
+def _alias_of(field_name: str) -> str:
+    info = Settings.model_fields.get(field_name)
+    if info is None or info.validation_alias is None:
+        return field_name
+    return str(info.validation_alias.choices[0])
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings; raise ConfigError naming the first bad variable, on one line."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        name = _alias_of(field)
+        got = err.get("input")
+        msg = err["msg"].removeprefix("Value error, ")
+        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        raise ConfigError(f"{name}: {msg}{shown}") from None

@@ -1,0 +1,191 @@
+"""Reading series from Prometheus onto a regular time grid.
+
+One range query per catalogue entry returns every label set; the samples of all
+series are placed on one grid (``start + k * step``) as a 2-D array
+``values[series, time]`` with NaN for gaps, so that everything downstream works
+on all series of a query at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
+
+from detector.catalogue import Query
+from detector.errors import QueryError
+
+log = logging.getLogger(__name__)
+
+#: Labels that collide with the exporter's own labels are renamed like Prometheus does.
+RESERVED_LABELS = frozenset({"metric", "reason", "window", "version"})
+
+
+@dataclass
+class SeriesBatch:
+    """All series of one query on one regular time grid."""
+
+    query: str
+    start: float
+    step: float
+    labels: list[dict[str, str]]
+    values: np.ndarray  # shape (n_series, n_points), float64, NaN = no sample
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        return self.start + self.step * np.arange(self.values.shape[1])
+
+    @property
+    def end(self) -> float:
+        return self.start + self.step * (self.values.shape[1] - 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def align_end(now: float, step: float) -> float:
+    """The last grid point at or before ``now`` (grids are multiples of the step)."""
+    return math.floor(now / step) * step
+
+
+def keep_labels(metric: dict[str, str], keep: tuple[str, ...] | None) -> dict[str, str]:
+    """Labels exported for a series: the kept ones, reserved names prefixed ``exported_``."""
+    items = metric.items() if keep is None else ((k, metric.get(k, "")) for k in keep)
+    out = {}
+    for k, v in items:
+        if k == "__name__":
+            continue
+        out[f"exported_{k}" if k in RESERVED_LABELS else k] = v
+    return out
+
+
+def counter_to_rate(values: np.ndarray, step: float) -> np.ndarray:
+    """Per-second increase of raw counters; a drop is a reset (the new value is the increase)."""
+    diff = np.diff(values, axis=1)
+    reset = diff < 0
+    diff[reset] = values[:, 1:][reset]
+    out = np.full_like(values, np.nan)
+    out[:, 1:] = diff / step
+    return out
+
+
+def to_batch(
+    query: Query, result: list[dict[str, Any]], start: float, step: float, n_points: int
+) -> SeriesBatch:
+    """Place a Prometheus matrix result on the grid, one row per kept label set."""
+    index: dict[tuple[tuple[str, str], ...], int] = {}
+    labels: list[dict[str, str]] = []
+    rows: list[tuple[int, np.ndarray]] = []
+    warnings: list[str] = []
+    for item in result:
+        kept = keep_labels(item.get("metric", {}), query.labels)
+        key = tuple(sorted(kept.items()))
+        if key in index:
+            warnings.append(
+                f"several series share the kept labels {dict(key)}; the first is used"
+                " (aggregate them with sum by (...))"
+            )
+            continue
+        samples = item.get("values") or []
+        if not samples:
+            continue
+        arr = np.asarray(samples, dtype=np.float64).reshape(-1, 2)
+        index[key] = len(labels)
+        labels.append(kept)
+        rows.append((index[key], arr))
+    values = np.full((len(labels), n_points), np.nan)
+    for row, arr in rows:
+        pos = np.rint((arr[:, 0] - start) / step).astype(np.int64)
+        ok = (pos >= 0) & (pos < n_points)
+        values[row, pos[ok]] = arr[ok, 1]
+    values[~np.isfinite(values)] = np.nan
+    if query.counter and len(labels):
+        values = counter_to_rate(values, step)
+    return SeriesBatch(query.name, start, step, labels, values, warnings)
+
+
+class PrometheusSource:
+    """Range queries through prometheus-api-client, with token, timeout and retries."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 2,
+        backoff: float = 0.5,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        retry = Retry(
+            total=retries,
+            connect=retries,
+            read=retries,
+            status=retries,
+            backoff_factor=backoff,
+            status_forcelist=(429, 502, 503, 504),
+            allowed_methods=frozenset({"GET", "POST"}),
+            raise_on_status=False,
+        )
+        self.url = url
+        self.timeout = timeout
+        self._prom = PrometheusConnect(
+            url=url, headers=headers, disable_ssl=False, retry=retry, timeout=timeout
+        )
+
+    def _call(self, query_name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PrometheusApiClientException as exc:
+            text = str(exc)
+            kind = "bad_query" if "Status Code 4" in text else "server_error"
+            raise QueryError(query_name, kind, _short(text)) from None
+        except requests.exceptions.Timeout:
+            raise QueryError(query_name, "timeout", f"no answer within {self.timeout:g}s") from None
+        except requests.exceptions.RetryError as exc:
+            raise QueryError(query_name, "server_error", _short(str(exc))) from None
+        except requests.exceptions.ConnectionError:
+            raise QueryError(query_name, "unreachable", f"cannot connect to {self.url}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise QueryError(query_name, "bad_response", _short(str(exc))) from None
+
+    def fetch(self, query: Query, *, end: float, lookback: float, step: float) -> SeriesBatch:
+        """Every series of ``query`` on the grid ``(end - lookback) .. end`` by ``step``."""
+        end = align_end(end, step)
+        n_points = round(lookback / step) + 1
+        start = end - step * (n_points - 1)
+        result = self._call(
+            query.name,
+            self._prom.custom_query_range,
+            query.promql,
+            start_time=datetime.fromtimestamp(start, tz=timezone.utc),
+            end_time=datetime.fromtimestamp(end, tz=timezone.utc),
+            step=_step_param(step),
+        )
+        if not isinstance(result, list):
+            raise QueryError(query.name, "bad_response", "expected a matrix result")
+        try:
+            return to_batch(query, result, start, step, n_points)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise QueryError(query.name, "bad_response", _short(str(exc))) from None
+
+    def check(self, query: Query) -> None:
+        """Validate ``query`` with an instant query; QueryError ``bad_query`` if invalid."""
+        self._call(query.name, self._prom.custom_query, query.promql)
+
+
+def _step_param(step: float) -> str:
+    return f"{int(step)}s" if float(step).is_integer() else f"{step:g}s"
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,162 @@
+"""Settings and the query catalogue: defaults, overrides, and one clear line per bad value."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from detector.catalogue import DEFAULT_QUERIES, resolve_catalogue
+from detector.errors import ConfigError
+from detector.settings import load_settings
+
+ENV_KEYS = [k for k in os.environ if k.startswith(("AIOPS_", "PROM_", "RUNBOOK"))]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for k in ENV_KEYS:
+        monkeypatch.delenv(k, raising=False)
+
+
+def test_defaults_match_the_design():
+    s = load_settings()
+    assert s.prom_url == "http://localhost:9090"
+    assert s.interval_seconds == 60
+    assert (s.z_thresh, s.vol_mult, s.pct_thresh) == (3.0, 2.0, 0.3)
+    assert s.database_url == "sqlite:///./var/aiops.db"
+    assert [q.name for q in resolve_catalogue(s)] == [q.name for q in DEFAULT_QUERIES]
+
+
+def test_environment_is_read(monkeypatch):
+    monkeypatch.setenv("PROM_URL", "http://prom:9090/")
+    monkeypatch.setenv("AIOPS_Z_THRESH", "4.5")
+    monkeypatch.setenv("PROM_TOKEN", "s3cret")
+    s = load_settings()
+    assert s.prom_url == "http://prom:9090"
+    assert s.z_thresh == 4.5
+    assert s.prom_token.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("AIOPS_Z_THRESH", "abc", "AIOPS_Z_THRESH: Input should be a valid number"),
+        ("AIOPS_Z_THRESH", "-1", "AIOPS_Z_THRESH: Input should be greater than 0"),
+        ("AIOPS_VOL_MULT", "0.5", "AIOPS_VOL_MULT: Input should be greater than 1"),
+        ("AIOPS_INTERVAL_SECONDS", "0", "AIOPS_INTERVAL_SECONDS: Input should be greater than 0"),
+        ("PROM_URL", "localhost:9090", "PROM_URL: must be an http(s) URL"),
+        ("AIOPS_LOOKBACK", "6 hours", "AIOPS_LOOKBACK: not a duration"),
+        ("AIOPS_LOG_LEVEL", "chatty", "AIOPS_LOG_LEVEL: Input should be"),
+    ],
+)
+def test_bad_value_names_the_variable(monkeypatch, var, value, expected):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value).startswith(expected)
+    assert "\n" not in str(info.value)
+
+
+def test_metrics_selects_and_defines_queries(monkeypatch):
+    monkeypatch.setenv(
+        "AIOPS_METRICS", 'latency_p99; cpu=sum by (pod) (rate(cpu_seconds_total{job="x"}[5m]))'
+    )
+    qs = resolve_catalogue(load_settings())
+    assert [q.name for q in qs] == ["latency_p99", "cpu"]
+    assert qs[0].direction == "up"
+    assert qs[1].promql == 'sum by (pod) (rate(cpu_seconds_total{job="x"}[5m]))'
+    assert qs[1].direction == "both"
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("nope", "AIOPS_METRICS: unknown query 'nope'"),
+        ("9x=up", "AIOPS_METRICS: invalid query name '9x'"),
+        ("x=", "AIOPS_METRICS: query 'x' has an empty PromQL"),
+        ("latency_p99;latency_p99", "AIOPS_METRICS: query 'latency_p99' named twice"),
+    ],
+)
+def test_bad_metrics(monkeypatch, spec, expected):
+    monkeypatch.setenv("AIOPS_METRICS", spec)
+    with pytest.raises(ConfigError) as info:
+        resolve_catalogue(load_settings())
+    assert str(info.value).startswith(expected)
+
+
+def test_yaml_config_holds_catalogue_and_settings(tmp_path, monkeypatch):
+    cfg = tmp_path / "aiops.yaml"
+    cfg.write_text(
+        """
+AIOPS_Z_THRESH: 3.5
+interval_seconds: 30
+queries:
+  - name: api_success
+    promql: sum(rate(ok_total[5m])) / sum(rate(all_total[5m]))
+    direction: down
+    labels: [namespace]
+    lookback: 3h
+    step: 30s
+"""
+    )
+    monkeypatch.setenv("AIOPS_CONFIG", str(cfg))
+    s = load_settings()
+    assert s.z_thresh == 3.5 and s.interval_seconds == 30
+    (q,) = resolve_catalogue(s)
+    assert (q.name, q.direction, q.labels) == ("api_success", "down", ("namespace",))
+    assert q.lookback_seconds(s) == 3 * 3600 and q.step_seconds(s) == 30
+    monkeypatch.setenv("AIOPS_Z_THRESH", "5")  # the environment wins over the file
+    assert load_settings().z_thresh == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("queries: [{name: x}]", "AIOPS_CONFIG: query 'x': promql: Field required"),
+        (
+            "queries: [{name: x, promql: up, direction: sideways}]",
+            "AIOPS_CONFIG: query 'x': direction",
+        ),
+        ("queries: [{name: x, promql: up, colour: red}]", "AIOPS_CONFIG: query 'x': colour"),
+        ("queries: [{name: x, promql: up, step: 1h, lookback: 2h}]", "query 'x': lookback 7200s"),
+        ("bogus_key: 1", "AIOPS_CONFIG: "),
+        ("queries: [", "AIOPS_CONFIG: "),
+    ],
+)
+def test_bad_yaml(tmp_path, monkeypatch, text, expected):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    monkeypatch.setenv("AIOPS_CONFIG", str(cfg))
+    with pytest.raises(ConfigError) as info:
+        resolve_catalogue(load_settings())
+    assert str(info.value).startswith(expected), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("AIOPS_CONFIG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="AIOPS_CONFIG: file not found"):
+        load_settings()
+
+
+def test_cli_bad_config_is_one_line_without_traceback(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
+    env["AIOPS_Z_THRESH"] = "banana"
+    proc = subprocess.run(
+        [sys.executable, "-m", "detector", "detect", "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        "aiops: config error: AIOPS_Z_THRESH: Input should be a valid number, unable"
+        " to parse string as a number (got 'banana')"
+    ]
+    assert "Traceback" not in proc.stderr
