@@ -8,7 +8,6 @@ service, which Prometheus scrapes in turn. Ctrl-C stops everything.
 from __future__ import annotations
 
 import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -50,7 +49,7 @@ def up(
     from detector.cli import fail, load
     from detector.cycle import Detector
     from detector.logs import setup_logging
-    from detector.service import create_app
+    from detector.service import create_app, make_server
 
     prometheus = find_binary("prometheus", PROMETHEUS)
     promtool = find_binary("promtool", PROMTOOL)
@@ -99,14 +98,8 @@ def up(
     prom = PrometheusProcess(workdir, config, port=prom_port, binary=prometheus)
     prom.start()
 
-    import uvicorn
-
     detector = Detector(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(detector), host="127.0.0.1", port=detector_port, log_level="warning"
-        )
-    )
+    server = make_server(create_app(detector), host="127.0.0.1", port=detector_port)
     wl = wl_server.url
     typer.echo(
         f"""
@@ -129,5 +122,4 @@ End it early:  curl -X DELETE '{wl}/fault?app=checkout'
     finally:
         prom.stop()
         wl_server.stop()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
         typer.echo("stopped: prometheus, demo workload, detector")

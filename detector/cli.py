@@ -73,7 +73,7 @@ def detect(
     settings = load(
         prom_url=prom_url, config=config, metrics=metrics, http_host=host, http_port=port
     )
-    setup_logging("WARNING" if once else settings.log_level)
+    setup_logging("ERROR" if once else settings.log_level)
     try:
         detector = Detector(settings)
     except ConfigError as exc:

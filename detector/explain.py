@@ -15,9 +15,10 @@ Reasons and their statistic (the ``zscore`` field of a Reason):
   step would); statistic = that slope change in sds.
 - ``volatility_spike``: the dispersion of recent first differences is
   ``vol_mult`` times the baseline's; statistic = the ratio.
-- ``percent_change``: the recent mean moved by ``pct_thresh`` of the baseline level
-  (and by at least ``PCT_MIN_Z`` sds, so noise alone cannot do it); statistic =
-  the relative change.
+- ``percent_change``: the recent mean moved by ``pct_thresh`` of the baseline level,
+  and the move is significant (``PCT_MIN_Z`` standard errors of that window's mean,
+  so noise alone cannot do it, while a noisy business KPI that clearly halved
+  still counts); statistic = the relative change.
 
 ``direction`` (``up``/``down``/``both``) is respected by every signed reason.
 """
@@ -32,8 +33,8 @@ from detector.features import Features
 
 REASONS: tuple[str, ...] = ("level_shift", "volatility_spike", "trend_break", "percent_change")
 
-#: percent_change also needs the change to stand this many baseline sds out of the noise.
-PCT_MIN_Z = 2.0
+#: percent_change also needs the change to be this many standard errors of the window mean.
+PCT_MIN_Z = 4.0
 #: A line must fit the last hour within this many baseline sds to call it a trend.
 TREND_MAX_RESID = 1.5
 
@@ -168,9 +169,9 @@ class PercentChangeExplainer:
     def evaluate(self, f: Features) -> Evidence:
         w = self.window if self.window in f.windows else f.windows[-1]
         fired = _ge(signed(f.pct_change, self.direction), self.threshold)
-        fired &= _ge(signed(f.z[w], self.direction), self.min_z)
+        fired &= _ge(signed(f.zse[w], self.direction), self.min_z)
         if self.direction == "both":
-            fired &= np.sign(f.pct_change) == np.sign(f.z[w])
+            fired &= np.sign(f.pct_change) == np.sign(f.zse[w])
         window = np.full(fired.shape, f.windows.index(w))
         return Evidence(
             self.name, fired & f.ready, window, f.pct_change, f.delta[w], self.threshold

@@ -51,6 +51,7 @@ class FeatureSpec:
     min_scale: float = 0.0
     rel_scale_floor: float = 1e-3
     min_baseline_points: int = 20
+    detrend: bool = True
 
     def points(self, seconds: float) -> int:
         return max(1, round(seconds / self.step))
@@ -92,6 +93,7 @@ class Features:
     vol_recent: np.ndarray
     vol_baseline: np.ndarray
     pct_change: np.ndarray
+    zse: dict[str, np.ndarray]  # significance: delta over the standard error of the window mean
     ready: np.ndarray  # bool: enough history and recent data to score
     extra: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -139,6 +141,7 @@ class Features:
             vol_recent=t(self.vol_recent),
             vol_baseline=t(self.vol_baseline),
             pct_change=t(self.pct_change),
+            zse={k: t(v) for k, v in self.zse.items()},
             ready=t(self.ready),
             extra={k: t(v) for k, v in self.extra.items()},
         )
@@ -234,10 +237,25 @@ def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
         return tuple(_window(p, lag, width) for p in (pc, pk, pkk, p1, pky, p2))
 
     bn, bk, bkk, by, bky, byy = sums(longest, base_w)
+    b_slope, b_resid, b_sd = _line_stats(bn, bk, bkk, by, bky, byy)
     with np.errstate(divide="ignore", invalid="ignore"):
         b_mean0 = by / bn
-    b_slope, _, b_sd = _line_stats(bn, bk, bkk, by, bky, byy)
-    baseline = b_mean0 + offset
+        b_center = bk / bn  # mean time index of the baseline's samples
+    if spec.detrend:
+        # The baseline level follows the baseline's own line to the recent windows,
+        # so a daily ramp is not read as a shift; noise is the sd around that line.
+        # A line through a short baseline extrapolates noise: only long ones count.
+        long_enough = bn >= max(2 * longest, spec.baseline_points // 2)
+        trend = np.where(long_enough, np.nan_to_num(b_slope), 0.0)
+        b_sd = np.where(long_enough & np.isfinite(b_slope), b_resid, b_sd)
+    else:
+        trend = np.zeros_like(b_mean0)
+
+    def level_at(pos: np.ndarray) -> np.ndarray:
+        """The baseline level (offset removed) at time index ``pos``."""
+        return b_mean0 + trend * (pos - b_center)
+
+    baseline = level_at(k) + offset
     floor = np.maximum(spec.rel_scale_floor * np.abs(baseline), max(spec.min_scale, 1e-12))
     scale = np.fmax(b_sd, floor)
 
@@ -251,7 +269,7 @@ def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
         with np.errstate(divide="ignore", invalid="ignore"):
             mu = np.where(cnt >= math.ceil(w / 2), _window(p1, 0, w) / cnt, np.nan)
         mean[name] = mu + offset
-        delta[name] = mu - b_mean0
+        delta[name] = mu - level_at(k - (w - 1) / 2.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             z[name] = delta[name] / scale
         ready &= np.isfinite(mu)
@@ -287,7 +305,18 @@ def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
         vol_recent = vol_recent / _HALF_NORMAL_MEAN
         vol_ratio = vol_recent / d_sd
 
-    base_abs = np.abs(baseline)
+    # Significance of each window's change: the mean of w points has a standard error
+    # of scale / sqrt(n_eff), with n_eff shrunk by the lag-1 autocorrelation that
+    # the ratio of difference and level variances reveals (rate() windows overlap).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.clip(1.0 - (d_sd * d_sd) / (2.0 * scale * scale), 0.0, 0.95)
+    rho = np.nan_to_num(rho, nan=0.95)
+    zse = {
+        name: z[name] * np.sqrt(np.maximum(1.0, w * (1.0 - rho) / (1.0 + rho)))
+        for name, w in wpts.items()
+    }
+
+    base_abs = np.abs(level_at(k - (wpts[spec.pct_window] - 1) / 2.0) + offset)
     with np.errstate(divide="ignore", invalid="ignore"):
         pct = np.where(base_abs > 1e-12, delta[spec.pct_window] / base_abs, np.nan)
 
@@ -307,5 +336,6 @@ def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
         vol_recent=vol_recent,
         vol_baseline=d_sd,
         pct_change=pct,
+        zse=zse,
         ready=ready,
     )

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
+import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
@@ -98,11 +101,33 @@ def create_app(detector: Detector, *, schedule: bool = True) -> FastAPI:
     return app
 
 
+class StoppableServer(uvicorn.Server):
+    """uvicorn's server, but a requested stop (SIGTERM/SIGINT) ends with exit status 0.
+
+    uvicorn re-raises the captured signal after its graceful shutdown, which makes
+    the process die "by signal" even though it stopped cleanly.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def make_server(app: FastAPI, *, host: str, port: int) -> StoppableServer:
+    return StoppableServer(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    )
+
+
 def serve(detector: Detector, *, host: str, port: int) -> None:
     """Run the service until SIGTERM/SIGINT."""
-    import uvicorn
-
-    config = uvicorn.Config(
-        create_app(detector), host=host, port=port, log_level="warning", access_log=False
-    )
-    uvicorn.Server(config).run()
+    make_server(create_app(detector), host=host, port=port).run()

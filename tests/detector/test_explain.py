@@ -40,6 +40,16 @@ def noisy_drop(_: np.ndarray) -> np.ndarray:
     return x
 
 
+def poisson_kpi_halves(_: np.ndarray) -> np.ndarray:
+    """Checkouts per second from ~7 per 2-minute window: very noisy, then 60% fewer."""
+    rng = np.random.default_rng(11)
+    lam = np.full(T, 0.06 * 120)
+    lam[-25:] *= 0.4
+    counts = rng.poisson(lam).astype(float)
+    counts[1:] = (counts[1:] + counts[:-1]) / 2
+    return counts / 120
+
+
 def big_drop(x: np.ndarray) -> np.ndarray:
     x[-20:] *= 0.4
     return x
@@ -60,6 +70,7 @@ CASES = [
     ("volatility spike", volatility, "both", {"volatility_spike"}),
     ("trend break", ramp, "both", {"trend_break"}),
     ("noisy KPI drops 40%", noisy_drop, "both", {"percent_change"}),
+    ("Poisson KPI drops 60%", poisson_kpi_halves, "down", {"percent_change"}),
     ("60% drop of a quiet KPI", big_drop, "both", {"level_shift", "percent_change"}),
     ("3-minute blip, over", blip, "both", set()),
     ("slow drift inside the noise", slow_drift, "both", set()),

@@ -1,0 +1,1 @@
+"""SQL feature store and model registry (coming next)."""

@@ -1,0 +1,1 @@
+"""The runbook webhook: guarded auto-remediation (coming next)."""

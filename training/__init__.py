@@ -1,0 +1,1 @@
+"""Retraining, evaluation and promotion of model versions (coming with the model registry)."""
