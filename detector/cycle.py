@@ -144,8 +144,15 @@ class Detector:
             for warning in batch.warnings:
                 log.warning("query=%s %s", q.name, warning)
             t2 = time.perf_counter()
+            active = {key for (name, key) in self._onsets if name == q.name}
             results = detect_batch(
-                batch, q, self.settings, self.provider, now=now, thresholds=self.thresholds
+                batch,
+                q,
+                self.settings,
+                self.provider,
+                now=now,
+                thresholds=self.thresholds,
+                active=active,
             )
             detect_s += time.perf_counter() - t2
             self._track_onsets(q.name, results)

@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from detector.catalogue import Query
-from detector.explain import Reason, any_fired, default_explainers, evaluate, reasons_at
+from detector.explain import (
+    Explainer,
+    Reason,
+    any_fired,
+    default_explainers,
+    evaluate,
+    reasons_at,
+)
 from detector.features import Features, FeatureSpec, compute_features
 from detector.scoring import ModelProvider
 from detector.settings import Settings
@@ -25,10 +32,26 @@ class Thresholds:
     vol_mult: float = 2.0
     pct_thresh: float = 0.3
     score_thresh: float = 0.5
+    resolve_ratio: float = 0.75
 
     @classmethod
     def from_settings(cls, s: Settings) -> Thresholds:
-        return cls(s.z_thresh, s.vol_mult, s.pct_thresh, s.score_thresh)
+        return cls(s.z_thresh, s.vol_mult, s.pct_thresh, s.score_thresh, s.resolve_ratio)
+
+    def relaxed(self) -> Thresholds:
+        """Thresholds an ongoing anomaly must fall below to end (hysteresis against flapping)."""
+        r = self.resolve_ratio
+        return Thresholds(
+            self.z_thresh * r, 1 + (self.vol_mult - 1) * r, self.pct_thresh * r, 0.0, r
+        )
+
+    def explainers(self, direction: str) -> list[Explainer]:
+        return default_explainers(
+            z_thresh=self.z_thresh,
+            vol_mult=self.vol_mult,
+            pct_thresh=self.pct_thresh,
+            direction=direction,
+        )
 
 
 @dataclass
@@ -104,8 +127,14 @@ def detect_batch(
     *,
     now: float,
     thresholds: Thresholds | None = None,
+    active: set[tuple[tuple[str, str], ...]] | None = None,
 ) -> list[SeriesResult]:
-    """Score and explain the newest point of every series in ``batch``."""
+    """Score and explain the newest point of every series in ``batch``.
+
+    ``active`` holds the label keys (sorted label items) of series that were
+    anomalous at the previous cycle: they stay anomalous until their reasons fall
+    below the relaxed thresholds (``AIOPS_RESOLVE_RATIO``).
+    """
     th = thresholds or Thresholds.from_settings(settings)
     if len(batch) == 0:
         return []
@@ -123,18 +152,22 @@ def detect_batch(
         version = model.version
         scores = model.scorer.score(last.matrix(query.direction))
 
-    explainers = default_explainers(
-        z_thresh=th.z_thresh,
-        vol_mult=th.vol_mult,
-        pct_thresh=th.pct_thresh,
-        direction=query.direction,
-    )
-    evidence = evaluate(explainers, last)
+    evidence = evaluate(th.explainers(query.direction), last)
     fired = any_fired(evidence)[:, 0]
     ready = last.ready[:, 0]
     # Without a model (too little history to fit one) the explainers decide alone.
     gate = np.where(np.isfinite(scores), scores >= th.score_thresh, True)
     anomalous = ready & fired & gate
+    was_active = np.array([tuple(sorted(lb.items())) in (active or ()) for lb in batch.labels])
+    if was_active.any():
+        held = evaluate(th.relaxed().explainers(query.direction), last)
+        holding = ready & was_active & ~anomalous & any_fired(held)[:, 0]
+        anomalous |= holding
+        for strict, relaxed in zip(evidence, held, strict=True):
+            strict.fired[holding] = relaxed.fired[holding]
+            strict.zscore[holding] = relaxed.zscore[holding]
+            strict.delta[holding] = relaxed.delta[holding]
+            strict.window[holding] = relaxed.window[holding]
 
     # the newest finite value of each series (the grid's last point may be a gap)
     finite = np.isfinite(batch.values)

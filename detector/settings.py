@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     score_thresh: float = Field(
         0.5, ge=0, le=1, validation_alias=AliasChoices("AIOPS_SCORE_THRESH", "score_thresh")
     )
+    resolve_ratio: float = Field(
+        0.75, gt=0, le=1, validation_alias=AliasChoices("AIOPS_RESOLVE_RATIO", "resolve_ratio")
+    )
     lookback: str = Field("6h", validation_alias=AliasChoices("AIOPS_LOOKBACK", "lookback"))
     step: str = Field("60s", validation_alias=AliasChoices("AIOPS_STEP", "step"))
     model_refit_seconds: float = Field(

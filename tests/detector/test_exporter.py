@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from detector.catalogue import Query
 from detector.cycle import Detector
 from detector.errors import QueryError
+from detector.features import FeatureSpec, compute_features
 from detector.settings import load_settings
 from detector.source import SeriesBatch, align_end
 
@@ -154,3 +155,29 @@ def test_reserved_label_names_are_renamed():
         "app": "a",
         "namespace": "",
     }
+
+
+def test_an_ongoing_anomaly_ends_only_below_the_relaxed_thresholds(setup):
+    """Hysteresis: z 2.6 does not start an anomaly (threshold 3) but holds one (3 × 0.75)."""
+    det, source, reg = setup
+    labels = [{"app": "a"}]
+    now = 1_700_000_000.0
+    bad = {"metric": "latency_p99", "app": "a"}
+
+    def cycle(shift: float, at: float) -> float:
+        x = series(5)
+        x[-30:] += shift
+        source.rows["latency_p99"] = (labels, x[None, :])
+        det.run_cycle(at)
+        return val(reg, "aiops_anomaly_current", **bad)
+
+    # the shift that puts the weaker of the 5m/15m z-scores at 2.6 for this noise
+    f = compute_features(series(5)[None, :], FeatureSpec(step=STEP, baseline=300 * STEP))
+    noise = min(f.z["5m"][0, -1], f.z["15m"][0, -1])
+    sd = float(f.scale[0, -1])
+    assert cycle((2.6 - noise) * sd, now) == 0  # never starts below the threshold
+    assert cycle(10 * sd, now + 60) == 1
+    assert cycle((2.6 - noise) * sd, now + 120) == 1  # held
+    assert val(reg, "aiops_anomaly_info", **bad, reason="level_shift") == 1
+    assert cycle((1.5 - noise) * sd, now + 180) == 0  # ended
+    assert val(reg, "aiops_anomaly_info", **bad, reason="level_shift") is None
