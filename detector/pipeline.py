@@ -147,8 +147,10 @@ def detect_batch(
     scores = np.full(len(batch), np.nan)
     version = ""
     ii, tt = training_rows(feats, spec)
-    if len(ii) >= 8:
-        model = provider.model_for(query.name, feats.matrix(query.direction, (ii, tt)), now=now)
+    train = feats.matrix(query.direction, (ii, tt))
+    train = train[np.isfinite(train).all(axis=1)]
+    if len(train) >= 8:
+        model = provider.model_for(query.name, train, now=now)
         version = model.version
         scores = model.scorer.score(last.matrix(query.direction))
 
