@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -143,6 +145,133 @@ def queries(config: ConfigOpt = None) -> None:
             q.promql,
         )
     Console().print(table)
+
+
+def _parse_time(text: str, option: str) -> float:
+    """Epoch seconds from an epoch number, an ISO date, or ``now-2d`` / ``-6h``."""
+    from detector.durations import parse_duration
+
+    value = text.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    rel = value.removeprefix("now")
+    if rel.startswith("-"):
+        try:
+            return time.time() - parse_duration(rel[1:])
+        except ValueError:
+            raise fail(f"{option}: not a time: {text!r}") from None
+    if value == "now":
+        return time.time()
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        raise fail(f"{option}: not a time: {text!r} (epoch, ISO 8601 or now-6h)") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.timestamp()
+
+
+@app.command()
+def backtest(
+    path: Annotated[
+        Path | None, typer.Argument(help="CSV file (timestamp,value) or folder of them")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="where per-row results go")] = Path("var/backtest"),
+    plot: Annotated[bool, typer.Option("--plot", help="also write a PNG per series")] = False,
+    labels: Annotated[
+        Path | None, typer.Option(help="labelled anomaly windows (NAB combined_windows.json)")
+    ] = None,
+    direction: Annotated[str, typer.Option(help="up, down or both (CSV input)")] = "both",
+    prom_url: PromUrl = None,
+    query: Annotated[
+        str | None, typer.Option(help="replay this catalogue query from Prometheus")
+    ] = None,
+    start: Annotated[str, typer.Option(help="replay start: epoch, ISO 8601, now-2d")] = "now-1d",
+    end: Annotated[str, typer.Option(help="replay end")] = "now",
+    config: ConfigOpt = None,
+) -> None:
+    """Replay history through the live detector in streaming order; score it against labels."""
+    from detector.catalogue import Query, resolve_catalogue
+    from detector.errors import QueryError
+    from detector.source import PrometheusSource
+    from training import runner
+
+    settings = load(prom_url=prom_url, config=config)
+    if direction not in ("up", "down", "both"):
+        raise fail(f"--direction: must be up, down or both, got {direction!r}")
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {}
+    try:
+        if query is not None:
+            if path is not None:
+                raise fail("give a CSV PATH or --query, not both")
+            try:
+                catalogue = {q.name: q for q in resolve_catalogue(settings)}
+            except ConfigError as exc:
+                raise fail(f"config error: {exc}") from None
+            if query not in catalogue:
+                raise fail(f"--query: unknown query {query!r} (known: {', '.join(catalogue)})")
+            q = catalogue[query]
+            token = settings.prom_token.get_secret_value() if settings.prom_token else None
+            source = PrometheusSource(
+                settings.prom_url, token=token, timeout=settings.prom_timeout_seconds
+            )
+            t_start, t_end = _parse_time(start, "--start"), _parse_time(end, "--end")
+            try:
+                batch = runner.fetch_history(
+                    source, q, start=t_start, end=t_end, step=q.step_seconds(settings)
+                )
+            except QueryError as exc:
+                raise fail(f"prometheus: {exc.kind}: {exc.message}", 1) from None
+            if len(batch) == 0:
+                raise fail(f"query {query!r} returned no series in that range", 1)
+            inputs = runner.prometheus_inputs(batch)
+            for inp, frame in zip(inputs, runner.backtest_series(inputs, settings, q), strict=True):
+                results[inp.name] = frame
+        else:
+            if path is None:
+                raise fail("give a CSV file or folder, or --query NAME with --prom-url")
+            root = path if path.is_dir() else path.parent
+            q = Query(name="backtest", promql="csv", direction=direction)
+            for file in runner.find_csvs(path):
+                inp = runner.read_csv(file, root)
+                results[inp.name] = runner.backtest_series([inp], settings, q)[0]
+    except runner.BacktestError as exc:
+        raise fail(str(exc)) from None
+    elapsed = time.perf_counter() - t0
+    for name, frame in results.items():
+        runner.write(frame, out, name)
+    rows = sum(len(f) for f in results.values())
+    detections = sum(int((f["anomaly_score"] > 0).sum()) for f in results.values())
+    typer.echo(
+        f"{len(results)} series, {rows} rows replayed in {elapsed:.1f}s; "
+        f"{detections} detections; results in {out}/"
+    )
+    windows = None
+    if labels is not None:
+        from training.evaluate import render_summary, summarise
+        from training.nab import load_windows
+
+        try:
+            windows = load_windows(labels)
+        except (OSError, ValueError) as exc:
+            raise fail(f"--labels: {exc}") from None
+        keyed = {f"{name}.csv": frame for name, frame in results.items()}
+        found = {k: windows.get(k, []) for k in keyed}
+        Console().print(render_summary(summarise(keyed, found)))
+    if plot:
+        from training.plot import plot_backtest
+
+        for name, frame in results.items():
+            plot_backtest(
+                frame,
+                out / f"{name}.png",
+                title=name,
+                windows=(windows or {}).get(f"{name}.csv"),
+            )
+        typer.echo(f"plots: {out}/**/*.png")
 
 
 def _mount_subcommands() -> None:

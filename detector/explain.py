@@ -63,6 +63,7 @@ class Evidence:
     zscore: np.ndarray
     delta: np.ndarray
     threshold: float
+    strength: np.ndarray | None = None  # statistic / threshold in the bad direction (>= 1: fired)
 
 
 def signed(a: np.ndarray, direction: str) -> np.ndarray:
@@ -106,14 +107,14 @@ class LevelShiftExplainer:
             bad = stack * sign
         else:
             bad = signed(stack, self.direction)
-        fired = np.ones(stack.shape[1:], dtype=bool)
-        for w in confirm:
-            fired &= _ge(bad[names.index(w)], self.threshold)
-        fired &= ~_trend_like(f, self.threshold, self.direction)
+        weakest = np.min(np.stack([bad[names.index(w)] for w in confirm]), axis=0)
+        trend = _trend_like(f, self.threshold, self.direction)
+        strength = np.where(trend, 0.0, np.nan_to_num(weakest, nan=0.0)) / self.threshold
+        fired = _ge(strength, 1.0)
         best = np.argmax(np.nan_to_num(bad, nan=-np.inf), axis=0)
         z = np.take_along_axis(stack, best[None], axis=0)[0]
         delta = np.take_along_axis(np.stack([f.delta[w] for w in names]), best[None], axis=0)[0]
-        return Evidence(self.name, fired & f.ready, best, z, delta, self.threshold)
+        return Evidence(self.name, fired & f.ready, best, z, delta, self.threshold, strength)
 
 
 class TrendBreakExplainer:
@@ -128,7 +129,21 @@ class TrendBreakExplainer:
     def evaluate(self, f: Features) -> Evidence:
         fired = _trend_like(f, self.threshold, self.direction) & f.ready
         window = np.full(fired.shape, len(f.windows) - 1)
-        return Evidence(self.name, fired, window, f.trend_z, f.slope_delta, self.threshold)
+        line = np.nan_to_num(f.resid_ratio, nan=np.inf)
+        with np.errstate(invalid="ignore"):
+            fits = (line <= TREND_MAX_RESID) & (
+                line < np.nan_to_num(f.step_resid_ratio, nan=np.inf)
+            )
+        strength = np.where(fits, np.nan_to_num(signed(f.trend_z, self.direction)), 0.0)
+        return Evidence(
+            self.name,
+            fired,
+            window,
+            f.trend_z,
+            f.slope_delta,
+            self.threshold,
+            strength / self.threshold,
+        )
 
 
 class VolatilityExplainer:
@@ -136,16 +151,16 @@ class VolatilityExplainer:
 
     name = "volatility_spike"
 
-    def __init__(self, *, threshold: float = 2.0, window: str = "15m") -> None:
+    def __init__(self, *, threshold: float = 2.0, window: int = 1) -> None:
         self.threshold = threshold
         self.window = window
 
     def evaluate(self, f: Features) -> Evidence:
         fired = _ge(f.vol_ratio, self.threshold) & f.ready
-        idx = f.windows.index(self.window) if self.window in f.windows else 0
-        window = np.full(fired.shape, idx)
+        window = np.full(fired.shape, min(self.window, len(f.windows) - 1))
         delta = f.vol_recent - f.vol_baseline
-        return Evidence(self.name, fired, window, f.vol_ratio, delta, self.threshold)
+        strength = np.nan_to_num(f.vol_ratio) / self.threshold
+        return Evidence(self.name, fired, window, f.vol_ratio, delta, self.threshold, strength)
 
 
 class PercentChangeExplainer:
@@ -158,7 +173,7 @@ class PercentChangeExplainer:
         *,
         threshold: float = 0.3,
         direction: str = "both",
-        window: str = "15m",
+        window: int = 1,
         min_z: float = PCT_MIN_Z,
     ) -> None:
         self.threshold = threshold
@@ -167,14 +182,20 @@ class PercentChangeExplainer:
         self.min_z = min_z
 
     def evaluate(self, f: Features) -> Evidence:
-        w = self.window if self.window in f.windows else f.windows[-1]
+        idx = min(self.window, len(f.windows) - 1)
+        w = f.windows[idx]
         fired = _ge(signed(f.pct_change, self.direction), self.threshold)
         fired &= _ge(signed(f.zse[w], self.direction), self.min_z)
         if self.direction == "both":
             fired &= np.sign(f.pct_change) == np.sign(f.zse[w])
-        window = np.full(fired.shape, f.windows.index(w))
+        window = np.full(fired.shape, idx)
+        strength = np.minimum(
+            np.nan_to_num(signed(f.pct_change, self.direction)) / self.threshold,
+            np.nan_to_num(signed(f.zse[w], self.direction)) / self.min_z,
+        )
+        strength = np.where(fired, np.maximum(strength, 1.0), np.minimum(strength, 0.999))
         return Evidence(
-            self.name, fired & f.ready, window, f.pct_change, f.delta[w], self.threshold
+            self.name, fired & f.ready, window, f.pct_change, f.delta[w], self.threshold, strength
         )
 
 
@@ -195,6 +216,48 @@ def default_explainers(
 
 def evaluate(explainers: list[Explainer], f: Features) -> list[Evidence]:
     return [e.evaluate(f) for e in explainers]
+
+
+def surprise(strength: np.ndarray, history: int, min_count: int = 20) -> np.ndarray:
+    """How unusual each strength is for its own series: z of log1p(strength) against the
+    previous ``history`` values of the same series (+inf while fewer than ``min_count``).
+
+    This puts every series on its own scale, so that one threshold serves a
+    near-constant series and a noisy one alike: a pattern that recurs (a daily
+    ramp the baseline cannot follow) stops being a surprise.
+    """
+    u = np.log1p(np.maximum(np.nan_to_num(strength, nan=0.0), 0.0))
+    n, T = u.shape
+    p1 = np.zeros((n, T + 1))
+    p2 = np.zeros((n, T + 1))
+    np.cumsum(u, axis=1, out=p1[:, 1:])
+    np.cumsum(u * u, axis=1, out=p2[:, 1:])
+    t = np.arange(T)
+    lo = np.maximum(t - history, 0)
+    cnt = (t - lo).astype(np.float64)
+    s1 = p1[:, t] - p1[:, lo]
+    s2 = p2[:, t] - p2[:, lo]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = s1 / cnt
+        var = (s2 - cnt * mean * mean) / np.maximum(cnt - 1, 1)
+        z = (u - mean) / np.sqrt(np.maximum(var, 0.0) + 1e-4)
+    return np.where(cnt >= min_count, z, np.inf)
+
+
+def novelty(strength: np.ndarray, history: int, gap: int = 0, min_count: int = 20) -> np.ndarray:
+    """Strength over the largest strength of the same series in the ``history`` values
+    that end ``gap`` values ago (+inf while fewer than ``min_count``): above 1 means
+    nothing this strong happened recently. A pattern that recurs (a daily ramp the
+    baseline cannot follow) stops being news; a first-of-its-kind change is.
+    """
+    import pandas as pd
+
+    s = np.maximum(np.nan_to_num(strength, nan=0.0), 0.0)
+    frame = pd.DataFrame(s.T)
+    past = frame.shift(gap + 1).rolling(history, min_periods=min_count).max().to_numpy().T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = s / np.maximum(past, 1e-9)
+    return np.where(np.isfinite(past), out, np.inf)
 
 
 def any_fired(evidence: list[Evidence]) -> np.ndarray:

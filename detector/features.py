@@ -22,13 +22,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: Recent windows, shortest first: (label, seconds).
-DEFAULT_WINDOWS: tuple[tuple[str, float], ...] = (("5m", 300.0), ("15m", 900.0), ("1h", 3600.0))
+from detector.durations import format_duration
+
+#: Recent windows, shortest first: (seconds, at least this many points). At a 1-minute
+#: step they are 5m, 15m and 1h; at coarser steps they keep enough points to mean
+#: something (5-minute data: 15m, 30m, 1h; hourly data: 3h, 6h, 12h).
+DEFAULT_WINDOWS: tuple[tuple[float, int], ...] = ((300.0, 3), (900.0, 6), (3600.0, 12))
 
 
-def feature_names(windows: tuple[tuple[str, float], ...] = DEFAULT_WINDOWS) -> tuple[str, ...]:
+def feature_names(window_labels: tuple[str, ...] = ("5m", "15m", "1h")) -> tuple[str, ...]:
     """Columns of the matrix the IsolationForest sees, in this order."""
-    return (*(f"z_{name}" for name, _ in windows), "trend_z", "log_vol_ratio", "pct_change")
+    return (*(f"z_{name}" for name in window_labels), "trend_z", "log_vol_ratio", "pct_change")
 
 
 FEATURE_NAMES: tuple[str, ...] = feature_names()
@@ -44,10 +48,10 @@ class FeatureSpec:
     """How features are computed for one query (grid step, windows, baseline length)."""
 
     step: float = 60.0
-    windows: tuple[tuple[str, float], ...] = DEFAULT_WINDOWS
+    windows: tuple[tuple[float, int], ...] = DEFAULT_WINDOWS
     baseline: float = 5 * 3600.0
-    vol_window: str = "15m"
-    pct_window: str = "15m"
+    vol_window: int = 1  # index into windows
+    pct_window: int = 1
     min_scale: float = 0.0
     rel_scale_floor: float = 1e-3
     min_baseline_points: int = 20
@@ -58,7 +62,12 @@ class FeatureSpec:
 
     @property
     def window_points(self) -> dict[str, int]:
-        return {name: self.points(sec) for name, sec in self.windows}
+        """Window label (its real duration, e.g. ``15m``) → points, shortest first."""
+        out: dict[str, int] = {}
+        for seconds, min_points in self.windows:
+            pts = max(min_points, self.points(seconds))
+            out.setdefault(format_duration(pts * self.step), pts)
+        return out
 
     @property
     def longest(self) -> int:
@@ -66,7 +75,7 @@ class FeatureSpec:
 
     @property
     def baseline_points(self) -> int:
-        return max(self.points(self.baseline), 2)
+        return max(self.points(self.baseline), 4 * self.longest, 2)
 
     @property
     def warmup_points(self) -> int:
@@ -298,7 +307,10 @@ def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
         d_sd = np.fmax(np.sqrt(np.maximum(d_var, 0.0)), floor)
     capped = np.where(dm > 0, np.minimum(np.abs(d0), VOL_CAP_SIGMAS * np.nan_to_num(d_sd)), 0.0)
     pcap = _prefix(capped)
-    vw = wpts[spec.vol_window]
+    names = list(wpts)
+    vol_name = names[min(spec.vol_window, len(names) - 1)]
+    pct_name = names[min(spec.pct_window, len(names) - 1)]
+    vw = wpts[vol_name]
     vn = _window(pdc, 0, vw)
     with np.errstate(divide="ignore", invalid="ignore"):
         vol_recent = np.where(vn >= max(2, math.ceil(vw / 2)), _window(pcap, 0, vw) / vn, np.nan)
@@ -316,9 +328,9 @@ def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
         for name, w in wpts.items()
     }
 
-    base_abs = np.abs(level_at(k - (wpts[spec.pct_window] - 1) / 2.0) + offset)
+    base_abs = np.abs(level_at(k - (wpts[pct_name] - 1) / 2.0) + offset)
     with np.errstate(divide="ignore", invalid="ignore"):
-        pct = np.where(base_abs > 1e-12, delta[spec.pct_window] / base_abs, np.nan)
+        pct = np.where(base_abs > 1e-12, delta[pct_name] / base_abs, np.nan)
 
     return Features(
         windows=tuple(wpts),

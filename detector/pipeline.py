@@ -33,6 +33,9 @@ class Thresholds:
     pct_thresh: float = 0.3
     score_thresh: float = 0.5
     resolve_ratio: float = 0.75
+    surprise: float = 0.0  # a reason counts only this many sds above its own history
+    history: int = 360  # points of strength history behind the surprise
+    novelty: float = 0.0  # a reason counts only this many times stronger than its recent max
 
     @classmethod
     def from_settings(cls, s: Settings) -> Thresholds:
@@ -42,7 +45,14 @@ class Thresholds:
         """Thresholds an ongoing anomaly must fall below to end (hysteresis against flapping)."""
         r = self.resolve_ratio
         return Thresholds(
-            self.z_thresh * r, 1 + (self.vol_mult - 1) * r, self.pct_thresh * r, 0.0, r
+            self.z_thresh * r,
+            1 + (self.vol_mult - 1) * r,
+            self.pct_thresh * r,
+            0.0,
+            r,
+            0.0,
+            self.history,
+            0.0,
         )
 
     def explainers(self, direction: str) -> list[Explainer]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.explain import Evidence, any_fired, evaluate
+from detector.explain import Evidence, any_fired, evaluate, novelty, surprise
 from detector.features import Features, FeatureSpec, compute_features
 from detector.pipeline import Thresholds
 from detector.scoring import IsolationForestScorer
@@ -106,6 +106,14 @@ def replay(
     f = compute_features(x, spec)
     scores = streaming_scores(f, spec, direction, refit_every=refit_every)
     strict_ev = evaluate(thresholds.explainers(direction), f)
+    if thresholds.surprise > 0:
+        for ev in strict_ev:
+            ev.fired = ev.fired & (surprise(ev.strength, thresholds.history) >= thresholds.surprise)
+    if thresholds.novelty > 0:
+        gap = spec.longest
+        for ev in strict_ev:
+            nov = novelty(ev.strength, thresholds.history, gap)
+            ev.fired = ev.fired & (nov >= thresholds.novelty)
     relaxed_ev = evaluate(thresholds.relaxed().explainers(direction), f)
     gate = np.where(np.isfinite(scores), scores >= thresholds.score_thresh, True)
     strict = f.ready & any_fired(strict_ev) & gate

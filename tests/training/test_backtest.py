@@ -1,0 +1,120 @@
+"""Streaming replay: no look-ahead, the live verdicts, and the backtest CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.features import FeatureSpec
+from detector.pipeline import Thresholds
+from training.backtest import hysteresis, replay
+
+SPEC = FeatureSpec(step=60.0, baseline=300 * 60.0)
+
+
+def series(n: int = 1500, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    x = 100 + 5 * np.sin(2 * np.pi * t / 1440) + rng.normal(0, 1, n)
+    x[700:760] += 9  # a level shift
+    x[1100:1130] += rng.normal(0, 6, 30)  # a volatility spike
+    x[400:420] = np.nan  # a gap
+    return x
+
+
+def test_no_look_ahead_row_by_row_equals_vectorised():
+    x = series()
+    th = Thresholds()
+    full = replay(x, SPEC, th, "both", refit_every=200)
+    assert full.anomalous.any()
+    rng = np.random.default_rng(0)
+    sample = sorted(
+        {
+            *rng.choice(np.arange(SPEC.warmup_points, len(x)), 25, replace=False),
+            *np.nonzero(full.onset[0])[0][:5],
+        }
+    )
+    for t in sample:
+        part = replay(x[: t + 1], SPEC, th, "both", refit_every=200)
+        assert part.anomalous[0, t] == full.anomalous[0, t], t
+        assert part.onset[0, t] == full.onset[0, t], t
+        assert part.reasons(0, t) == full.reasons(0, t), t
+        np.testing.assert_allclose(part.score[0, t], full.score[0, t], rtol=1e-9, equal_nan=True)
+        np.testing.assert_allclose(
+            part.features.z["15m"][0, t], full.features.z["15m"][0, t], rtol=1e-7, equal_nan=True
+        )
+
+
+def test_replay_finds_the_incidents_with_reasons():
+    x = series()
+    r = replay(x, SPEC, Thresholds(), "both")
+    onsets = np.nonzero(r.onset[0])[0]
+    assert any(700 <= t < 720 for t in onsets), onsets
+    assert any(1100 <= t < 1120 for t in onsets), onsets
+    t_shift = next(t for t in onsets if 700 <= t < 720)
+    assert "level_shift" in r.reasons(0, t_shift)
+    t_vol = next(t for t in onsets if 1100 <= t < 1120)
+    assert "volatility_spike" in r.reasons(0, t_vol)
+    for t in np.nonzero(r.anomalous[0])[0]:
+        assert r.reasons(0, t), f"anomalous row {t} without a reason"
+
+
+def test_hysteresis_recurrence():
+    strict = np.array([[0, 1, 0, 0, 0, 1, 0]], dtype=bool)
+    relaxed = np.array([[1, 1, 1, 0, 1, 1, 1]], dtype=bool)
+    assert hysteresis(strict, relaxed).astype(int).tolist() == [[0, 1, 1, 0, 0, 1, 1]]
+
+
+def test_cli_writes_per_row_results(tmp_path):
+    x = series(1200)
+    ts = pd.date_range("2026-01-01", periods=len(x), freq="1min")
+    data = tmp_path / "in" / "sub"
+    data.mkdir(parents=True)
+    pd.DataFrame({"timestamp": ts, "value": x}).to_csv(data / "svc.csv", index=False)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "detector", "backtest", str(tmp_path / "in"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = pd.read_csv(out / "sub" / "svc.csv")
+    assert list(result.columns[:6]) == [
+        "timestamp",
+        "value",
+        "score",
+        "anomaly_score",
+        "anomalous",
+        "reasons",
+    ]
+    assert len(result) == len(x)
+    detections = result[result.anomaly_score > 0]
+    assert len(detections) >= 1
+    assert detections.reasons.notna().all()
+    assert (result.anomalous[result.anomaly_score > 0] == 1).all()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope.csv"], "no such file or folder"),
+        (["--direction", "sideways", "x"], "--direction: must be up, down or both"),
+        ([], "give a CSV file or folder"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, args, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "detector", "backtest", *args, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

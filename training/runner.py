@@ -1,0 +1,193 @@
+"""``aiops backtest``: replay CSV files or Prometheus history through the live detector.
+
+For each series the output CSV has one row per input row:
+``timestamp, value, score, anomaly_score, anomalous, reasons, baseline, band_low, band_high``
+
+- ``score``: the IsolationForest score of the row (0..1, as ``aiops_anomaly_score``);
+- ``anomalous``: the live verdict (1 for every row of an anomaly, as ``aiops_anomaly_current``);
+- ``anomaly_score``: nonzero only on the first row of each anomaly (a detection, as
+  the webhook would receive one event): the strongest reason's statistic over its
+  threshold times the forest score. This is the column NAB's scorer thresholds;
+- ``reasons``: the reasons of that row, ``;``-joined (empty when not anomalous);
+- ``baseline`` and ``band_*``: the expected level and ± z_thresh baseline sds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from detector.catalogue import Query
+from detector.errors import AiopsError
+from detector.pipeline import Thresholds, feature_spec
+from detector.settings import Settings
+from detector.source import PrometheusSource, SeriesBatch
+from training.backtest import Replay, replay
+
+#: Prometheus refuses range queries of more than 11,000 points per series.
+MAX_POINTS = 11000
+
+
+class BacktestError(AiopsError):
+    pass
+
+
+@dataclass
+class SeriesInput:
+    name: str  # relative output path without suffix, e.g. "realAWSCloudwatch/ec2_cpu"
+    timestamps: pd.DatetimeIndex
+    values: np.ndarray
+
+
+def infer_step(timestamps: pd.DatetimeIndex) -> float:
+    """The typical spacing of the rows, in seconds."""
+    if len(timestamps) < 2:
+        raise BacktestError("need at least two rows to infer the step")
+    diffs = np.diff(timestamps.asi8) / 1e9
+    step = float(np.median(diffs))
+    if not step > 0:
+        raise BacktestError("timestamps must increase")
+    return step
+
+
+def read_csv(path: Path, root: Path) -> SeriesInput:
+    """A ``timestamp,value`` CSV; the name keeps the path relative to ``root``."""
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise BacktestError(f"{path}: cannot read CSV: {exc}") from None
+    missing = {"timestamp", "value"} - set(df.columns)
+    if missing:
+        raise BacktestError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    try:
+        ts = pd.DatetimeIndex(pd.to_datetime(df["timestamp"]))
+    except (ValueError, TypeError) as exc:
+        raise BacktestError(f"{path}: bad timestamp: {exc}") from None
+    values = pd.to_numeric(df["value"], errors="coerce").to_numpy(dtype=np.float64)
+    rel = path.relative_to(root) if path != root else Path(path.name)
+    return SeriesInput(str(rel.with_suffix("")), ts, values)
+
+
+def find_csvs(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.csv") if p.is_file())
+        if not files:
+            raise BacktestError(f"{path}: no .csv file found")
+        return files
+    raise BacktestError(f"{path}: no such file or folder")
+
+
+def event_score(r: Replay) -> np.ndarray:
+    """Nonzero on anomaly onsets: strongest reason (statistic/threshold) × forest score."""
+    strongest = np.zeros(r.anomalous.shape)
+    for ev in r.evidence:
+        if ev.strength is not None:
+            strongest = np.maximum(strongest, np.where(ev.fired, ev.strength, 0.0))
+    forest = np.nan_to_num(r.score, nan=0.5)
+    return np.where(r.onset, np.maximum(strongest, 1.0) * forest, 0.0)
+
+
+def reason_strings(r: Replay) -> np.ndarray:
+    out = np.full(r.anomalous.shape, "", dtype=object)
+    for ev in r.evidence:
+        hit = ev.fired
+        out[hit] = np.where(out[hit] == "", ev.reason, out[hit] + ";" + ev.reason)
+    return out
+
+
+def frames(r: Replay, inputs: list[SeriesInput], z_thresh: float) -> Iterator[pd.DataFrame]:
+    """One output frame per input series."""
+    events = event_score(r)
+    reasons = reason_strings(r)
+    f = r.features
+    for i, s in enumerate(inputs):
+        n = len(s.values)
+        band = z_thresh * f.scale[i, :n]
+        yield pd.DataFrame(
+            {
+                "timestamp": s.timestamps,
+                "value": s.values,
+                "score": np.round(r.score[i, :n], 6),
+                "anomaly_score": np.round(events[i, :n], 6),
+                "anomalous": r.anomalous[i, :n].astype(int),
+                "reasons": reasons[i, :n],
+                "baseline": f.baseline[i, :n],
+                "band_low": f.baseline[i, :n] - band,
+                "band_high": f.baseline[i, :n] + band,
+            }
+        )
+
+
+def backtest_series(
+    inputs: list[SeriesInput], settings: Settings, query: Query
+) -> list[pd.DataFrame]:
+    """Replay series that share a step (one query) with the live configuration."""
+    step = infer_step(inputs[0].timestamps)
+    width = max(len(s.values) for s in inputs)
+    values = np.full((len(inputs), width), np.nan)
+    for i, s in enumerate(inputs):
+        values[i, : len(s.values)] = s.values
+    spec = feature_spec(query, settings, step)
+    th = Thresholds.from_settings(settings)
+    r = replay(values, spec, th, query.direction)
+    return list(frames(r, inputs, th.z_thresh))
+
+
+def fetch_history(
+    source: PrometheusSource, query: Query, *, start: float, end: float, step: float
+) -> SeriesBatch:
+    """The whole range, split so that no request exceeds Prometheus' points limit."""
+    start = math.ceil(start / step) * step
+    n_points = math.floor((end - start) / step) + 1
+    if n_points < 2:
+        raise BacktestError("--end must be after --start by at least two steps")
+    chunk = MAX_POINTS - 1
+    index: dict[tuple[tuple[str, str], ...], int] = {}
+    labels: list[dict[str, str]] = []
+    rows: list[tuple[int, int, np.ndarray]] = []
+    for first in range(0, n_points, chunk):
+        last = min(first + chunk, n_points) - 1
+        part = source.fetch(
+            query, end=start + last * step, lookback=(last - first) * step, step=step
+        )
+        offset = round((part.start - start) / step)
+        for lab, row in zip(part.labels, part.values, strict=True):
+            key = tuple(sorted(lab.items()))
+            if key not in index:
+                index[key] = len(labels)
+                labels.append(lab)
+            rows.append((index[key], offset, row))
+    values = np.full((len(labels), n_points), np.nan)
+    for i, offset, row in rows:
+        values[i, offset : offset + len(row)] = row[: n_points - offset]
+    return SeriesBatch(query.name, start, step, labels, values)
+
+
+def series_name(query: str, labels: dict[str, str]) -> str:
+    if not labels:
+        return f"{query}/series"
+    text = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return f"{query}/" + re.sub(r"[^A-Za-z0-9_.,=-]+", "_", text)
+
+
+def prometheus_inputs(batch: SeriesBatch) -> list[SeriesInput]:
+    ts = pd.DatetimeIndex(pd.to_datetime(batch.timestamps, unit="s"))
+    return [
+        SeriesInput(series_name(batch.query, lab), ts, row)
+        for lab, row in zip(batch.labels, batch.values, strict=True)
+    ]
+
+
+def write(frame: pd.DataFrame, out: Path, name: str) -> Path:
+    path = out / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return path
