@@ -259,8 +259,9 @@ def backtest(
         except (OSError, ValueError) as exc:
             raise fail(f"--labels: {exc}") from None
         keyed = {f"{name}.csv": frame for name, frame in results.items()}
-        found = {k: windows.get(k, []) for k in keyed}
-        Console().print(render_summary(summarise(keyed, found)))
+        windows = {k: _labels_for(k, windows) for k in keyed}
+        wide = Console(width=None if sys.stdout.isatty() else 160)
+        wide.print(render_summary(summarise(keyed, windows)))
     if plot:
         from training.plot import plot_backtest
 
@@ -269,9 +270,18 @@ def backtest(
                 frame,
                 out / f"{name}.png",
                 title=name,
-                windows=(windows or {}).get(f"{name}.csv"),
+                windows=(windows or {}).get(f"{name}.csv") or None,
             )
         typer.echo(f"plots: {out}/**/*.png")
+
+
+def _labels_for(name: str, windows: dict[str, Any]) -> list[Any]:
+    """Windows of ``name``; label files key by ``category/file.csv``, so a backtest of one
+    category folder (names without the category) matches on the path's tail."""
+    if name in windows:
+        return windows[name]
+    tails = [k for k in windows if k.endswith("/" + name)]
+    return windows[tails[0]] if len(tails) == 1 else []
 
 
 def _mount_subcommands() -> None:

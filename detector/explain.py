@@ -62,7 +62,7 @@ class Evidence:
     window: np.ndarray  # index into Features.windows
     zscore: np.ndarray
     delta: np.ndarray
-    threshold: float
+    threshold: float | np.ndarray
     strength: np.ndarray | None = None  # statistic / threshold in the bad direction (>= 1: fired)
 
 
@@ -218,42 +218,24 @@ def evaluate(explainers: list[Explainer], f: Features) -> list[Evidence]:
     return [e.evaluate(f) for e in explainers]
 
 
-def surprise(strength: np.ndarray, history: int, min_count: int = 20) -> np.ndarray:
-    """How unusual each strength is for its own series: z of log1p(strength) against the
-    previous ``history`` values of the same series (+inf while fewer than ``min_count``).
-
-    This puts every series on its own scale, so that one threshold serves a
-    near-constant series and a noisy one alike: a pattern that recurs (a daily
-    ramp the baseline cannot follow) stops being a surprise.
-    """
-    u = np.log1p(np.maximum(np.nan_to_num(strength, nan=0.0), 0.0))
-    n, T = u.shape
-    p1 = np.zeros((n, T + 1))
-    p2 = np.zeros((n, T + 1))
-    np.cumsum(u, axis=1, out=p1[:, 1:])
-    np.cumsum(u * u, axis=1, out=p2[:, 1:])
-    t = np.arange(T)
-    lo = np.maximum(t - history, 0)
-    cnt = (t - lo).astype(np.float64)
-    s1 = p1[:, t] - p1[:, lo]
-    s2 = p2[:, t] - p2[:, lo]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = s1 / cnt
-        var = (s2 - cnt * mean * mean) / np.maximum(cnt - 1, 1)
-        z = (u - mean) / np.sqrt(np.maximum(var, 0.0) + 1e-4)
-    return np.where(cnt >= min_count, z, np.inf)
-
-
-def novelty(strength: np.ndarray, history: int, gap: int = 0, min_count: int = 20) -> np.ndarray:
+def novelty(
+    strength: np.ndarray,
+    history: int,
+    gap: int = 0,
+    min_count: int = 20,
+    past: np.ndarray | None = None,
+) -> np.ndarray:
     """Strength over the largest strength of the same series in the ``history`` values
-    that end ``gap`` values ago (+inf while fewer than ``min_count``): above 1 means
+    that end ``gap`` values ago (``past``: the values that set the bar, default the
+    strengths themselves; +inf while fewer than ``min_count``): above 1 means
     nothing this strong happened recently. A pattern that recurs (a daily ramp the
     baseline cannot follow) stops being news; a first-of-its-kind change is.
     """
     import pandas as pd
 
     s = np.maximum(np.nan_to_num(strength, nan=0.0), 0.0)
-    frame = pd.DataFrame(s.T)
+    p = s if past is None else np.maximum(np.nan_to_num(past, nan=0.0), 0.0)
+    frame = pd.DataFrame(p.T)
     past = frame.shift(gap + 1).rolling(history, min_periods=min_count).max().to_numpy().T
     with np.errstate(divide="ignore", invalid="ignore"):
         out = s / np.maximum(past, 1e-9)
@@ -278,7 +260,9 @@ def reasons_at(evidence: list[Evidence], windows: tuple[str, ...], i: int, t: in
                     window=windows[int(ev.window[i, t])],
                     zscore=round(float(ev.zscore[i, t]), 4),
                     delta=float(ev.delta[i, t]),
-                    threshold=ev.threshold,
+                    threshold=float(
+                        ev.threshold if np.isscalar(ev.threshold) else ev.threshold[i, t]
+                    ),
                 )
             )
     return out

@@ -56,6 +56,7 @@ class FeatureSpec:
     rel_scale_floor: float = 1e-3
     min_baseline_points: int = 20
     detrend: bool = True
+    robust_clip: float = 4.0
 
     def points(self, seconds: float) -> int:
         return max(1, round(seconds / self.step))
@@ -104,6 +105,7 @@ class Features:
     pct_change: np.ndarray
     zse: dict[str, np.ndarray]  # significance: delta over the standard error of the window mean
     ready: np.ndarray  # bool: enough history and recent data to score
+    mature: np.ndarray  # bool: the baseline holds at least half its full length
     extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def matrix(
@@ -152,6 +154,7 @@ class Features:
             pct_change=t(self.pct_change),
             zse={k: t(v) for k, v in self.zse.items()},
             ready=t(self.ready),
+            mature=t(self.mature),
             extra={k: t(v) for k, v in self.extra.items()},
         )
 
@@ -245,20 +248,37 @@ def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
     def sums(lag: int, width: int) -> tuple[np.ndarray, ...]:
         return tuple(_window(p, lag, width) for p in (pc, pk, pkk, p1, pky, p2))
 
-    bn, bk, bkk, by, bky, byy = sums(longest, base_w)
-    b_slope, b_resid, b_sd = _line_stats(bn, bk, bkk, by, bky, byy)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        b_mean0 = by / bn
-        b_center = bk / bn  # mean time index of the baseline's samples
-    if spec.detrend:
-        # The baseline level follows the baseline's own line to the recent windows,
-        # so a daily ramp is not read as a shift; noise is the sd around that line.
-        # A line through a short baseline extrapolates noise: only long ones count.
-        long_enough = bn >= max(2 * longest, spec.baseline_points // 2)
-        trend = np.where(long_enough, np.nan_to_num(b_slope), 0.0)
-        b_sd = np.where(long_enough & np.isfinite(b_slope), b_resid, b_sd)
-    else:
-        trend = np.zeros_like(b_mean0)
+    def fit_baseline(p1_: np.ndarray, pky_: np.ndarray, p2_: np.ndarray) -> tuple[np.ndarray, ...]:
+        bn, bk, bkk = (_window(p, longest, base_w) for p in (pc, pk, pkk))
+        by, bky, byy = (_window(p, longest, base_w) for p in (p1_, pky_, p2_))
+        b_slope, b_resid, b_sd = _line_stats(bn, bk, bkk, by, bky, byy)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            b_mean0 = by / bn
+            b_center = bk / bn  # mean time index of the baseline's samples
+        if spec.detrend:
+            # The baseline level follows the baseline's own line to the recent windows,
+            # so a daily ramp is not read as a shift; noise is the sd around that line.
+            # A line through a short baseline extrapolates noise: only long ones count.
+            long_enough = bn >= max(2 * longest, spec.baseline_points // 2)
+            trend = np.where(long_enough, np.nan_to_num(b_slope), 0.0)
+            b_sd = np.where(long_enough & np.isfinite(b_slope), b_resid, b_sd)
+        else:
+            trend = np.zeros_like(b_mean0)
+        return bn, b_slope, b_sd, b_mean0, b_center, trend
+
+    bn, b_slope, b_sd, b_mean0, b_center, trend = fit_baseline(p1, pky, p2)
+    if spec.robust_clip > 0:
+        # Causal winsorising: each point enters baselines clipped to its own time's
+        # baseline ± robust_clip sds, so a past spike neither drags the level nor
+        # inflates the noise of the baselines after it. Recent windows stay raw.
+        with np.errstate(invalid="ignore"):
+            level = b_mean0 + trend * (k - b_center)
+            half = spec.robust_clip * np.fmax(b_sd, max(spec.min_scale, 1e-12))
+            ok = np.isfinite(level) & np.isfinite(half)
+            xc = np.where(ok, np.clip(x0, level - half, level + half), x0) * m
+        bn, b_slope, b_sd, b_mean0, b_center, trend = fit_baseline(
+            _prefix(xc), _prefix(xc * k), _prefix(xc * xc)
+        )
 
     def level_at(pos: np.ndarray) -> np.ndarray:
         """The baseline level (offset removed) at time index ``pos``."""
@@ -350,4 +370,5 @@ def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
         pct_change=pct,
         zse=zse,
         ready=ready,
+        mature=ready & (bn >= max(spec.min_baseline_points, spec.baseline_points // 2)),
     )

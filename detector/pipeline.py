@@ -12,18 +12,12 @@ from typing import Any
 import numpy as np
 
 from detector.catalogue import Query
-from detector.explain import (
-    Explainer,
-    Reason,
-    any_fired,
-    default_explainers,
-    evaluate,
-    reasons_at,
-)
+from detector.explain import Evidence, Explainer, Reason, default_explainers, reasons_at
 from detector.features import Features, FeatureSpec, compute_features
 from detector.scoring import ModelProvider
 from detector.settings import Settings
 from detector.source import SeriesBatch
+from detector.verdict import hysteresis, judge, reasons_behind
 
 
 @dataclass
@@ -33,26 +27,24 @@ class Thresholds:
     pct_thresh: float = 0.3
     score_thresh: float = 0.5
     resolve_ratio: float = 0.75
-    surprise: float = 0.0  # a reason counts only this many sds above its own history
-    history: int = 360  # points of strength history behind the surprise
-    novelty: float = 0.0  # a reason counts only this many times stronger than its recent max
+    novelty: float = 1.0  # a reason counts only this many times stronger than its recent max
+    history: int = 400  # points of each reason's strength history behind the novelty
 
     @classmethod
     def from_settings(cls, s: Settings) -> Thresholds:
-        return cls(s.z_thresh, s.vol_mult, s.pct_thresh, s.score_thresh, s.resolve_ratio)
+        return cls(s.z_thresh, s.vol_mult, s.pct_thresh, s.score_thresh, s.resolve_ratio, s.novelty)
 
     def relaxed(self) -> Thresholds:
         """Thresholds an ongoing anomaly must fall below to end (hysteresis against flapping)."""
         r = self.resolve_ratio
         return Thresholds(
-            self.z_thresh * r,
-            1 + (self.vol_mult - 1) * r,
-            self.pct_thresh * r,
-            0.0,
-            r,
-            0.0,
-            self.history,
-            0.0,
+            z_thresh=self.z_thresh * r,
+            vol_mult=1 + (self.vol_mult - 1) * r,
+            pct_thresh=self.pct_thresh * r,
+            score_thresh=0.0,
+            resolve_ratio=r,
+            novelty=0.0,
+            history=self.history,
         )
 
     def explainers(self, direction: str) -> list[Explainer]:
@@ -164,22 +156,27 @@ def detect_batch(
         version = model.version
         scores = model.scorer.score(last.matrix(query.direction))
 
-    evidence = evaluate(th.explainers(query.direction), last)
-    fired = any_fired(evidence)[:, 0]
+    # Verdicts need every column (novelty compares with the series' own history);
+    # the forest scores only the newest one.
+    all_scores = np.full(feats.ready.shape, np.nan)
+    all_scores[:, -1] = scores
+    j = judge(feats, th, query.direction, all_scores, spec.longest)
     ready = last.ready[:, 0]
-    # Without a model (too little history to fit one) the explainers decide alone.
-    gate = np.where(np.isfinite(scores), scores >= th.score_thresh, True)
-    anomalous = ready & fired & gate
     was_active = np.array([tuple(sorted(lb.items())) in (active or ()) for lb in batch.labels])
-    if was_active.any():
-        held = evaluate(th.relaxed().explainers(query.direction), last)
-        holding = ready & was_active & ~anomalous & any_fired(held)[:, 0]
-        anomalous |= holding
-        for strict, relaxed in zip(evidence, held, strict=True):
-            strict.fired[holding] = relaxed.fired[holding]
-            strict.zscore[holding] = relaxed.zscore[holding]
-            strict.delta[holding] = relaxed.delta[holding]
-            strict.window[holding] = relaxed.window[holding]
+    verdict = hysteresis(j.strict[:, -1:], j.relaxed[:, -1:], was_active)
+    anomalous = verdict[:, 0]
+    evidence = [
+        Evidence(
+            ev.reason,
+            ev.fired[:, -1:],
+            ev.window[:, -1:],
+            ev.zscore[:, -1:],
+            ev.delta[:, -1:],
+            ev.threshold[:, -1:],
+            None,
+        )
+        for ev in reasons_behind(j, np.pad(verdict, ((0, 0), (j.strict.shape[1] - 1, 0))))
+    ]
 
     # the newest finite value of each series (the grid's last point may be a gap)
     finite = np.isfinite(batch.values)

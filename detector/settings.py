@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     score_thresh: float = Field(
         0.5, ge=0, le=1, validation_alias=AliasChoices("AIOPS_SCORE_THRESH", "score_thresh")
     )
+    novelty: float = Field(1.0, ge=0, validation_alias=AliasChoices("AIOPS_NOVELTY", "novelty"))
     resolve_ratio: float = Field(
         0.75, gt=0, le=1, validation_alias=AliasChoices("AIOPS_RESOLVE_RATIO", "resolve_ratio")
     )

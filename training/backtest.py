@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.explain import Evidence, any_fired, evaluate, novelty, surprise
+from detector.explain import Evidence
 from detector.features import Features, FeatureSpec, compute_features
 from detector.pipeline import Thresholds
 from detector.scoring import IsolationForestScorer
+from detector.verdict import hysteresis, judge, reasons_behind
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Replay:
     anomalous: np.ndarray  # bool, the live verdict
     onset: np.ndarray  # bool, first column of each anomalous episode
     evidence: list[Evidence]  # reasons behind the verdict (strict, or relaxed while held)
+    weight: np.ndarray  # novelty of the strongest strict reason (0 where none)
 
     @property
     def windows(self) -> tuple[str, ...]:
@@ -81,16 +83,6 @@ def streaming_scores(
     return scores
 
 
-def hysteresis(strict: np.ndarray, relaxed: np.ndarray) -> np.ndarray:
-    """anomalous[t] = strict[t] or (anomalous[t-1] and relaxed[t]), per series."""
-    out = np.zeros_like(strict)
-    prev = np.zeros(strict.shape[0], dtype=bool)
-    for t in range(strict.shape[1]):
-        prev = strict[:, t] | (prev & relaxed[:, t])
-        out[:, t] = prev
-    return out
-
-
 def replay(
     values: np.ndarray,
     spec: FeatureSpec,
@@ -105,26 +97,8 @@ def replay(
         x = x[None, :]
     f = compute_features(x, spec)
     scores = streaming_scores(f, spec, direction, refit_every=refit_every)
-    strict_ev = evaluate(thresholds.explainers(direction), f)
-    if thresholds.surprise > 0:
-        for ev in strict_ev:
-            ev.fired = ev.fired & (surprise(ev.strength, thresholds.history) >= thresholds.surprise)
-    if thresholds.novelty > 0:
-        gap = spec.longest
-        for ev in strict_ev:
-            nov = novelty(ev.strength, thresholds.history, gap)
-            ev.fired = ev.fired & (nov >= thresholds.novelty)
-    relaxed_ev = evaluate(thresholds.relaxed().explainers(direction), f)
-    gate = np.where(np.isfinite(scores), scores >= thresholds.score_thresh, True)
-    strict = f.ready & any_fired(strict_ev) & gate
-    relaxed = f.ready & any_fired(relaxed_ev)
-    anomalous = hysteresis(strict, relaxed)
-    held = anomalous & ~strict
-    for s_ev, r_ev in zip(strict_ev, relaxed_ev, strict=True):
-        s_ev.fired = np.where(held, r_ev.fired, s_ev.fired & strict)
-        s_ev.zscore = np.where(held, r_ev.zscore, s_ev.zscore)
-        s_ev.delta = np.where(held, r_ev.delta, s_ev.delta)
-        s_ev.window = np.where(held, r_ev.window, s_ev.window)
+    j = judge(f, thresholds, direction, scores, spec.longest)
+    anomalous = hysteresis(j.strict, j.relaxed)
     onset = anomalous.copy()
     onset[:, 1:] &= ~anomalous[:, :-1]
-    return Replay(f, scores, anomalous, onset, strict_ev)
+    return Replay(f, scores, anomalous, onset, reasons_behind(j, anomalous), j.weight)

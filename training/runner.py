@@ -86,13 +86,9 @@ def find_csvs(path: Path) -> list[Path]:
 
 
 def event_score(r: Replay) -> np.ndarray:
-    """Nonzero on anomaly onsets: strongest reason (statistic/threshold) × forest score."""
-    strongest = np.zeros(r.anomalous.shape)
-    for ev in r.evidence:
-        if ev.strength is not None:
-            strongest = np.maximum(strongest, np.where(ev.fired, ev.strength, 0.0))
+    """Nonzero on anomaly onsets: novelty of the strongest reason × forest score."""
     forest = np.nan_to_num(r.score, nan=0.5)
-    return np.where(r.onset, np.maximum(strongest, 1.0) * forest, 0.0)
+    return np.where(r.onset, np.maximum(r.weight, 1.0) * forest, 0.0)
 
 
 def reason_strings(r: Replay) -> np.ndarray:

@@ -11,7 +11,8 @@ import pytest
 
 from detector.features import FeatureSpec
 from detector.pipeline import Thresholds
-from training.backtest import hysteresis, replay
+from detector.verdict import hysteresis
+from training.backtest import replay
 
 SPEC = FeatureSpec(step=60.0, baseline=300 * 60.0)
 

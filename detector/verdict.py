@@ -1,0 +1,91 @@
+"""The verdict rule, shared by the live cycle and streaming backtests.
+
+For every (series, time):
+
+1. each explainer fires at the configured thresholds, and only if the reason is
+   *novel*: its strength beats every strength of the same reason in the series'
+   recent history (``Thresholds.history`` points ending one longest window ago,
+   ``AIOPS_NOVELTY`` times over). A pattern that recurs — a daily batch job, a
+   ramp the baseline cannot follow — stops being news after its first time;
+2. the IsolationForest score must reach ``AIOPS_SCORE_THRESH`` (when a forest exists);
+3. hysteresis: a series anomalous at the previous step stays anomalous while any
+   reason fires at the relaxed thresholds (``AIOPS_RESOLVE_RATIO``), novel or not.
+
+The event score of an onset (what a detection "weighs") is the novelty of its
+strongest reason times the forest score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from detector.explain import Evidence, any_fired, evaluate, novelty
+from detector.features import Features
+
+if TYPE_CHECKING:
+    from detector.pipeline import Thresholds
+
+
+@dataclass
+class Judgement:
+    strict: np.ndarray  # bool (n, T): starts or continues an anomaly
+    relaxed: np.ndarray  # bool (n, T): may continue one
+    strict_evidence: list[Evidence]
+    relaxed_evidence: list[Evidence]
+    weight: np.ndarray  # strongest novelty among the strict reasons (0 where none)
+
+
+def judge(
+    f: Features, thresholds: Thresholds, direction: str, scores: np.ndarray, gap: int
+) -> Judgement:
+    """Strict and relaxed verdicts for every column of ``f`` (scores: NaN = no forest)."""
+    strict_ev = evaluate(thresholds.explainers(direction), f)
+    relaxed_ev = evaluate(thresholds.relaxed().explainers(direction), f)
+    weight = np.zeros(f.ready.shape)
+    for ev in strict_ev:
+        if thresholds.novelty > 0 and ev.strength is not None:
+            # young baselines give noisy strengths: they do not set the bar
+            past = np.where(f.mature, ev.strength, 0.0)
+            nov = novelty(ev.strength, thresholds.history, gap, past=past)
+            ev.fired = ev.fired & (nov >= thresholds.novelty)
+            weight = np.maximum(weight, np.where(ev.fired, np.minimum(nov, 50.0), 0.0))
+        elif ev.strength is not None:
+            weight = np.maximum(weight, np.where(ev.fired, ev.strength, 0.0))
+    gate = np.where(np.isfinite(scores), scores >= thresholds.score_thresh, True)
+    strict = f.ready & any_fired(strict_ev) & gate
+    relaxed = f.ready & any_fired(relaxed_ev)
+    return Judgement(strict, relaxed, strict_ev, relaxed_ev, weight)
+
+
+def hysteresis(
+    strict: np.ndarray, relaxed: np.ndarray, active: np.ndarray | None = None
+) -> np.ndarray:
+    """anomalous[t] = strict[t] or (anomalous[t-1] and relaxed[t]); ``active`` is t = -1."""
+    out = np.zeros_like(strict)
+    prev = np.zeros(strict.shape[0], dtype=bool) if active is None else active.copy()
+    for t in range(strict.shape[1]):
+        prev = strict[:, t] | (prev & relaxed[:, t])
+        out[:, t] = prev
+    return out
+
+
+def reasons_behind(j: Judgement, anomalous: np.ndarray) -> list[Evidence]:
+    """The evidence behind each verdict: strict reasons, or the relaxed ones while held."""
+    held = anomalous & ~j.strict
+    out = []
+    for s_ev, r_ev in zip(j.strict_evidence, j.relaxed_evidence, strict=True):
+        out.append(
+            Evidence(
+                reason=s_ev.reason,
+                fired=np.where(held, r_ev.fired, s_ev.fired & j.strict),
+                window=np.where(held, r_ev.window, s_ev.window),
+                zscore=np.where(held, r_ev.zscore, s_ev.zscore),
+                delta=np.where(held, r_ev.delta, s_ev.delta),
+                threshold=np.where(held, r_ev.threshold, s_ev.threshold),
+                strength=s_ev.strength,
+            )
+        )
+    return out
