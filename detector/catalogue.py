@@ -32,7 +32,9 @@ class Query(BaseModel):
     promql: str = Field(min_length=1)
     direction: Direction = "both"
     labels: tuple[str, ...] | None = None
-    seasonality: Literal["daily", "weekly"] | None = None
+    #: seasonal period whose profile is removed where it explains the series (adaptive,
+    #: needs a lookback of at least one period); unset means daily, "none" turns it off
+    seasonality: Literal["daily", "weekly", "none"] | None = None
     lookback: str | None = None
     step: str | None = None
     min_scale: float = Field(0.0, ge=0)
@@ -63,6 +65,9 @@ class Query(BaseModel):
 
     def lookback_seconds(self, settings: Settings) -> float:
         return parse_duration(self.lookback or settings.lookback)
+
+    def season_seconds(self) -> float:
+        return {"none": 0.0, "weekly": 7 * 86400.0}.get(self.seasonality or "daily", 86400.0)
 
     def step_seconds(self, settings: Settings) -> float:
         return parse_duration(self.step or settings.step)

@@ -35,6 +35,10 @@ REASONS: tuple[str, ...] = ("level_shift", "volatility_spike", "trend_break", "p
 
 #: percent_change also needs the change to be this many standard errors of the window mean.
 PCT_MIN_Z = 4.0
+#: volatility_spike and trend_break also need their statistic this many standard errors
+#: beyond "no change" (matters on coarse steps, where a window holds few points).
+VOL_MIN_Z = 4.5
+TREND_MIN_Z = 3.5
 #: A line must fit the last hour within this many baseline sds to call it a trend.
 TREND_MAX_RESID = 1.5
 
@@ -85,7 +89,10 @@ def _trend_like(f: Features, threshold: float, direction: str) -> np.ndarray:
     line = np.nan_to_num(f.resid_ratio, nan=np.inf)
     with np.errstate(invalid="ignore"):
         fits = (line <= TREND_MAX_RESID) & (line < np.nan_to_num(f.step_resid_ratio, nan=np.inf))
-    return fits & _ge(signed(f.trend_z, direction), threshold)
+    bad = signed(f.trend_z, direction)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        significant = _ge(bad / f.trend_se, TREND_MIN_Z)
+    return fits & _ge(bad, threshold) & significant
 
 
 class LevelShiftExplainer:
@@ -156,7 +163,9 @@ class VolatilityExplainer:
         self.window = window
 
     def evaluate(self, f: Features) -> Evidence:
-        fired = _ge(f.vol_ratio, self.threshold) & f.ready
+        with np.errstate(invalid="ignore", divide="ignore"):
+            significant = _ge((f.vol_ratio - 1.0) / f.vol_se, VOL_MIN_Z)
+        fired = _ge(f.vol_ratio, self.threshold) & significant & f.ready
         window = np.full(fired.shape, min(self.window, len(f.windows) - 1))
         delta = f.vol_recent - f.vol_baseline
         strength = np.nan_to_num(f.vol_ratio) / self.threshold

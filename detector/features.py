@@ -18,7 +18,8 @@ the time axis, so the cost is O(series × points) whatever the window lengths.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -41,6 +42,9 @@ FEATURE_NAMES: tuple[str, ...] = feature_names()
 #: before averaging, so one jump (a level shift) does not read as volatility.
 VOL_CAP_SIGMAS = 4.0
 _HALF_NORMAL_MEAN = math.sqrt(2.0 / math.pi)
+#: offsets around each past period that the seasonal profile takes the median of
+SEASON_NEIGHBOURS: tuple[int, ...] = (-1, 0, 1)
+_HALF_NORMAL_REL_SD = math.sqrt(math.pi / 2.0 - 1.0)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,10 @@ class FeatureSpec:
     min_baseline_points: int = 20
     detrend: bool = True
     robust_clip: float = 4.0
+    scale_memory: float = 1.0  # scale floor: this share of the series' typical spread so far
+    season: float = 0.0  # seconds of the seasonal period (0: none), e.g. 86400 for daily
+    season_cycles: int = 3  # past periods the seasonal profile is the median of
+    season_gain: float = 0.7  # the profile is used where it cuts the spread below this share
 
     def points(self, seconds: float) -> int:
         return max(1, round(seconds / self.step))
@@ -77,6 +85,14 @@ class FeatureSpec:
     @property
     def baseline_points(self) -> int:
         return max(self.points(self.baseline), 4 * self.longest, 2)
+
+    @property
+    def season_points(self) -> int:
+        """Points per seasonal period; 0 when seasonality is off or the period is too short."""
+        if self.season <= 0:
+            return 0
+        pts = round(self.season / self.step)
+        return pts if pts >= 2 * self.longest else 0
 
     @property
     def warmup_points(self) -> int:
@@ -100,6 +116,8 @@ class Features:
     resid_ratio: np.ndarray  # residual sd of a line through the longest window / scale
     step_resid_ratio: np.ndarray  # residual sd of the best two-level step there / scale
     vol_ratio: np.ndarray  # recent / baseline dispersion of first differences
+    vol_se: np.ndarray  # standard error of vol_ratio under "no change" (fewer points: larger)
+    trend_se: np.ndarray  # standard error of trend_z under "no change"
     vol_recent: np.ndarray
     vol_baseline: np.ndarray
     pct_change: np.ndarray
@@ -149,6 +167,8 @@ class Features:
             resid_ratio=t(self.resid_ratio),
             step_resid_ratio=t(self.step_resid_ratio),
             vol_ratio=t(self.vol_ratio),
+            vol_se=t(self.vol_se),
+            trend_se=t(self.trend_se),
             vol_recent=t(self.vol_recent),
             vol_baseline=t(self.vol_baseline),
             pct_change=t(self.pct_change),
@@ -223,10 +243,134 @@ def _best_step_resid(
 
 
 def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
-    """Features of every series at every time index; see the module docstring."""
+    """Features of every series at every time index; see the module docstring.
+
+    With a seasonal period (``spec.season``), features are computed twice: on the
+    values, and on the values with their seasonal profile removed (the median of
+    the same phase over the last ``season_cycles`` periods, centred on the level of
+    those periods). Each (series, time) takes the seasonal variant where the
+    profile explains the series: its residuals spread less than ``season_gain``
+    times the values over the last period (measured one longest window ago, so an
+    ongoing incident does not choose its own yardstick). A daily peak is then not
+    an incident, and a day that misses its peak is.
+    """
     x = np.asarray(values, dtype=np.float64)
     if x.ndim == 1:
         x = x[None, :]
+    plain = _compute(x, spec)
+    period = spec.season_points
+    if period == 0 or x.shape[1] <= period + spec.warmup_points:
+        return plain
+    profile = seasonal_profile(x, period, spec.season_cycles)
+    use = seasonal_helps(x, profile, period, spec.longest, spec.season_gain)
+    if not use.any():
+        return plain
+    seasonal = _compute(x - profile, spec)
+    seasonal.value = plain.value
+    seasonal.baseline = seasonal.baseline + np.nan_to_num(profile)
+    for name, w in spec.window_points.items():
+        seasonal.mean[name] = seasonal.mean[name] + _trailing_mean(np.nan_to_num(profile), w)
+    merged = _merge(use, seasonal, plain)
+    merged.extra["seasonal"] = use
+    return merged
+
+
+def _trailing_mean(a: np.ndarray, width: int) -> np.ndarray:
+    p = _prefix(a)
+    return _window(p, 0, width) / np.minimum(np.arange(1, a.shape[1] + 1), width)[None, :]
+
+
+def seasonal_profile(x: np.ndarray, period: int, cycles: int = 3) -> np.ndarray:
+    """The seasonal part of every (series, time), from the past only.
+
+    The median of the values ``period``, ``2·period``, … ``cycles·period`` points
+    ago and of their neighbours (a step keeps its edge, noise averages out), minus
+    the mean level of those periods: it sums to about zero over a period, so
+    removing it keeps the series' level (and units). NaN where not even one period
+    of history exists.
+    """
+    n, T = x.shape
+    lags = []
+    for j in range(1, cycles + 1):
+        for d in (j * period + o for o in SEASON_NEIGHBOURS):
+            lag = np.full((n, T), np.nan)
+            if 0 < d < T:
+                lag[:, d:] = x[:, : T - d]
+            lags.append(lag)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        phase = np.nanmedian(np.stack(lags), axis=0)
+    finite = np.isfinite(x)
+    pc, p1 = _prefix(finite.astype(np.float64)), _prefix(np.where(finite, x, 0.0))
+    have = np.clip(np.arange(T) // period, 0, cycles)[None, :]  # whole periods behind t
+    span = np.maximum(have * period, 1)
+    cnt = np.zeros((n, T))
+    tot = np.zeros((n, T))
+    for j in range(1, cycles + 1):
+        sel = have == j
+        if sel.any():
+            c = _window(pc, 1, j * period)
+            s = _window(p1, 1, j * period)
+            cnt = np.where(sel, c, cnt)
+            tot = np.where(sel, s, tot)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        level = np.where(cnt >= span / 2, tot / cnt, np.nan)
+    return phase - level
+
+
+def seasonal_helps(
+    x: np.ndarray, profile: np.ndarray, period: int, lag: int, gain: float
+) -> np.ndarray:
+    """Where the residuals of the last period (ending ``lag`` points ago) spread less
+    than ``gain`` times the values themselves."""
+
+    def spread(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ok = np.isfinite(a)
+        a0 = np.where(ok, a, 0.0)
+        n = _window(_prefix(ok.astype(np.float64)), lag, period)
+        s1 = _window(_prefix(a0), lag, period)
+        s2 = _window(_prefix(a0 * a0), lag, period)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            var = np.maximum(s2 / n - (s1 / n) ** 2, 0.0)
+        return var, n
+
+    # shift by each row's first finite value: spreads are shift-free, sums stay small
+    finite = np.isfinite(x)
+    shift = np.nan_to_num(x[np.arange(len(x)), np.argmax(finite, axis=1)])[:, None]
+    var_x, _ = spread(x - shift)
+    var_r, n_r = spread(x - profile - shift)
+    with np.errstate(invalid="ignore"):
+        return (n_r >= period / 2) & (var_r < gain * gain * var_x)
+
+
+def _merge(use: np.ndarray, a: Features, b: Features) -> Features:
+    """``a`` where ``use``, else ``b``, field by field."""
+
+    def pick(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return np.where(use, u, v)
+
+    out = {}
+    for fld in fields(Features):
+        u, v = getattr(a, fld.name), getattr(b, fld.name)
+        if fld.name == "windows":
+            out[fld.name] = u
+        elif isinstance(u, dict):
+            out[fld.name] = {k: pick(u[k], v[k]) for k in u if k in v}
+        else:
+            out[fld.name] = pick(u, v)
+    return Features(**out)
+
+
+def _past_median(a: np.ndarray, lag: int, horizon: int = 2000) -> np.ndarray:
+    """Median of each series' values over the ``horizon`` points ending ``lag`` points ago."""
+    import pandas as pd
+
+    frame = pd.DataFrame(np.where(np.isfinite(a), a, np.nan).T)
+    med = frame.shift(lag).rolling(horizon, min_periods=1).median().to_numpy().T
+    return np.nan_to_num(med, nan=0.0)
+
+
+def _compute(x: np.ndarray, spec: FeatureSpec) -> Features:
     n_series, n_times = x.shape
     finite = np.isfinite(x)
     # Shift each row by its first finite value: sums stay small and exact enough;
@@ -286,6 +430,11 @@ def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
 
     baseline = level_at(k) + offset
     floor = np.maximum(spec.rel_scale_floor * np.abs(baseline), max(spec.min_scale, 1e-12))
+    if spec.scale_memory > 0:
+        # A baseline quieter than the series usually is (a flat stretch) must not turn
+        # the next ordinary wiggle into a huge z: the scale never drops below a share
+        # of the series' typical baseline spread so far.
+        floor = np.fmax(floor, spec.scale_memory * _past_median(b_sd, spec.longest))
     scale = np.fmax(b_sd, floor)
 
     ready = (bn >= spec.min_baseline_points) & np.isfinite(baseline)
@@ -310,6 +459,8 @@ def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
     step_resid = _best_step_resid(pc, p1, rn, ry, ryy, longest, wpts)
     with np.errstate(divide="ignore", invalid="ignore"):
         trend_z = slope_delta / scale
+        # sd of a least-squares slope through rn points of unit noise, times the window
+        trend_se = np.sqrt(12.0 * rn / np.maximum(rn * rn - 1.0, 1.0))
         resid_ratio = r_resid / scale
         step_resid_ratio = step_resid / scale
 
@@ -324,7 +475,10 @@ def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
     with np.errstate(divide="ignore", invalid="ignore"):
         d_mean = _window(pd1, longest, base_w) / dn
         d_var = (_window(pd2, longest, base_w) - dn * d_mean * d_mean) / np.maximum(dn - 1, 1)
-        d_sd = np.fmax(np.sqrt(np.maximum(d_var, 0.0)), floor)
+        d_sd = np.sqrt(np.maximum(d_var, 0.0))
+    if spec.scale_memory > 0:
+        floor = np.fmax(floor, spec.scale_memory * _past_median(d_sd, spec.longest))
+    d_sd = np.fmax(d_sd, floor)
     capped = np.where(dm > 0, np.minimum(np.abs(d0), VOL_CAP_SIGMAS * np.nan_to_num(d_sd)), 0.0)
     pcap = _prefix(capped)
     names = list(wpts)
@@ -336,6 +490,8 @@ def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
         vol_recent = np.where(vn >= max(2, math.ceil(vw / 2)), _window(pcap, 0, vw) / vn, np.nan)
         vol_recent = vol_recent / _HALF_NORMAL_MEAN
         vol_ratio = vol_recent / d_sd
+        # mean |d| of m normal differences: relative sd sqrt(pi/2 - 1) / sqrt(m)
+        vol_se = _HALF_NORMAL_REL_SD / np.sqrt(np.maximum(vn, 1.0))
 
     # Significance of each window's change: the mean of w points has a standard error
     # of scale / sqrt(n_eff), with n_eff shrunk by the lag-1 autocorrelation that
@@ -365,6 +521,8 @@ def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
         resid_ratio=resid_ratio,
         step_resid_ratio=step_resid_ratio,
         vol_ratio=vol_ratio,
+        vol_se=vol_se,
+        trend_se=trend_se,
         vol_recent=vol_recent,
         vol_baseline=d_sd,
         pct_change=pct,

@@ -100,7 +100,9 @@ def feature_spec(query: Query, settings: Settings, step: float) -> FeatureSpec:
     spec = FeatureSpec(step=step, min_scale=query.min_scale)
     lookback = query.lookback_seconds(settings)
     baseline = max(lookback - spec.longest * step, spec.min_baseline_points * step)
-    return FeatureSpec(step=step, min_scale=query.min_scale, baseline=baseline)
+    return FeatureSpec(
+        step=step, min_scale=query.min_scale, baseline=baseline, season=query.season_seconds()
+    )
 
 
 def training_rows(

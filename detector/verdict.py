@@ -55,7 +55,7 @@ def judge(
         elif ev.strength is not None:
             weight = np.maximum(weight, np.where(ev.fired, ev.strength, 0.0))
     gate = np.where(np.isfinite(scores), scores >= thresholds.score_thresh, True)
-    strict = f.ready & any_fired(strict_ev) & gate
+    strict = f.mature & any_fired(strict_ev) & gate
     relaxed = f.ready & any_fired(relaxed_ev)
     return Judgement(strict, relaxed, strict_ev, relaxed_ev, weight)
 

@@ -86,9 +86,17 @@ def find_csvs(path: Path) -> list[Path]:
 
 
 def event_score(r: Replay) -> np.ndarray:
-    """Nonzero on anomaly onsets: novelty of the strongest reason × forest score."""
+    """Nonzero on anomaly onsets: how much a detection weighs, for one threshold over all series.
+
+    The forest score of the onset times ``ln(1 + novelty)`` of its strongest reason (how
+    far it beats the same reason's recent maximum; the log keeps a flat series' first
+    wiggle from outweighing everything) times the square root of the number of reasons
+    that agree.
+    """
     forest = np.nan_to_num(r.score, nan=0.5)
-    return np.where(r.onset, np.maximum(r.weight, 1.0) * forest, 0.0)
+    agree = sum(ev.fired.astype(np.float64) for ev in r.evidence)
+    weight = np.log1p(np.maximum(r.weight, 1.0)) * np.sqrt(np.maximum(agree, 1.0))
+    return np.where(r.onset, weight * forest, 0.0)
 
 
 def reason_strings(r: Replay) -> np.ndarray:
