@@ -39,6 +39,9 @@ PCT_MIN_Z = 4.0
 #: beyond "no change" (matters on coarse steps, where a window holds few points).
 VOL_MIN_Z = 4.5
 TREND_MIN_Z = 3.5
+#: level_shift: at least this share of the shortest window's points must be beyond
+#: the threshold themselves.
+PERSIST_SHARE = 0.5
 #: A line must fit the last hour within this many baseline sds to call it a trend.
 TREND_MAX_RESID = 1.5
 
@@ -79,6 +82,14 @@ def signed(a: np.ndarray, direction: str) -> np.ndarray:
     return np.abs(a)
 
 
+def _trailing_share(a: np.ndarray, width: int) -> np.ndarray:
+    """Mean of ``a`` over the last ``width`` columns (fewer at the start)."""
+    c = np.cumsum(a, axis=-1)
+    out = c.copy()
+    out[..., width:] = c[..., width:] - c[..., :-width]
+    return out / np.minimum(np.arange(1, a.shape[-1] + 1), width)
+
+
 def _ge(a: np.ndarray, threshold: float) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         return np.nan_to_num(a, nan=-np.inf) >= threshold
@@ -115,6 +126,14 @@ class LevelShiftExplainer:
         else:
             bad = signed(stack, self.direction)
         weakest = np.min(np.stack([bad[names.index(w)] for w in confirm]), axis=0)
+        # most points of the shortest window are themselves beyond the threshold: a
+        # blip shorter than the window moves its mean but is not a shift
+        point = (
+            signed(f.point_z, self.direction) if self.direction != "both" else (f.point_z * sign)
+        )
+        beyond = (np.nan_to_num(point, nan=-np.inf) >= self.threshold).astype(np.float64)
+        held = _trailing_share(beyond, f.short_points) >= PERSIST_SHARE
+        weakest = np.where(held, weakest, 0.0)
         trend = _trend_like(f, self.threshold, self.direction)
         strength = np.where(trend, 0.0, np.nan_to_num(weakest, nan=0.0)) / self.threshold
         fired = _ge(strength, 1.0)

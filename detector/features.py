@@ -116,6 +116,7 @@ class Features:
     resid_ratio: np.ndarray  # residual sd of a line through the longest window / scale
     step_resid_ratio: np.ndarray  # residual sd of the best two-level step there / scale
     vol_ratio: np.ndarray  # recent / baseline dispersion of first differences
+    point_z: np.ndarray  # each point against its own time's baseline, in baseline sds
     vol_se: np.ndarray  # standard error of vol_ratio under "no change" (fewer points: larger)
     trend_se: np.ndarray  # standard error of trend_z under "no change"
     vol_recent: np.ndarray
@@ -125,6 +126,7 @@ class Features:
     ready: np.ndarray  # bool: enough history and recent data to score
     mature: np.ndarray  # bool: the baseline holds at least half its full length
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    short_points: int = 1  # points in the shortest recent window
 
     def matrix(
         self, direction: str = "both", at: tuple[np.ndarray, np.ndarray] | None = None
@@ -167,6 +169,7 @@ class Features:
             resid_ratio=t(self.resid_ratio),
             step_resid_ratio=t(self.step_resid_ratio),
             vol_ratio=t(self.vol_ratio),
+            point_z=t(self.point_z),
             vol_se=t(self.vol_se),
             trend_se=t(self.trend_se),
             vol_recent=t(self.vol_recent),
@@ -176,6 +179,7 @@ class Features:
             ready=t(self.ready),
             mature=t(self.mature),
             extra={k: t(v) for k, v in self.extra.items()},
+            short_points=self.short_points,
         )
 
 
@@ -352,7 +356,7 @@ def _merge(use: np.ndarray, a: Features, b: Features) -> Features:
     out = {}
     for fld in fields(Features):
         u, v = getattr(a, fld.name), getattr(b, fld.name)
-        if fld.name == "windows":
+        if fld.name in ("windows", "short_points"):
             out[fld.name] = u
         elif isinstance(u, dict):
             out[fld.name] = {k: pick(u[k], v[k]) for k in u if k in v}
@@ -438,6 +442,8 @@ def _compute(x: np.ndarray, spec: FeatureSpec) -> Features:
     scale = np.fmax(b_sd, floor)
 
     ready = (bn >= spec.min_baseline_points) & np.isfinite(baseline)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        point_z = np.where(finite, (x - baseline) / scale, np.nan)
 
     mean: dict[str, np.ndarray] = {}
     z: dict[str, np.ndarray] = {}
@@ -521,6 +527,7 @@ def _compute(x: np.ndarray, spec: FeatureSpec) -> Features:
         resid_ratio=resid_ratio,
         step_resid_ratio=step_resid_ratio,
         vol_ratio=vol_ratio,
+        point_z=point_z,
         vol_se=vol_se,
         trend_se=trend_se,
         vol_recent=vol_recent,
@@ -529,4 +536,5 @@ def _compute(x: np.ndarray, spec: FeatureSpec) -> Features:
         zse=zse,
         ready=ready,
         mature=ready & (bn >= max(spec.min_baseline_points, spec.baseline_points // 2)),
+        short_points=min(wpts.values()),
     )
