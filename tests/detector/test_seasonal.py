@@ -1,0 +1,120 @@
+"""Seasonal profiles, the history-based scale floor and the blip/significance gates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.explain import LevelShiftExplainer, VolatilityExplainer
+from detector.features import FeatureSpec, compute_features, seasonal_profile
+from detector.pipeline import Thresholds
+from training.backtest import replay
+
+STEP = 300.0  # 5-minute data: 288 points a day
+DAY = 288
+SEASONAL = FeatureSpec(step=STEP, baseline=5 * 3600.0, season=86400.0)
+PLAIN = FeatureSpec(step=STEP, baseline=5 * 3600.0, season=0.0)
+
+
+def square_wave(days: int = 6, noise: float = 0.0, seed: int = 1) -> np.ndarray:
+    """Busy from 09:00 to 17:00, quiet otherwise: the look-alike of a daily peak."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(days * DAY)
+    phase = t % DAY
+    x = np.where((phase >= 108) & (phase < 204), 80.0, 20.0)
+    return x + rng.normal(0, noise, len(t)) if noise else x
+
+
+def onsets_after(r, start: int) -> np.ndarray:
+    t = np.nonzero(r.onset[0])[0]
+    return t[t >= start]
+
+
+def test_profile_uses_the_past_only():
+    x = square_wave(noise=1.0)[None, :]
+    full = seasonal_profile(x, DAY)
+    for t in (DAY + 5, 2 * DAY + 107, 4 * DAY + 150):
+        part = seasonal_profile(x[:, : t + 1], DAY)
+        np.testing.assert_allclose(part[0, t], full[0, t])
+    assert np.isnan(full[0, : DAY - 1]).all()  # no period of history yet
+
+
+def test_profile_removes_a_daily_square_wave():
+    x = square_wave()[None, :]
+    profile = seasonal_profile(x, DAY)
+    resid = (x - profile)[0, 3 * DAY :]
+    assert np.nanstd(resid) < 1e-9  # the peak is fully expected
+    assert np.nanstd(x[0, 3 * DAY :]) > 25
+
+
+@pytest.mark.parametrize(
+    ("spec", "expect_quiet"),
+    [(SEASONAL, True), (PLAIN, False)],
+    ids=["seasonal", "plain"],
+)
+def test_a_daily_peak_is_not_an_incident_once_seasonality_is_known(spec, expect_quiet):
+    x = square_wave(noise=0.5)
+    r = replay(x, spec, Thresholds(), "both")
+    late = onsets_after(r, 2 * DAY)
+    assert (len(late) == 0) == expect_quiet, late
+
+
+def test_a_day_without_its_peak_is_a_level_shift():
+    x = square_wave(noise=0.5)
+    x[5 * DAY + 108 : 5 * DAY + 204] = 20.0  # day 6: the peak never comes
+    r = replay(x, SEASONAL, Thresholds(), "both")
+    late = onsets_after(r, 2 * DAY)
+    assert len(late) >= 1
+    t = late[0]
+    assert 5 * DAY + 108 <= t < 5 * DAY + 120, t
+    assert "level_shift" in r.reasons(0, t)
+    assert r.features.extra["seasonal"][0, t]
+
+
+def test_seasonal_features_have_no_look_ahead():
+    x = square_wave(noise=1.0)
+    x[4 * DAY + 120 : 4 * DAY + 140] += 30
+    th = Thresholds()
+    full = replay(x, SEASONAL, th, "both", refit_every=300)
+    for t in (3 * DAY + 10, 4 * DAY + 119, 4 * DAY + 125, 4 * DAY + 141, 5 * DAY):
+        part = replay(x[: t + 1], SEASONAL, th, "both", refit_every=300)
+        assert part.anomalous[0, t] == full.anomalous[0, t], t
+        assert part.reasons(0, t) == full.reasons(0, t), t
+        np.testing.assert_allclose(part.features.baseline[0, t], full.features.baseline[0, t])
+
+
+def test_a_flat_stretch_does_not_shrink_the_scale_below_the_series_history():
+    rng = np.random.default_rng(4)
+    x = 50 + rng.normal(0, 2.0, 1200)
+    x[900:1100] = 50.0  # a perfectly flat stretch (a stuck exporter, a quiet night)
+    f = compute_features(x[None, :], PLAIN)
+    assert f.scale[0, 1099] > 1.0  # still about the series' usual 2.0, not ~0
+    no_memory = compute_features(x[None, :], FeatureSpec(step=STEP, scale_memory=0.0))
+    assert no_memory.scale[0, 1099] < 0.1
+
+
+def test_a_blip_shorter_than_the_shortest_window_is_not_a_level_shift():
+    rng = np.random.default_rng(5)
+    x = 100 + rng.normal(0, 1.0, 600)
+    spec = FeatureSpec(step=60.0, baseline=300 * 60.0)
+    blip = x.copy()
+    blip[500:502] += 40  # 2 minutes
+    shift = x.copy()
+    shift[500:] += 40
+    ex = LevelShiftExplainer(threshold=3.0)
+    fb = compute_features(blip[None, :], spec)
+    fs = compute_features(shift[None, :], spec)
+    assert fb.z["5m"][0, 502] > 3 and fb.z["15m"][0, 502] > 3  # the means did move
+    assert not ex.evaluate(fb).fired[0, 500:510].any()
+    assert ex.evaluate(fs).fired[0, 503:510].all()
+
+
+def test_volatility_needs_significance_when_windows_hold_few_points():
+    rng = np.random.default_rng(6)
+    x = 100 + rng.normal(0, 1.0, (200, 400))  # pure noise, coarse step: 6-point windows
+    f = compute_features(x, PLAIN)
+    ex = VolatilityExplainer(threshold=2.0)
+    by_ratio = (np.nan_to_num(f.vol_ratio) >= 2.0) & f.ready
+    fired = ex.evaluate(f).fired
+    assert by_ratio.sum() > 20  # small windows cross 2x by chance...
+    assert fired.sum() < by_ratio.sum() / 5  # ...which the significance gate mostly refuses
