@@ -32,12 +32,12 @@ from training.incidents import (
 #: reason → (recall floor, precision floor)
 FLOORS: dict[str, tuple[float, float]] = {
     "level_shift": (0.8, 0.3),
-    "volatility_spike": (0.8, 0.5),
-    "trend_break": (0.65, 0.25),
-    "percent_change": (0.8, 0.55),
+    "volatility_spike": (0.8, 0.8),
+    "trend_break": (0.8, 0.3),
+    "percent_change": (0.8, 0.6),
 }
 OVERALL_RECALL = 0.9  # any reason, inside the window
-OVERALL_PRECISION = 0.55
+OVERALL_PRECISION = 0.65
 #: Look-alikes allowed to fire, of 12 (the daily-profile ones, the 2-minute latency blip
 #: and early-history alarms on the outlier case fire today).
 MAX_LOOKALIKES_FIRING = 5
