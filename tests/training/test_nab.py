@@ -23,7 +23,18 @@ from training.nab import (
     sigmoid,
 )
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "nab"
+#: the shared NAB folder beside the checkout (../shared/nab), else the workplace's copy
+SHARED = next(
+    (
+        p
+        for p in (
+            Path(__file__).resolve().parents[3] / "shared" / "nab",
+            Path("/work/shared/nab"),
+        )
+        if (p / "nab_score.py").exists()
+    ),
+    Path(__file__).resolve().parents[3] / "shared" / "nab",
+)
 FILES = [
     "artificialNoAnomaly/art_noisy.csv",
     "artificialWithAnomaly/art_daily_jumpsup.csv",
