@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from detector.features import Features
+from detector.features import Features, trailing_mean
 
 REASONS: tuple[str, ...] = ("level_shift", "volatility_spike", "trend_break", "percent_change")
 
@@ -82,14 +82,6 @@ def signed(a: np.ndarray, direction: str) -> np.ndarray:
     return np.abs(a)
 
 
-def _trailing_share(a: np.ndarray, width: int) -> np.ndarray:
-    """Mean of ``a`` over the last ``width`` columns (fewer at the start)."""
-    c = np.cumsum(a, axis=-1)
-    out = c.copy()
-    out[..., width:] = c[..., width:] - c[..., :-width]
-    return out / np.minimum(np.arange(1, a.shape[-1] + 1), width)
-
-
 def _ge(a: np.ndarray, threshold: float) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         return np.nan_to_num(a, nan=-np.inf) >= threshold
@@ -132,7 +124,7 @@ class LevelShiftExplainer:
             signed(f.point_z, self.direction) if self.direction != "both" else (f.point_z * sign)
         )
         beyond = (np.nan_to_num(point, nan=-np.inf) >= self.threshold).astype(np.float64)
-        held = _trailing_share(beyond, f.short_points) >= PERSIST_SHARE
+        held = trailing_mean(beyond, f.short_points) >= PERSIST_SHARE
         weakest = np.where(held, weakest, 0.0)
         trend = _trend_like(f, self.threshold, self.direction)
         strength = np.where(trend, 0.0, np.nan_to_num(weakest, nan=0.0)) / self.threshold

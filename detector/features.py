@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass, field, fields
 
 import numpy as np
+import pandas as pd
 
 from detector.durations import format_duration
 
@@ -250,9 +251,8 @@ def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
     """Features of every series at every time index; see the module docstring.
 
     With a seasonal period (``spec.season``), features are computed twice: on the
-    values, and on the values with their seasonal profile removed (the median of
-    the same phase over the last ``season_cycles`` periods, centred on the level of
-    those periods). Each (series, time) takes the seasonal variant where the
+    values, and on the values with their seasonal profile removed (see
+    ``seasonal_profile``). Each (series, time) takes the seasonal variant where the
     profile explains the series: its residuals spread less than ``season_gain``
     times the values over the last period (measured one longest window ago, so an
     ongoing incident does not choose its own yardstick). A daily peak is then not
@@ -273,13 +273,14 @@ def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
     seasonal.value = plain.value
     seasonal.baseline = seasonal.baseline + np.nan_to_num(profile)
     for name, w in spec.window_points.items():
-        seasonal.mean[name] = seasonal.mean[name] + _trailing_mean(np.nan_to_num(profile), w)
+        seasonal.mean[name] = seasonal.mean[name] + trailing_mean(np.nan_to_num(profile), w)
     merged = _merge(use, seasonal, plain)
     merged.extra["seasonal"] = use
     return merged
 
 
-def _trailing_mean(a: np.ndarray, width: int) -> np.ndarray:
+def trailing_mean(a: np.ndarray, width: int) -> np.ndarray:
+    """Mean of each row over its last ``width`` columns (fewer at the start); no NaN."""
     p = _prefix(a)
     return _window(p, 0, width) / np.minimum(np.arange(1, a.shape[1] + 1), width)[None, :]
 
@@ -367,8 +368,6 @@ def _merge(use: np.ndarray, a: Features, b: Features) -> Features:
 
 def _past_median(a: np.ndarray, lag: int, horizon: int = 2000) -> np.ndarray:
     """Median of each series' values over the ``horizon`` points ending ``lag`` points ago."""
-    import pandas as pd
-
     frame = pd.DataFrame(np.where(np.isfinite(a), a, np.nan).T)
     med = frame.shift(lag).rolling(horizon, min_periods=1).median().to_numpy().T
     return np.nan_to_num(med, nan=0.0)
