@@ -38,6 +38,10 @@ class Query(BaseModel):
     lookback: str | None = None
     step: str | None = None
     min_scale: float = Field(0.0, ge=0)
+    #: share of training points the trained model calls outliers (IsolationForest
+    #: ``contamination``); it also bounds the anomaly rate a candidate may show on
+    #: the held-back tail before it is promoted
+    contamination: float = Field(0.01, gt=0, le=0.2)
     counter: bool = False
     description: str = ""
 

@@ -68,18 +68,21 @@ def detect(
     port: Annotated[int | None, typer.Option(help="HTTP port for /metrics and /healthz")] = None,
 ) -> None:
     """Run the detector service (or one cycle with --once)."""
-    from detector.cycle import Detector
+    from detector.cycle import build_detector
     from detector.logs import setup_logging
     from detector.service import serve
+    from sql.migrate import MigrationError
 
     settings = load(
         prom_url=prom_url, config=config, metrics=metrics, http_host=host, http_port=port
     )
     setup_logging("ERROR" if once else settings.log_level)
     try:
-        detector = Detector(settings)
+        detector = build_detector(settings)
     except ConfigError as exc:
         raise fail(f"config error: {exc}") from None
+    except MigrationError as exc:
+        raise fail(f"database: {exc}") from None
     if not once:
         serve(detector, host=settings.http_host, port=settings.http_port)
         return
@@ -291,6 +294,12 @@ def _mount_subcommands() -> None:
     demo_app.command("up")(up)
 
     app.add_typer(demo_app, name="demo", help="The demo workload and the local live pipeline.")
+
+    from training.cli import migrate, models_app, train
+
+    app.command()(migrate)
+    app.command()(train)
+    app.add_typer(models_app, name="models", help="Inspect and manage model versions.")
 
 
 _mount_subcommands()

@@ -9,10 +9,11 @@ problem: errors are counted, logged and shown by ``health``.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -22,7 +23,10 @@ from detector.exporter import AnomalyCollector, DetectorMetrics
 from detector.pipeline import SeriesResult, Thresholds, detect_batch
 from detector.scoring import BaselineModelProvider, ModelProvider
 from detector.settings import Settings
-from detector.source import PrometheusSource
+
+if TYPE_CHECKING:
+    from feature_store.store import FeatureStore
+from detector.source import PrometheusSource, series_key
 
 log = logging.getLogger("aiops.detector")
 
@@ -69,6 +73,7 @@ class Detector:
         source: PrometheusSource | None = None,
         provider: ModelProvider | None = None,
         registry: CollectorRegistry | None = None,
+        store: FeatureStore | None = None,
     ) -> None:
         self.settings = settings
         self.queries = queries if queries is not None else resolve_catalogue(settings)
@@ -85,6 +90,9 @@ class Detector:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.collector = AnomalyCollector(self.registry)
         self.metrics = DetectorMetrics(self.registry)
+        self.store = store
+        self.engine: Any = None  # set by build_detector
+        self.database_up: bool | None = None
         self.thresholds = Thresholds.from_settings(settings)
         self.state = {q.name: QueryState() for q in self.queries}
         self.prometheus_up: bool | None = None
@@ -123,7 +131,8 @@ class Detector:
         t0 = time.perf_counter()
         report = CycleReport(started=now, duration=0.0)
         answered = False
-        fetch_s = detect_s = 0.0
+        fetch_s = detect_s = store_s = 0.0
+        self._refresh_models()
         for q in self.queries:
             st = self.state[q.name]
             step = q.step_seconds(self.settings)
@@ -159,6 +168,9 @@ class Detector:
             self.collector.update(q.name, results)
             report.results[q.name] = results
             self._query_ok(q, st, results, now)
+            t3 = time.perf_counter()
+            self._store(q.name, results)
+            store_s += time.perf_counter() - t3
         self.prometheus_up = answered
         self.metrics.prometheus_up.set(1 if answered else 0)
         if answered:
@@ -169,6 +181,7 @@ class Detector:
         self.metrics.cycles.labels(report.outcome).inc()
         self.metrics.phase_seconds.labels("fetch").set(fetch_s)
         self.metrics.phase_seconds.labels("detect").set(detect_s)
+        self.metrics.phase_seconds.labels("store").set(store_s)
         self.last_cycle = now
         self.cycles += 1
         log.info(
@@ -180,6 +193,62 @@ class Detector:
             len(report.errors),
         )
         return report
+
+    # -- the database -------------------------------------------------------------------
+    def _refresh_models(self) -> None:
+        refresh = getattr(self.provider, "refresh", None)
+        if refresh is None:
+            return
+        refresh()
+        up = self.provider.state.up  # type: ignore[attr-defined]
+        self._database(up)
+        for q in self.queries:
+            groups = self.provider.trained(q.name)  # type: ignore[attr-defined]
+            self.metrics.trained_models.labels(q.name).set(sum(len(g.index) for g in groups))
+
+    def _database(self, up: bool | None) -> None:
+        if up is None:
+            return
+        self.database_up = up
+        self.metrics.database_up.set(1 if up else 0)
+
+    def _store(self, query: str, results: list[SeriesResult]) -> None:
+        """Record anomalies (and the newest feature rows) of one query; never raises."""
+        if self.store is None:
+            return
+        table = "aiops_anomalies"
+        try:
+            self.store.record_anomalies(results)
+            if self.settings.store_features:
+                table = "aiops_features"
+                self.store.write_rows(
+                    [
+                        {
+                            "series": series_key(query, r.labels),
+                            "ts": float(r.observed_at),
+                            "metric": query,
+                            "value": _finite(r.value),
+                            "baseline": _finite(r.baseline),
+                            "scale": _finite(r.scale),
+                            "features": {k: _finite(v) for k, v in r.features.items()},
+                        }
+                        for r in results
+                        if r.status == "ok"
+                    ]
+                )
+        except Exception as exc:  # the database is down: detection goes on, the gap is counted
+            self.metrics.store_errors.labels(table).inc()
+            if self.database_up is not False:
+                log.error(
+                    "feature store write failed table=%s error=%s",
+                    table,
+                    " ".join(str(getattr(exc, "orig", exc)).split())[:200],
+                )
+            self._database(False)
+        else:
+            if self.database_up is False:
+                log.info("feature store reachable again")
+            self._database(True)
 
     def _query_ok(self, q: Query, st: QueryState, results: list[SeriesResult], now: float) -> None:
         if not st.ok and st.error:
@@ -255,3 +324,49 @@ class Detector:
             },
         }
         return healthy, body
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+def build_detector(settings: Settings, **kwargs: Any) -> Detector:
+    """The detector with its database: the feature store, and models from the registry.
+
+    The schema is migrated first (``AIOPS_AUTO_MIGRATE``, default on). A database
+    that cannot be reached at start is logged; the detector then runs on baseline
+    models and keeps trying the registry every cycle.
+    """
+    from detector.models import RegistryModelProvider
+    from feature_store.db import make_engine
+    from feature_store.registry import ModelRegistry
+    from feature_store.store import FeatureStore
+    from sql.migrate import MigrationError, migrate
+
+    engine = make_engine(settings.database_url)
+    if settings.auto_migrate:
+        try:
+            applied = migrate(engine)
+            if applied:
+                log.info("database migrated applied=%s", ",".join(m.label for m in applied))
+        except MigrationError:
+            raise
+        except Exception as exc:
+            log.error(
+                "database unreachable at start url=%s error=%s",
+                engine.url.render_as_string(hide_password=True),
+                " ".join(str(getattr(exc, "orig", exc)).split())[:200],
+            )
+    fallback = BaselineModelProvider(refit_seconds=settings.model_refit_seconds)
+    detector: Detector | None = None
+
+    def failed(metric: str, reason: str, key: str) -> None:
+        if detector is not None:
+            detector.metrics.model_load_failures.labels(metric, reason).inc()
+
+    provider = RegistryModelProvider(
+        ModelRegistry(engine, keep=settings.model_keep), fallback, on_failure=failed
+    )
+    detector = Detector(settings, provider=provider, store=FeatureStore(engine), **kwargs)
+    detector.engine = engine
+    return detector

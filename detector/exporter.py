@@ -54,13 +54,24 @@ class AnomalyCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             snapshots = list(self._snapshots.values())
-        current, score, info, zscore, delta = self._families()
+        current, score, info, zscore, delta, model, model_age = self._families()
         for results in snapshots:
             for r in results:
                 labels = {"metric": r.metric, **r.labels}
                 current.add_sample("aiops_anomaly_current", labels, 1.0 if r.anomalous else 0.0)
                 if r.status != "ok":
                     continue
+                if r.model_version:
+                    trained = "baseline" if r.model_version.startswith("baseline") else "registry"
+                    model.add_sample(
+                        "aiops_model_info",
+                        {**labels, "version": r.model_version, "source": trained},
+                        1.0,
+                    )
+                    if r.model_fitted_at is not None:
+                        model_age.add_sample(
+                            "aiops_model_age_seconds", labels, r.observed_at - r.model_fitted_at
+                        )
                 if math.isfinite(r.score):
                     score.add_sample("aiops_anomaly_score", labels, r.score)
                 if math.isfinite(r.delta):
@@ -70,7 +81,7 @@ class AnomalyCollector(Collector):
                         zscore.add_sample("aiops_anomaly_zscore", {**labels, "window": window}, z)
                 for reason in r.reasons:
                     info.add_sample("aiops_anomaly_info", {**labels, "reason": reason.reason}, 1.0)
-        yield from (current, score, info, zscore, delta)
+        yield from (current, score, info, zscore, delta, model, model_age)
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, ...]:
@@ -86,6 +97,12 @@ class AnomalyCollector(Collector):
                 "aiops_anomaly_zscore", "z-score of the recent window against the baseline"
             ),
             GaugeMetricFamily("aiops_anomaly_delta", "recent level minus baseline level"),
+            GaugeMetricFamily(
+                "aiops_model_info",
+                "Model version that scored the series (source: registry = trained and promoted,"
+                " baseline = fitted on the lookback)",
+            ),
+            GaugeMetricFamily("aiops_model_age_seconds", "Age of the model that scored the series"),
         )
 
 
@@ -158,6 +175,35 @@ class DetectorMetrics:
             registry=registry,
         )
         self._model_versions: dict[str, str] = {}
+        self.database_up = Gauge(
+            "aiops_detector_database_up",
+            "1 if the feature store / model registry database answered at the last cycle",
+            registry=registry,
+        )
+        self.store_errors = Counter(
+            "aiops_detector_store_errors",
+            "Failed writes to the feature store by what was written",
+            ["table"],
+            registry=registry,
+        )
+        self.model_load_failures = Counter(
+            "aiops_detector_model_load_failures",
+            "Promoted models refused at load (the baseline model scores instead), by reason",
+            ["query", "reason"],
+            registry=registry,
+        )
+        self.trained_models = Gauge(
+            "aiops_detector_trained_models",
+            "Promoted registry models in use, per query",
+            ["query"],
+            registry=registry,
+        )
+        self.retrains = Counter(
+            "aiops_detector_retrains",
+            "Scheduled retrain runs by result",
+            ["result"],
+            registry=registry,
+        )
         self.phase_seconds = Gauge(
             "aiops_detector_phase_seconds",
             "Wall time of each phase of the last cycle",

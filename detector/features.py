@@ -39,6 +39,32 @@ def feature_names(window_labels: tuple[str, ...] = ("5m", "15m", "1h")) -> tuple
 
 FEATURE_NAMES: tuple[str, ...] = feature_names()
 
+#: Calendar columns a trained model adds where its query asks for seasonality: the
+#: hour of day (and day of week) as points on a circle, so 23:59 is next to 00:00.
+CALENDAR_FEATURES: dict[str, tuple[str, ...]] = {
+    "daily": ("hour_sin", "hour_cos"),
+    "weekly": ("hour_sin", "hour_cos", "dow_sin", "dow_cos"),
+}
+
+
+def calendar_columns(times: np.ndarray, names: tuple[str, ...]) -> list[np.ndarray]:
+    """The calendar columns ``names`` (from CALENDAR_FEATURES) at Unix ``times`` (UTC)."""
+    times = np.asarray(times, dtype=np.float64)
+    hour = 2 * np.pi * (times % 86400.0) / 86400.0
+    # 1970-01-01 was a Thursday: shift so that Monday 00:00 is angle 0
+    dow = 2 * np.pi * ((times + 3 * 86400.0) % (7 * 86400.0)) / (7 * 86400.0)
+    table = {
+        "hour_sin": np.sin(hour),
+        "hour_cos": np.cos(hour),
+        "dow_sin": np.sin(dow),
+        "dow_cos": np.cos(dow),
+    }
+    try:
+        return [table[n] for n in names]
+    except KeyError as exc:
+        raise ValueError(f"unknown calendar feature {exc.args[0]!r}") from None
+
+
 #: |d| of first differences is capped at this many baseline standard deviations
 #: before averaging, so one jump (a level shift) does not read as volatility.
 VOL_CAP_SIGMAS = 4.0
@@ -150,6 +176,30 @@ class Features:
             sign * np.clip(pick(self.pct_change), -10, 10),
         ]
         return np.clip(np.stack(cols, axis=-1), -1e3, 1e3)
+
+    def names(self, calendar: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """Column names of ``design`` (and of ``matrix`` without calendar columns)."""
+        return (*feature_names(self.windows), *calendar)
+
+    def design(
+        self,
+        direction: str,
+        times: np.ndarray,
+        calendar: tuple[str, ...] = (),
+        at: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """``matrix`` plus calendar columns: the rows a trained per-series model sees.
+
+        ``times`` holds the Unix time of every column (time index) of these features.
+        """
+        base = self.matrix(direction, at)
+        if not calendar:
+            return base
+        n_series, n_times = self.ready.shape
+        times = np.asarray(times, dtype=np.float64)
+        t = np.broadcast_to(times, (n_series, n_times))
+        t = t.reshape(-1) if at is None else t[at]
+        return np.column_stack([base, *calendar_columns(t, calendar)])
 
     def take(self, cols: slice | np.ndarray) -> Features:
         """The same features at some time columns only (e.g. the latest: ``slice(-1, None)``)."""

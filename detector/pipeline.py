@@ -16,7 +16,7 @@ from detector.explain import Evidence, Explainer, Reason, default_explainers, re
 from detector.features import Features, FeatureSpec, compute_features
 from detector.scoring import ModelProvider
 from detector.settings import Settings
-from detector.source import SeriesBatch
+from detector.source import SeriesBatch, series_key
 from detector.verdict import hysteresis, judge, reasons_behind
 
 
@@ -73,6 +73,9 @@ class SeriesResult:
     model_version: str = ""
     observed_at: float = 0.0
     started_at: float | None = None
+    model_fitted_at: float | None = None
+    scale: float = float("nan")
+    features: dict[str, float] = field(default_factory=dict)  # the scored row, by name
 
     def as_dict(self) -> dict[str, Any]:
         def num(v: float) -> float | None:
@@ -149,14 +152,17 @@ def detect_batch(
     alive = np.isfinite(batch.values[:, -shortest:]).any(axis=1)
 
     scores = np.full(len(batch), np.nan)
-    version = ""
+    versions = np.full(len(batch), "", dtype=object)
+    fitted_at = np.full(len(batch), np.nan)
     ii, tt = training_rows(feats, spec)
     train = feats.matrix(query.direction, (ii, tt))
     train = train[np.isfinite(train).all(axis=1)]
     if len(train) >= 8:
         model = provider.model_for(query.name, train, now=now)
-        version = model.version
+        versions[:] = model.version
+        fitted_at[:] = model.fitted_at
         scores = model.scorer.score(last.matrix(query.direction))
+    _score_trained(provider, query, batch, last, scores, versions, fitted_at)
 
     # Verdicts need every column (novelty compares with the series' own history);
     # the forest scores only the newest one.
@@ -187,6 +193,8 @@ def detect_batch(
 
     results: list[SeriesResult] = []
     short = feats.windows[0]
+    names = last.names()
+    rows = last.matrix(query.direction)
     for i in np.nonzero(alive)[0]:
         if not ready[i]:
             results.append(
@@ -211,8 +219,42 @@ def detect_batch(
                 reasons=reasons_at(evidence, feats.windows, i, 0) if anomalous[i] else [],
                 zscores={w: float(last.z[w][i, 0]) for w in feats.windows},
                 delta=float(last.delta[short][i, 0]),
-                model_version=version,
+                model_version=str(versions[i]),
                 observed_at=batch.end,
+                model_fitted_at=float(fitted_at[i]) if np.isfinite(fitted_at[i]) else None,
+                scale=float(last.scale[i, 0]),
+                features=dict(zip(names, rows[i].tolist(), strict=True)),
             )
         )
     return results
+
+
+def _score_trained(
+    provider: ModelProvider,
+    query: Query,
+    batch: SeriesBatch,
+    last: Features,
+    scores: np.ndarray,
+    versions: np.ndarray,
+    fitted_at: np.ndarray,
+) -> None:
+    """Rescore, in place, the series that have a promoted trained model."""
+    trained = getattr(provider, "trained", None)
+    groups = trained(query.name) if trained else []
+    if not groups:
+        return
+    keys = [series_key(query.name, lb) for lb in batch.labels]
+    base = last.names()
+    for g in groups:
+        rows = [i for i, k in enumerate(keys) if k in g.index]
+        if not rows or g.feature_names[: len(base)] != base:
+            continue  # trained at another step/window set: the baseline model scores these
+        calendar = g.feature_names[len(base) :]
+        rows_a = np.asarray(rows)
+        X = last.design(
+            query.direction, np.array([batch.end]), calendar, (rows_a, np.zeros_like(rows_a))
+        )
+        which = np.array([g.index[keys[i]] for i in rows])
+        scores[rows_a] = g.pack.score(X, which)
+        versions[rows_a] = [g.versions[w] for w in which]
+        fitted_at[rows_a] = [g.fitted_at[w] for w in which]

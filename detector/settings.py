@@ -83,6 +83,28 @@ class Settings(BaseSettings):
         "sqlite:///./var/aiops.db",
         validation_alias=AliasChoices("AIOPS_DATABASE_URL", "database_url"),
     )
+    auto_migrate: bool = Field(
+        True, validation_alias=AliasChoices("AIOPS_AUTO_MIGRATE", "auto_migrate")
+    )
+    store_features: bool = Field(
+        True, validation_alias=AliasChoices("AIOPS_STORE_FEATURES", "store_features")
+    )
+    retrain_cron: str = Field(
+        "0 3 * * *", validation_alias=AliasChoices("AIOPS_RETRAIN_CRON", "retrain_cron")
+    )
+    train_history: str = Field(
+        "14d", validation_alias=AliasChoices("AIOPS_TRAIN_HISTORY", "train_history")
+    )
+    train_tail: float = Field(
+        0.15, gt=0, lt=0.5, validation_alias=AliasChoices("AIOPS_TRAIN_TAIL", "train_tail")
+    )
+    train_jobs: int = Field(-1, validation_alias=AliasChoices("AIOPS_TRAIN_JOBS", "train_jobs"))
+    model_keep: int = Field(
+        5, ge=1, le=100, validation_alias=AliasChoices("AIOPS_MODEL_KEEP", "model_keep")
+    )
+    dask_address: str | None = Field(
+        None, validation_alias=AliasChoices("AIOPS_DASK_ADDRESS", "dask_address")
+    )
     queries: list[dict[str, Any]] | None = Field(None, validation_alias=AliasChoices("queries"))
 
     @field_validator("prom_url")
@@ -91,6 +113,54 @@ class Settings(BaseSettings):
         if not v.startswith(("http://", "https://")) or len(v) < 10:
             raise ValueError(f"must be an http(s) URL, got {v!r}")
         return v.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, v: str) -> str:
+        from feature_store.db import normalise_url
+
+        try:
+            normalise_url(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("AIOPS_DATABASE_URL: ")) from None
+        return v
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _check_cron(cls, v: str) -> str:
+        v = v.strip()
+        if v.lower() in ("", "off", "none", "disabled"):
+            return "off"
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(
+                f"not a crontab expression ({exc}); use e.g. '0 3 * * *' or off"
+            ) from None
+        return v
+
+    @field_validator("dask_address")
+    @classmethod
+    def _check_dask(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("tcp://", "tls://", "inproc://", "ucx://")):
+            raise ValueError("must be a Dask scheduler address like tcp://host:8786")
+        return v or None
+
+    @field_validator("train_jobs")
+    @classmethod
+    def _check_jobs(cls, v: int) -> int:
+        if v == 0 or v < -1:
+            raise ValueError("must be a positive number of processes, or -1 for one per core")
+        return v
+
+    @field_validator("train_history")
+    @classmethod
+    def _check_history(cls, v: str) -> str:
+        if parse_duration(v) < 3600:
+            raise ValueError("must be at least 1h")
+        return v
 
     @field_validator("lookback", "step")
     @classmethod
@@ -106,6 +176,10 @@ class Settings(BaseSettings):
     @property
     def lookback_seconds(self) -> float:
         return parse_duration(self.lookback)
+
+    @property
+    def train_history_seconds(self) -> float:
+        return parse_duration(self.train_history)
 
     @property
     def step_seconds(self) -> float:

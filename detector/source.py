@@ -67,6 +67,46 @@ def keep_labels(metric: dict[str, str], keep: tuple[str, ...] | None) -> dict[st
     return out
 
 
+def series_key(metric: str, labels: dict[str, str]) -> str:
+    """``metric{a="x",b="y"}``: labels sorted, values escaped like Prometheus does.
+
+    The key of a series in the feature store and the model registry.
+    """
+    if not labels:
+        return metric
+
+    def esc(v: str) -> str:
+        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    inner = ",".join(f'{k}="{esc(str(v))}"' for k, v in sorted(labels.items()))
+    return f"{metric}{{{inner}}}"
+
+
+def concat_batches(parts: list[SeriesBatch]) -> SeriesBatch:
+    """Consecutive batches of one query (same step, each starting where the last ended)
+    joined on the union of their series."""
+    first = parts[0]
+    index: dict[tuple[tuple[str, str], ...], int] = {}
+    labels: list[dict[str, str]] = []
+    for part in parts:
+        for lb in part.labels:
+            key = tuple(sorted(lb.items()))
+            if key not in index:
+                index[key] = len(labels)
+                labels.append(lb)
+    last = parts[-1]
+    n_points = round((last.end - first.start) / first.step) + 1
+    values = np.full((len(labels), n_points), np.nan)
+    warnings: list[str] = []
+    for part in parts:
+        col = round((part.start - first.start) / first.step)
+        rows = [index[tuple(sorted(lb.items()))] for lb in part.labels]
+        if rows:
+            values[rows, col : col + part.values.shape[1]] = part.values
+        warnings += [w for w in part.warnings if w not in warnings]
+    return SeriesBatch(first.query, first.start, first.step, labels, values, warnings)
+
+
 def counter_to_rate(values: np.ndarray, step: float) -> np.ndarray:
     """Per-second increase of raw counters; a drop is a reset (the new value is the increase)."""
     diff = np.diff(values, axis=1)
@@ -176,6 +216,51 @@ class PrometheusSource:
             return to_batch(query, result, start, step, n_points)
         except (ValueError, TypeError, AttributeError) as exc:
             raise QueryError(query.name, "bad_response", _short(str(exc))) from None
+
+    def fetch_range(
+        self,
+        query: Query,
+        *,
+        start: float,
+        end: float,
+        step: float,
+        max_points: int = 11000,
+        chunk_seconds: float = 86400.0,
+    ) -> SeriesBatch:
+        """Every series of ``query`` over a long range, split into several range queries.
+
+        Prometheus refuses a range query of more than 11,000 points per series, and
+        one huge answer costs memory: each request covers at most ``max_points``
+        points and ``chunk_seconds``. Counters (``counter: true``) are converted to
+        rates after joining, so no point is lost at a chunk boundary.
+        """
+        end = align_end(end, step)
+        start = math.ceil(start / step) * step
+        if end < start:
+            raise QueryError(query.name, "bad_query", "the range ends before it starts")
+        per = max(1, min(max_points - 1, int(chunk_seconds // step)))
+        raw = query.model_copy(update={"counter": False})
+        parts = []
+        t = start
+        while t <= end:
+            last = min(t + per * step, end)
+            n_points = round((last - t) / step) + 1
+            result = self._call(
+                query.name,
+                self._prom.custom_query_range,
+                query.promql,
+                start_time=datetime.fromtimestamp(t, tz=timezone.utc),
+                end_time=datetime.fromtimestamp(last, tz=timezone.utc),
+                step=_step_param(step),
+            )
+            if not isinstance(result, list):
+                raise QueryError(query.name, "bad_response", "expected a matrix result")
+            parts.append(to_batch(raw, result, t, step, n_points))
+            t = last + step
+        batch = concat_batches(parts)
+        if query.counter and len(batch):
+            batch.values = counter_to_rate(batch.values, step)
+        return batch
 
     def check(self, query: Query) -> None:
         """Validate ``query`` with an instant query; QueryError ``bad_query`` if invalid."""

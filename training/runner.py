@@ -149,30 +149,9 @@ def fetch_history(
     source: PrometheusSource, query: Query, *, start: float, end: float, step: float
 ) -> SeriesBatch:
     """The whole range, split so that no request exceeds Prometheus' points limit."""
-    start = math.ceil(start / step) * step
-    n_points = math.floor((end - start) / step) + 1
-    if n_points < 2:
+    if math.floor((end - math.ceil(start / step) * step) / step) + 1 < 2:
         raise BacktestError("--end must be after --start by at least two steps")
-    chunk = MAX_POINTS - 1
-    index: dict[tuple[tuple[str, str], ...], int] = {}
-    labels: list[dict[str, str]] = []
-    rows: list[tuple[int, int, np.ndarray]] = []
-    for first in range(0, n_points, chunk):
-        last = min(first + chunk, n_points) - 1
-        part = source.fetch(
-            query, end=start + last * step, lookback=(last - first) * step, step=step
-        )
-        offset = round((part.start - start) / step)
-        for lab, row in zip(part.labels, part.values, strict=True):
-            key = tuple(sorted(lab.items()))
-            if key not in index:
-                index[key] = len(labels)
-                labels.append(lab)
-            rows.append((index[key], offset, row))
-    values = np.full((len(labels), n_points), np.nan)
-    for i, offset, row in rows:
-        values[i, offset : offset + len(row)] = row[: n_points - offset]
-    return SeriesBatch(query.name, start, step, labels, values)
+    return source.fetch_range(query, start=start, end=end, step=step, max_points=MAX_POINTS)
 
 
 def series_name(query: str, labels: dict[str, str]) -> str:

@@ -1,0 +1,100 @@
+"""The SQLAlchemy engine behind the feature store, the model registry and the audit log.
+
+``AIOPS_DATABASE_URL`` picks the database: SQLite (the embedded default) or
+PostgreSQL. ``postgresql://`` and ``postgres://`` URLs use the psycopg 3 driver.
+Pooled connections are pinged before use, and ``retrying`` re-runs a unit of work
+whose connection was lost, so a database restart is a logged hiccup, not a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+
+from detector.errors import ConfigError
+
+log = logging.getLogger("aiops.db")
+T = TypeVar("T")
+
+
+def normalise_url(url: str) -> URL:
+    """The SQLAlchemy URL for ``url``; ConfigError naming AIOPS_DATABASE_URL if unusable."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"AIOPS_DATABASE_URL: not a database URL: {url!r}") from None
+    backend = parsed.get_backend_name()
+    if backend == "postgres" or parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"AIOPS_DATABASE_URL: unsupported database {backend!r} (use sqlite:/// or postgresql://)"
+        )
+    return parsed
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """An engine for ``url``. SQLite files get WAL mode, a busy timeout and their folder."""
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            parsed,
+            connect_args={"timeout": 30.0, "check_same_thread": False},
+            pool_pre_ping=True,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(
+        parsed,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_recycle=1800,
+        pool_timeout=10,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """True when ``exc`` means the connection to the database is gone or never came."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError)
+
+
+def retrying(
+    work: Callable[[], T], *, attempts: int = 3, delay: float = 0.2, what: str = "database"
+) -> T:
+    """Run ``work``; when the connection is lost, wait and run it again (whole)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except (OperationalError, DBAPIError) as exc:
+            if not is_disconnect(exc) or attempt == attempts:
+                raise
+            log.warning(
+                "%s connection lost, retrying attempt=%d error=%s",
+                what,
+                attempt,
+                " ".join(str(exc.orig).split())[:200],
+            )
+            time.sleep(delay * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")

@@ -1,0 +1,181 @@
+"""Feature rows and scored anomalies in SQL.
+
+Rows are keyed by the *series key*: the metric name and its kept labels in
+Prometheus' own notation (``success_rate{app="api",namespace="shop"}``, labels
+sorted), so a key reads like the series it names. Writes are idempotent upserts
+on (series, ts): re-running a training window or a cycle rewrites, never doubles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, Table, and_, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from detector.features import Features
+from detector.source import series_key
+from feature_store import tables
+from feature_store.db import retrying
+
+#: rows per INSERT statement batch (keeps statements within SQLite's variable limit)
+BATCH_ROWS = 2000
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None or not math.isfinite(float(v)) else float(v)
+
+
+def upsert(conn: Any, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE for SQLite and PostgreSQL, in batches."""
+    if not rows:
+        return
+    dialect = conn.engine.dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    for i in range(0, len(rows), BATCH_ROWS):
+        chunk = rows[i : i + BATCH_ROWS]
+        stmt = insert(table)
+        cols = [c for c in chunk[0] if c not in keys]
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(keys), set_={c: stmt.excluded[c] for c in cols}
+        )
+        conn.execute(stmt, chunk)
+
+
+class FeatureStore:
+    """Feature rows of THE feature function, and the anomalies the detector scored."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- features -------------------------------------------------------------------------
+    @staticmethod
+    def feature_rows(
+        metric: str,
+        labels: list[dict[str, str]],
+        times: np.ndarray,
+        feats: Features,
+        direction: str,
+        mask: np.ndarray | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows for every (series, time) where ``mask`` (default: ``feats.ready``) holds."""
+        mask = feats.ready if mask is None else mask & feats.ready
+        ii, tt = np.nonzero(mask)
+        if len(ii) == 0:
+            return []
+        names = feats.names()
+        matrix = feats.matrix(direction, (ii, tt))
+        keys = [series_key(metric, lb) for lb in labels]
+        value, baseline, scale = feats.value[ii, tt], feats.baseline[ii, tt], feats.scale[ii, tt]
+        rows = []
+        for r in range(len(ii)):
+            rows.append(
+                {
+                    "series": keys[ii[r]],
+                    "ts": float(times[tt[r]]),
+                    "metric": metric,
+                    "value": _num(value[r]),
+                    "baseline": _num(baseline[r]),
+                    "scale": _num(scale[r]),
+                    "features": {n: _num(x) for n, x in zip(names, matrix[r], strict=True)},
+                }
+            )
+        return rows
+
+    def write_rows(self, rows: list[dict[str, Any]]) -> int:
+        """Upsert feature rows in one transaction (retried whole if the connection drops)."""
+
+        def work() -> int:
+            with self.engine.begin() as conn:
+                upsert(conn, tables.features, rows, ("series", "ts"))
+            return len(rows)
+
+        return retrying(work, what="feature store")
+
+    def write_features(
+        self,
+        metric: str,
+        labels: list[dict[str, str]],
+        times: np.ndarray,
+        feats: Features,
+        direction: str,
+        mask: np.ndarray | None = None,
+    ) -> int:
+        return self.write_rows(self.feature_rows(metric, labels, times, feats, direction, mask))
+
+    def read_features(
+        self, series: str, *, start: float | None = None, end: float | None = None
+    ) -> pd.DataFrame:
+        """One series' feature rows in ``[start, end]``: a frame indexed by ``ts``."""
+        t = tables.features
+        cond = [t.c.series == series]
+        if start is not None:
+            cond.append(t.c.ts >= start)
+        if end is not None:
+            cond.append(t.c.ts <= end)
+        q = (
+            select(t.c.ts, t.c.value, t.c.baseline, t.c.scale, t.c.features)
+            .where(and_(*cond))
+            .order_by(t.c.ts)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        base = pd.DataFrame(
+            [(r.ts, r.value, r.baseline, r.scale) for r in rows],
+            columns=["ts", "value", "baseline", "scale"],
+        )
+        extra = pd.DataFrame([r.features for r in rows])
+        frame = pd.concat([base, extra], axis=1).set_index("ts")
+        return frame.astype(float)
+
+    def prune_features(self, before: float) -> int:
+        """Delete feature rows older than ``before`` (Unix seconds)."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                delete(tables.features).where(tables.features.c.ts < before)
+            ).rowcount
+
+    # -- anomalies ------------------------------------------------------------------------
+    def record_anomalies(self, results: Iterable[Any]) -> int:
+        """Record every anomalous ``SeriesResult`` (idempotent per series and time)."""
+        rows = [
+            {
+                "series": series_key(r.metric, r.labels),
+                "metric": r.metric,
+                "labels": dict(r.labels),
+                "ts": float(r.observed_at),
+                "started_at": r.started_at,
+                "score": _num(r.score),
+                "value": _num(r.value),
+                "baseline": _num(r.baseline),
+                "reasons": [x.as_dict() for x in r.reasons],
+                "model_version": r.model_version or "",
+            }
+            for r in results
+            if r.anomalous
+        ]
+        if not rows:
+            return 0
+
+        def work() -> int:
+            with self.engine.begin() as conn:
+                upsert(conn, tables.anomalies, rows, ("series", "ts"))
+            return len(rows)
+
+        return retrying(work, what="feature store")
+
+    def anomalies(
+        self, *, metric: str | None = None, since: float | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        t = tables.anomalies
+        q = select(t).order_by(t.c.ts.desc(), t.c.id.desc()).limit(limit)
+        if metric is not None:
+            q = q.where(t.c.metric == metric)
+        if since is not None:
+            q = q.where(t.c.ts >= since)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]

@@ -1,0 +1,101 @@
+"""SQLAlchemy Core descriptions of the tables that ``sql/migrations`` create.
+
+The migrations own the schema (``aiops migrate``); these objects only describe
+it for queries. ``tests/feature_store/test_migrations.py`` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import BYTEA, JSONB
+
+metadata = MetaData()
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+Blob = LargeBinary().with_variant(BYTEA(), "postgresql")
+
+features = Table(
+    "aiops_features",
+    metadata,
+    Column("series", Text, primary_key=True),
+    Column("ts", Float, primary_key=True),
+    Column("metric", Text, nullable=False),
+    Column("value", Float),
+    Column("baseline", Float),
+    Column("scale", Float),
+    Column("features", Json, nullable=False),
+)
+
+models = Table(
+    "aiops_models",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("series", Text, nullable=False),
+    Column("metric", Text, nullable=False),
+    Column("labels", Json, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("artifact", Blob, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("sklearn_version", Text, nullable=False),
+    Column("feature_names", Json, nullable=False),
+    Column("params", Json, nullable=False),
+    Column("train_start", Float, nullable=False),
+    Column("train_end", Float, nullable=False),
+    Column("n_samples", Integer, nullable=False),
+    Column("evaluation", Json, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("promoted_at", Float),
+    Column("note", Text),
+)
+
+anomalies = Table(
+    "aiops_anomalies",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("series", Text, nullable=False),
+    Column("metric", Text, nullable=False),
+    Column("labels", Json, nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("started_at", Float),
+    Column("score", Float),
+    Column("value", Float),
+    Column("baseline", Float),
+    Column("reasons", Json, nullable=False),
+    Column("model_version", Text, nullable=False),
+)
+
+audit = Table(
+    "runbooks_audit",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ts", Float, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("incident_id", Text),
+    Column("alertname", Text),
+    Column("metric", Text),
+    Column("namespace", Text),
+    Column("app", Text),
+    Column("action", Text),
+    Column("result", Text),
+    Column("actor", Text),
+    Column("details", Json),
+)
+
+locks = Table(
+    "aiops_locks",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
