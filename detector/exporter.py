@@ -70,7 +70,9 @@ class AnomalyCollector(Collector):
                     )
                     if r.model_fitted_at is not None:
                         model_age.add_sample(
-                            "aiops_model_age_seconds", labels, r.observed_at - r.model_fitted_at
+                            "aiops_model_age_seconds",
+                            labels,
+                            max(r.observed_at - r.model_fitted_at, 0.0),
                         )
                 if math.isfinite(r.score):
                     score.add_sample("aiops_anomaly_score", labels, r.score)

@@ -106,6 +106,8 @@ class RegistryModelProvider:
         for key in [k for k in self._loaded if k not in promoted]:
             changed.add(self._loaded.pop(key).metric)
             log.info("model unloaded series=%s (no promoted version)", key)
+        for key in [k for k in self.state.failures if k not in promoted]:
+            del self.state.failures[key]  # its refused version is no longer promoted
         for key, rec in promoted.items():
             have = self._loaded.get(key)
             if have is not None and have.record_id == rec.id and have.sha256 == rec.sha256:
@@ -139,7 +141,7 @@ class RegistryModelProvider:
                 rec.sha256,
                 rec.metric,
                 rec.tag,
-                rec.promoted_at or rec.created_at,
+                rec.created_at,  # when it was trained: a rollback does not make it younger
                 tuple(rec.feature_names),
                 model,
             )

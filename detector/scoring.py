@@ -168,8 +168,8 @@ class PackedForests:
         self.left = np.where(leaf, node, cl)  # leaves point at themselves: walking stops
         self.right = np.where(leaf, node, cr)
         self.leaf_value = np.where(leaf, depth + average_path_length(cat(samples)), 0.0)
-        self.roots = np.asarray(roots, dtype=np.int64).reshape(self.n, -1)
         trees = next(iter(n_trees)) if n_trees else 1
+        self.roots = np.asarray(roots, dtype=np.int64).reshape(self.n, trees)
         self.denominator = average_path_length(np.asarray(c_max, dtype=np.float64)) * trees
         self.max_depth = int(depth.max()) if len(depth) else 0
 

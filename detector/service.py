@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
@@ -47,7 +48,49 @@ def make_scheduler(detector: Detector) -> BackgroundScheduler:
         misfire_grace_time=max(int(interval), 1),
         next_run_time=datetime.now(timezone.utc),
     )
+    cron = getattr(detector.settings, "retrain_cron", "off")
+    if cron != "off" and getattr(detector, "engine", None) is not None:
+        scheduler.add_job(
+            _scheduled_retrain,
+            CronTrigger.from_crontab(cron, timezone="UTC"),
+            args=[detector],
+            id="retrain",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=3600,
+        )
     return scheduler
+
+
+def _scheduled_retrain(detector: Detector) -> None:
+    """The nightly retrain inside the service (AIOPS_RETRAIN_CRON); never raises."""
+    from feature_store.locks import LockHeld
+    from training.train import Trainer, prometheus_fetch
+
+    trainer = Trainer(
+        detector.settings,
+        detector.engine,
+        fetch=prometheus_fetch(detector.settings),
+        queries=detector.queries,
+    )
+    try:
+        report = trainer.run(progress=False)
+    except LockHeld as exc:
+        log.warning("scheduled retrain skipped: %s", exc)
+        detector.metrics.retrains.labels("skipped").inc()
+        return
+    except Exception:
+        log.exception("scheduled retrain failed")
+        detector.metrics.retrains.labels("failed").inc()
+        return
+    detector.metrics.retrains.labels("partial" if report.errors else "ok").inc()
+    log.info(
+        "scheduled retrain done series=%d promoted=%d rejected=%d seconds=%.1f",
+        len(report.outcomes),
+        report.count("promoted"),
+        report.count("rejected"),
+        report.duration,
+    )
 
 
 def _safe_cycle(detector: Detector) -> None:

@@ -46,7 +46,9 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(database).expanduser()  # sqlite3 itself does not expand "~"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            parsed = parsed.set(database=str(path))
         engine = create_engine(
             parsed,
             connect_args={"timeout": 30.0, "check_same_thread": False},
@@ -84,6 +86,7 @@ def retrying(
     work: Callable[[], T], *, attempts: int = 3, delay: float = 0.2, what: str = "database"
 ) -> T:
     """Run ``work``; when the connection is lost, wait and run it again (whole)."""
+    attempts = max(1, attempts)
     for attempt in range(1, attempts + 1):
         try:
             return work()

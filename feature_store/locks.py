@@ -81,10 +81,16 @@ class Lease:
                 ).rowcount
                 self.held = taken == 1
                 return self.held
-        except (IntegrityError, OperationalError):
-            # a concurrent insert, or SQLite refusing to upgrade a stale read to a write
+        except IntegrityError:  # a concurrent insert of the same name
             self.held = False
             return False
+        except OperationalError as exc:
+            self.held = False
+            # SQLite refusing to upgrade a stale read to a write: a lost race. Anything
+            # else (the database is gone) is raised, not retried for ever by acquire().
+            if self.engine.dialect.name == "sqlite" and "locked" in str(exc.orig).lower():
+                return False
+            raise
 
     def acquire(self, *, wait: float = 0.0, every: float = 1.0) -> Lease:
         """Take the lease, waiting up to ``wait`` seconds for the holder to finish."""
@@ -96,7 +102,8 @@ class Lease:
             except LockHeld:
                 if time.monotonic() >= deadline:
                     raise
-            time.sleep(every)
+            # look again after ``every`` seconds, but not later than the deadline
+            time.sleep(min(every, max(deadline - time.monotonic(), 0.0)))
 
     def refresh(self) -> None:
         """Push the expiry out by ``ttl``; raises LockHeld if the lease was lost."""

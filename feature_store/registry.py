@@ -10,9 +10,10 @@ Artifacts are written with ``skops.io`` and never read with pickle or joblib.
 ``load_artifact`` refuses, with a ``ModelLoadError`` naming the reason, a blob
 whose checksum does not match, one written by another scikit-learn version, one
 that is not a skops file (a pickle, say), one holding a type outside the small
-allow-list an IsolationForest needs, and one that holds anything but an
-IsolationForest. The caller (the detector) then falls back to fitting on its
-baseline window and says so in its metrics.
+allow-list an IsolationForest needs, one that holds anything but a fitted
+IsolationForest, and (``ModelRegistry.load``) one whose feature count differs
+from the recorded feature names. The caller (the detector) then falls back to
+fitting on its baseline window and says so in its metrics.
 
 Saving and promoting happen in one database transaction: a crash in the middle
 (kill -9 included) leaves the previous promoted version promoted and loadable.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,8 +92,8 @@ def _record(row: Any) -> ModelRecord:
 
 
 def dump_model(model: IsolationForest) -> bytes:
-    """The skops bytes of a fitted model."""
-    return sio.dumps(model)
+    """The skops bytes of a fitted model (deflate-compressed: about 5× smaller)."""
+    return sio.dumps(model, compression=zipfile.ZIP_DEFLATED)
 
 
 def load_artifact(blob: bytes, *, sha256: str, sklearn_version: str) -> IsolationForest:
@@ -127,6 +129,10 @@ def load_artifact(blob: bytes, *, sha256: str, sklearn_version: str) -> Isolatio
     if not isinstance(model, IsolationForest):
         raise ModelLoadError(
             "unexpected_type", f"artifact holds a {type(model).__name__}, not an IsolationForest"
+        )
+    if not hasattr(model, "estimators_"):
+        raise ModelLoadError(
+            "not_fitted", "artifact holds an IsolationForest that was never fitted"
         )
     return model
 
@@ -310,6 +316,13 @@ class ModelRegistry:
             blob = conn.execute(select(t.c.artifact).where(t.c.id == record.id)).scalar()
         if blob is None:
             raise ModelLoadError("missing", f"{record.series} v{record.version} has no artifact")
-        return load_artifact(
+        model = load_artifact(
             bytes(blob), sha256=record.sha256, sklearn_version=record.sklearn_version
         )
+        if model.n_features_in_ != len(record.feature_names):
+            raise ModelLoadError(
+                "feature_mismatch",
+                f"{record.series} v{record.version} was fitted on {model.n_features_in_}"
+                f" features but records {len(record.feature_names)} feature names",
+            )
+        return model

@@ -8,6 +8,7 @@ on (series, ts): re-running a training window or a cycle rewrites, never doubles
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -17,7 +18,8 @@ import pandas as pd
 from sqlalchemy import Engine, Table, and_, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from detector.features import Features
+from detector.durations import parse_duration
+from detector.features import CALENDAR_FEATURES, Features, feature_names
 from detector.source import series_key
 from feature_store import tables
 from feature_store.db import retrying
@@ -28,6 +30,70 @@ BATCH_ROWS = 2000
 
 def _num(v: Any) -> float | None:
     return None if v is None or not math.isfinite(float(v)) else float(v)
+
+
+def _json_safe(v: Any) -> Any:
+    """``v`` with NaN and infinities as None: JSON has no such numbers (JSONB refuses them)."""
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, float | np.floating):
+        return _num(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+_FIXED = feature_names(())
+_CALENDAR = CALENDAR_FEATURES["weekly"]
+
+
+def _column_order(name: str) -> tuple[int, float, str]:
+    """Sort key putting feature columns in ``Features.names()`` order.
+
+    SQLite keeps the JSON object's key order, PostgreSQL's JSONB does not, so the
+    order is rebuilt: window z-scores shortest window first, then the fixed
+    features, then calendar columns, then anything else by name.
+    """
+    if name.startswith("z_"):
+        try:
+            return (0, parse_duration(name[2:]), name)
+        except ValueError:
+            pass
+    if name in _FIXED:
+        return (1, float(_FIXED.index(name)), name)
+    if name in _CALENDAR:
+        return (2, float(_CALENDAR.index(name)), name)
+    return (3, 0.0, name)
+
+
+BULK_ROWS = 50_000
+_FEATURE_UPSERT = {
+    dialect: (
+        "INSERT INTO aiops_features (series, ts, metric, value, baseline, scale, features)"
+        f" VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}{cast})"
+        " ON CONFLICT (series, ts) DO UPDATE SET metric = excluded.metric,"
+        " value = excluded.value, baseline = excluded.baseline, scale = excluded.scale,"
+        " features = excluded.features"
+    )
+    for dialect, p, cast in (("sqlite", "?", ""), ("postgresql", "%s", "::jsonb"))
+}
+
+
+def _json_rows(names: list[str], matrix: np.ndarray) -> list[str]:
+    """One JSON object per row, floats exact (``repr``), NaN and infinities as null."""
+    matrix = np.where(np.isfinite(matrix), matrix, np.nan)
+    fmt = "{" + ", ".join(f"{json.dumps(n)}: %r" for n in names) + "}"
+    out = [fmt % tuple(row) for row in matrix.tolist()]
+    return [row.replace(": nan", ": null") if ": nan" in row else row for row in out]
+
+
+def _nullable(a: np.ndarray) -> list[float | None]:
+    """Floats for SQL: NaN and infinities become NULL."""
+    out = a.astype(object)
+    out[~np.isfinite(a)] = None
+    return out.tolist()
 
 
 def upsert(conn: Any, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
@@ -105,7 +171,40 @@ class FeatureStore:
         direction: str,
         mask: np.ndarray | None = None,
     ) -> int:
-        return self.write_rows(self.feature_rows(metric, labels, times, feats, direction, mask))
+        """Upsert the rows ``feature_rows`` would build, in bulk (the training path).
+
+        Millions of rows: the columns are built with numpy and pandas (JSON in C)
+        and handed to the driver's ``executemany`` in one transaction.
+        """
+        mask = feats.ready if mask is None else mask & feats.ready
+        ii, tt = np.nonzero(mask)
+        if len(ii) == 0:
+            return 0
+        names = list(feats.names())
+        matrix = feats.matrix(direction, (ii, tt))
+        features = _json_rows(names, matrix)
+        keys = np.array([series_key(metric, lb) for lb in labels], dtype=object)[ii].tolist()
+        params = list(
+            zip(
+                keys,
+                times[tt].astype(float).tolist(),
+                [metric] * len(ii),
+                _nullable(feats.value[ii, tt]),
+                _nullable(feats.baseline[ii, tt]),
+                _nullable(feats.scale[ii, tt]),
+                features,
+                strict=True,
+            )
+        )
+        sql = _FEATURE_UPSERT[self.engine.dialect.name]
+
+        def work() -> int:
+            with self.engine.begin() as conn:
+                for i in range(0, len(params), BULK_ROWS):
+                    conn.exec_driver_sql(sql, params[i : i + BULK_ROWS])
+            return len(params)
+
+        return retrying(work, what="feature store")
 
     def read_features(
         self, series: str, *, start: float | None = None, end: float | None = None
@@ -129,6 +228,7 @@ class FeatureStore:
             columns=["ts", "value", "baseline", "scale"],
         )
         extra = pd.DataFrame([r.features for r in rows])
+        extra = extra[sorted(extra.columns, key=_column_order)]
         frame = pd.concat([base, extra], axis=1).set_index("ts")
         return frame.astype(float)
 
@@ -148,11 +248,11 @@ class FeatureStore:
                 "metric": r.metric,
                 "labels": dict(r.labels),
                 "ts": float(r.observed_at),
-                "started_at": r.started_at,
+                "started_at": _num(r.started_at),
                 "score": _num(r.score),
                 "value": _num(r.value),
                 "baseline": _num(r.baseline),
-                "reasons": [x.as_dict() for x in r.reasons],
+                "reasons": _json_safe([x.as_dict() for x in r.reasons]),
                 "model_version": r.model_version or "",
             }
             for r in results

@@ -103,6 +103,20 @@ def discover(dialect: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
+def _code(line: str) -> str:
+    """``line`` without a trailing ``--`` comment (one outside quotes)."""
+    quote = ""
+    for i, ch in enumerate(line):
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif line.startswith("--", i):
+            return line[:i]
+    return line
+
+
 def split_statements(script: str, dialect: str) -> list[str]:
     """Single statements of a script (trigger bodies and ``$$`` blocks kept whole)."""
     out: list[str] = []
@@ -114,10 +128,11 @@ def split_statements(script: str, dialect: str) -> list[str]:
             continue
         buf.append(line)
         if dialect == "postgresql":
-            in_dollar ^= line.count("$$") % 2 == 1
-            done = not in_dollar and stripped.endswith(";")
+            code = _code(line).strip()
+            in_dollar ^= code.count("$$") % 2 == 1
+            done = not in_dollar and code.endswith(";")
         else:
-            done = stripped.endswith(";") and sqlite3.complete_statement("\n".join(buf))
+            done = sqlite3.complete_statement("\n".join(buf))
         if done:
             out.append("\n".join(buf).strip())
             buf = []
@@ -175,8 +190,9 @@ def migrate(engine: Engine, *, directory: Path = MIGRATIONS_DIR) -> list[Migrati
 
 def _migrate_sqlite(engine: Engine, migrations: list[Migration]) -> list[Migration]:
     raw = engine.raw_connection()
+    con = raw.driver_connection
+    previous = con.isolation_level
     try:
-        con = raw.driver_connection
         con.isolation_level = None  # we issue BEGIN/COMMIT ourselves
         cur = con.cursor()
         cur.execute("BEGIN IMMEDIATE")  # the write lock: a second migrate waits here
@@ -194,10 +210,14 @@ def _migrate_sqlite(engine: Engine, migrations: list[Migration]) -> list[Migrati
                 )
             cur.execute("COMMIT")
         except BaseException:
-            cur.execute("ROLLBACK")
+            if con.in_transaction:  # SQLite may have rolled back by itself already
+                cur.execute("ROLLBACK")
             raise
         return pending
     finally:
+        # the connection goes back to the pool: give it back its transaction handling,
+        # or every later engine.begin() on it would autocommit statement by statement
+        con.isolation_level = previous
         raw.close()
 
 
@@ -248,9 +268,9 @@ def status(engine: Engine, *, directory: Path = MIGRATIONS_DIR) -> list[Migratio
     return out
 
 
-def require_current(engine: Engine) -> None:
+def require_current(engine: Engine, *, directory: Path = MIGRATIONS_DIR) -> None:
     """Raise MigrationError unless every migration is applied and none was edited."""
-    for st in status(engine):
+    for st in status(engine, directory=directory):
         if st.state == "pending":
             label = st.migration.label if st.migration else st.version
             raise MigrationError(

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from detector.cli import ConfigOpt, Format, PromUrl, fail, load
+from detector.clikit import ConfigOpt, Format, PromUrl, fail, load
 from detector.errors import AiopsError
 
 DbUrl = Annotated[
@@ -116,7 +116,7 @@ def train(
     from detector.catalogue import resolve_catalogue
     from detector.logs import setup_logging
     from feature_store.locks import LockHeld
-    from training.train import Trainer, TrainError
+    from training.train import Trainer, TrainError, prometheus_fetch
 
     settings = load(
         prom_url=prom_url, config=config, database_url=database_url, train_history=history
@@ -144,24 +144,6 @@ def train(
         print(f"aiops: query {name}: {error}", file=sys.stderr)
     if report.errors and not report.outcomes:
         raise typer.Exit(1)
-
-
-def prometheus_fetch(settings: Any) -> Any:
-    """``fetch(query, start, end, step)`` reading history from Prometheus in chunks."""
-    from detector.source import PrometheusSource
-
-    token = settings.prom_token.get_secret_value() if settings.prom_token else None
-    source = PrometheusSource(
-        settings.prom_url,
-        token=token,
-        timeout=max(settings.prom_timeout_seconds, 30.0),
-        retries=settings.prom_retries,
-    )
-
-    def fetch(query: Any, start: float, end: float, step: float) -> Any:
-        return source.fetch_range(query, start=start, end=end, step=step)
-
-    return fetch
 
 
 def report_dict(report: Any) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.ensemble import IsolationForest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 
 from detector.catalogue import Query
 from detector.errors import AiopsError
@@ -43,19 +43,20 @@ from detector.features import CALENDAR_FEATURES, Features, compute_features
 from detector.pipeline import feature_spec
 from detector.settings import Settings
 from detector.source import SeriesBatch, series_key
+from feature_store import tables
 from feature_store.locks import Lease
-from feature_store.registry import ModelLoadError, ModelRegistry
+from feature_store.registry import ModelLoadError, ModelRegistry, dump_model
 from feature_store.store import FeatureStore
 
 log = logging.getLogger("aiops.train")
 
 #: A candidate may flag at most this many times its contamination on the tail.
-TAIL_RATE_FACTOR = 3.0
+TAIL_RATE_FACTOR = 5.0
 #: ... and at most this much more than the promoted version on the same tail.
 TAIL_RATE_SLACK = 0.005
 MIN_TRAIN_ROWS = 500
 MIN_TAIL_ROWS = 60
-MAX_TRAIN_ROWS = 20000
+MAX_TRAIN_ROWS = 10000
 N_ESTIMATORS = 100
 MAX_SAMPLES = 256
 #: feature cells computed at once (series × points): bounds the memory of a run
@@ -104,6 +105,10 @@ class TrainReport:
     errors: dict[str, str] = field(default_factory=dict)
     dry_run: bool = False
     feature_rows: int = 0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: fetch, features, fit, ...
+
+    def add_phase(self, name: str, seconds: float) -> None:
+        self.phases[name] = self.phases.get(name, 0.0) + seconds
 
     def count(self, decision: str) -> int:
         return sum(o.decision == decision for o in self.outcomes)
@@ -118,6 +123,16 @@ def calendar_for(query: Query) -> tuple[str, ...]:
     return CALENDAR_FEATURES.get(query.seasonality or "", ())
 
 
+def stored_until(store: FeatureStore, metric: str) -> dict[str, float]:
+    """The newest stored feature time of every series of ``metric``."""
+    t = tables.features
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(t.c.series, func.max(t.c.ts)).where(t.c.metric == metric).group_by(t.c.series)
+        )
+        return {series: float(ts) for series, ts in rows}
+
+
 def prepare(
     batch: SeriesBatch,
     query: Query,
@@ -126,7 +141,6 @@ def prepare(
     tail: float,
     only: set[str] | None = None,
     store: FeatureStore | None = None,
-    store_every: int = 1,
 ) -> tuple[list[SeriesData], list[Outcome], int]:
     """Training material for every series of ``batch`` (features computed in chunks).
 
@@ -145,13 +159,14 @@ def prepare(
     out: list[SeriesData] = []
     skipped: list[Outcome] = []
     stored = 0
+    latest = stored_until(store, query.name) if store is not None else {}
     for c in range(0, len(wanted), per_chunk):
         rows = wanted[c : c + per_chunk]
         feats = compute_features(batch.values[rows], spec)
         if store is not None:
-            mask = np.zeros_like(feats.ready)
-            mask[:, ::store_every] = True
-            mask[:, tail_start:] = True  # the tail, whole: what the evaluation saw
+            # only rows newer than what an earlier run stored: a nightly run adds a day
+            since = np.array([latest.get(keys[i], -np.inf) for i in rows])
+            mask = times[None, :] > since[:, None]
             labels = [batch.labels[i] for i in rows]
             stored += store.write_features(query.name, labels, times, feats, query.direction, mask)
         for j, i in enumerate(rows):
@@ -235,8 +250,8 @@ def _series_data(
     )
 
 
-def fit_one(data: SeriesData) -> tuple[IsolationForest, dict[str, Any]]:
-    """Fit and evaluate one series (runs in a joblib or Dask worker)."""
+def fit_one(data: SeriesData) -> tuple[IsolationForest, dict[str, Any], bytes]:
+    """Fit, evaluate and serialise (skops) one series; runs in a joblib or Dask worker."""
     t0 = time.perf_counter()
     p = data.params
     model = IsolationForest(
@@ -256,7 +271,7 @@ def fit_one(data: SeriesData) -> tuple[IsolationForest, dict[str, Any]]:
         "tail_p99_score": float(np.quantile(tail_scores, 0.99)),
         "fit_seconds": round(time.perf_counter() - t0, 4),
     }
-    return model, evaluation
+    return model, evaluation, dump_model(model)
 
 
 @contextmanager
@@ -283,13 +298,13 @@ def fit_all(
     jobs: int = -1,
     dask_address: str | None = None,
     on_done: Callable[[int], None] | None = None,
-) -> list[tuple[IsolationForest, dict[str, Any]] | BaseException]:
+) -> list[tuple[IsolationForest, dict[str, Any], bytes] | BaseException]:
     """``fit_one`` over ``items`` through joblib (local processes or Dask)."""
     from joblib import Parallel, delayed
 
     if not items:
         return []
-    results: list[tuple[IsolationForest, dict[str, Any]] | BaseException] = []
+    results: list[tuple[IsolationForest, dict[str, Any], bytes] | BaseException] = []
     with _backend(dask_address):
         n_jobs = jobs if not dask_address else -1
         if n_jobs == 1 and not dask_address:
@@ -305,7 +320,7 @@ def fit_all(
     return results
 
 
-def _safe_fit(data: SeriesData) -> tuple[IsolationForest, dict[str, Any]] | BaseException:
+def _safe_fit(data: SeriesData) -> tuple[IsolationForest, dict[str, Any], bytes] | BaseException:
     try:
         return fit_one(data)
     except Exception as exc:  # one bad series must not sink the run
@@ -365,7 +380,6 @@ class Trainer:
         wait: float = 0.0,
         progress: bool | None = None,
         store_features: bool = True,
-        store_every: int = 1,
     ) -> TrainReport:
         now = time.time() if now is None else now
         report = TrainReport(started=now, dry_run=dry_run)
@@ -383,9 +397,7 @@ class Trainer:
         try:
             with _progress(progress) as bar:
                 for q in queries:
-                    self._train_query(
-                        q, now, report, only, dry_run, bar, store_features, store_every, lease
-                    )
+                    self._train_query(q, now, report, only, dry_run, bar, store_features, lease)
         finally:
             lease.release()
         report.duration = time.perf_counter() - t0
@@ -400,13 +412,13 @@ class Trainer:
         dry_run: bool,
         bar: Any,
         store_features: bool,
-        store_every: int,
         lease: Lease,
     ) -> None:
         s = self.settings
         step = q.step_seconds(s)
         start = now - s.train_history_seconds
         task = bar.add_task(f"{q.name}: fetching", total=None) if bar else None
+        t0 = time.perf_counter()
         try:
             batch = self.fetch(q, start, now, step)
         except AiopsError as exc:
@@ -415,11 +427,13 @@ class Trainer:
             if bar:
                 bar.update(task, description=f"{q.name}: fetch failed", total=1, completed=1)
             return
+        finally:
+            report.add_phase("fetch", time.perf_counter() - t0)
         lease.refresh()
         store = self.store if store_features and not dry_run else None
-        items, skipped, stored = prepare(
-            batch, q, s, tail=s.train_tail, only=only, store=store, store_every=store_every
-        )
+        t0 = time.perf_counter()
+        items, skipped, stored = prepare(batch, q, s, tail=s.train_tail, only=only, store=store)
+        report.add_phase("features", time.perf_counter() - t0)
         report.feature_rows += stored
         report.outcomes += skipped
         log.info(
@@ -431,16 +445,20 @@ class Trainer:
         )
         if bar:
             bar.update(task, description=f"{q.name}: fitting", total=len(items), completed=0)
+        t0 = time.perf_counter()
         fitted = fit_all(
             items,
             jobs=s.train_jobs,
             dask_address=s.dask_address,
             on_done=(lambda n: bar.advance(task, n)) if bar else None,
         )
+        report.add_phase("fit", time.perf_counter() - t0)
         lease.refresh()
+        t0 = time.perf_counter()
         promoted = {r.series: r for r in self.registry.promoted(metric=q.name)}
         for data, result in zip(items, fitted, strict=True):
             report.outcomes.append(self._register(data, result, promoted.get(data.key), dry_run))
+        report.add_phase("register", time.perf_counter() - t0)
 
     def _register(self, data: SeriesData, result: Any, current: Any, dry_run: bool) -> Outcome:
         out = Outcome(data.key, data.metric, samples=len(data.X_train), tail_rows=len(data.X_tail))
@@ -448,7 +466,7 @@ class Trainer:
             out.decision, out.reason = "failed", f"fit failed: {result}"
             log.error("train fit failed series=%s error=%s", data.key, result)
             return out
-        model, evaluation = result
+        model, evaluation, blob = result
         out.tail_rate = evaluation["tail_anomaly_rate"]
         old_model, old_names = None, None
         if current is not None:
@@ -483,6 +501,7 @@ class Trainer:
             evaluation=evaluation,
             promote=ok,
             note=why,
+            blob=blob,
         )
         out.version = record.version
         out.decision = "promoted" if ok else "rejected"
@@ -515,3 +534,21 @@ def _progress(enabled: bool | None) -> Iterator[Any]:
         transient=False,
     ) as bar:
         yield bar
+
+
+def prometheus_fetch(settings: Any) -> Any:
+    """``fetch(query, start, end, step)`` reading history from Prometheus in chunks."""
+    from detector.source import PrometheusSource
+
+    token = settings.prom_token.get_secret_value() if settings.prom_token else None
+    source = PrometheusSource(
+        settings.prom_url,
+        token=token,
+        timeout=max(settings.prom_timeout_seconds, 30.0),
+        retries=settings.prom_retries,
+    )
+
+    def fetch(query: Any, start: float, end: float, step: float) -> Any:
+        return source.fetch_range(query, start=start, end=end, step=step)
+
+    return fetch

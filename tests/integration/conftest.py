@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -126,7 +127,9 @@ class ServiceThread:
 
 
 def detector_env(**extra: str) -> dict[str, str]:
+    """The environment of an ``aiops`` subprocess: no inherited settings, a fresh database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIOPS_", "PROM_"))}
+    env["AIOPS_DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='aiops-db-')}/aiops.db"
     env.update(extra)
     return env
 

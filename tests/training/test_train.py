@@ -1,0 +1,264 @@
+"""The retrain job on synthetic history: promotion rules, dry runs, filters, the lock, Dask."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from detector.catalogue import Query
+from detector.errors import QueryError
+from detector.settings import load_settings
+from detector.source import SeriesBatch, series_key
+from feature_store import tables
+from feature_store.db import make_engine
+from feature_store.locks import Lease, LockHeld
+from feature_store.registry import ModelRegistry
+from sql.migrate import migrate
+from tests.integration.conftest import poll
+from training.train import Trainer, TrainError, prepare, seed_for
+
+NOW = 1_780_000_000.0
+STEP = 60.0
+QUERY = Query(name="lat", promql="x", direction="up", seasonality="daily")
+APPS = ("a0", "a1", "a2")
+
+
+def history(
+    start: float, end: float, step: float, *, incident: bool = False, n: int = len(APPS)
+) -> SeriesBatch:
+    """Daily-seasonal noise; with ``incident`` a large shift over the newest 6 hours."""
+    t = np.arange(start, end + step / 2, step)
+    rng = np.random.default_rng(0)
+    rows = [10 + 2 * np.sin(2 * np.pi * t / 86400) + rng.normal(0, 0.3, len(t)) for _ in range(n)]
+    values = np.stack(rows)
+    if incident:
+        values[:, t > end - 6 * 3600] += 25.0
+    return SeriesBatch("lat", float(t[0]), step, [{"app": a} for a in APPS[:n]], values)
+
+
+def make_fetch(**kw):
+    calls = []
+
+    def fetch(query, start, end, step):
+        calls.append((query.name, start, end, step))
+        return history(start, end, step, **kw)
+
+    fetch.calls = calls
+    return fetch
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    return load_settings(
+        database_url=f"sqlite:///{tmp_path}/aiops.db", train_history="2d", train_jobs=1
+    )
+
+
+@pytest.fixture
+def engine(settings):
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def trainer(settings, engine, **kw) -> Trainer:
+    return Trainer(settings, engine, fetch=make_fetch(**kw), queries=[QUERY])
+
+
+def test_first_run_promotes_one_model_per_series_and_stores_features(settings, engine):
+    report = trainer(settings, engine).run(now=NOW, progress=False)
+    assert report.count("promoted") == len(APPS)
+    registry = ModelRegistry(engine)
+    promoted = registry.promoted(metric="lat")
+    assert sorted(r.series for r in promoted) == sorted(series_key("lat", {"app": a}) for a in APPS)
+    rec = promoted[0]
+    # seasonal query: the model sees hour-of-day columns after the detector's features
+    assert rec.feature_names[-2:] == ["hour_sin", "hour_cos"]
+    assert rec.params["contamination"] == QUERY.contamination
+    assert rec.params["random_state"] == seed_for(rec.series)
+    assert rec.train_end < NOW - 0.15 * 2 * 86400 + 3600  # the tail is held back
+    assert rec.evaluation["tail_rows"] >= 60 and "tail_anomaly_rate" in rec.evaluation
+    assert rec.n_samples == rec.evaluation["train_rows"] > 1000
+    model = registry.load(rec)
+    assert model.n_features_in_ == len(rec.feature_names)
+    with engine.connect() as conn:
+        rows = conn.execute(select(func.count()).select_from(tables.features)).scalar()
+    assert rows == report.feature_rows > 1000
+
+
+def test_history_is_asked_for_the_configured_range(settings, engine):
+    t = trainer(settings, engine)
+    t.run(now=NOW, progress=False)
+    ((name, start, end, step),) = t.fetch.calls
+    assert (name, end, step) == ("lat", NOW, STEP)
+    assert end - start == pytest.approx(2 * 86400)
+
+
+def test_second_run_replaces_the_promoted_version(settings, engine):
+    first = trainer(settings, engine).run(now=NOW, progress=False)
+    report = trainer(settings, engine).run(now=NOW + 86400, progress=False)
+    assert report.count("promoted") == len(APPS)
+    # feature rows are stored incrementally: the second run adds the new day only
+    assert first.feature_rows > 2 * len(APPS) * 1440 * 0.9
+    assert report.feature_rows == len(APPS) * 1440
+    versions = {r.series: r.version for r in ModelRegistry(engine).promoted()}
+    assert set(versions.values()) == {2}
+    states = {(r.version, r.state) for r in ModelRegistry(engine).list(series=next(iter(versions)))}
+    assert states == {(1, "retired"), (2, "promoted")}
+    assert all(o.promoted_rate is not None for o in report.outcomes)
+
+
+def test_candidate_flagging_its_tail_is_not_promoted(settings, engine):
+    trainer(settings, engine).run(now=NOW, progress=False)
+    report = trainer(settings, engine, incident=True).run(now=NOW + 86400, progress=False)
+    assert report.count("promoted") == 0
+    assert report.count("rejected") == len(APPS)
+    assert all("above the bound" in o.reason for o in report.outcomes)
+    registry = ModelRegistry(engine)
+    assert {r.version for r in registry.promoted()} == {1}  # the old versions stay in use
+    assert {r.state for r in registry.list(state="candidate")} == {"candidate"}
+
+
+def test_dry_run_stores_and_promotes_nothing(settings, engine):
+    report = trainer(settings, engine).run(now=NOW, progress=False, dry_run=True)
+    assert report.dry_run and report.count("would promote") == len(APPS)
+    assert ModelRegistry(engine).list() == []
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(tables.features)).scalar() == 0
+
+
+def test_series_filter_trains_only_the_named_series(settings, engine):
+    key = series_key("lat", {"app": "a1"})
+    report = trainer(settings, engine).run(now=NOW, progress=False, series=[key])
+    assert [o.series for o in report.outcomes] == [key]
+    assert [r.series for r in ModelRegistry(engine).list()] == [key]
+    with pytest.raises(TrainError, match="matches no catalogue query"):
+        trainer(settings, engine).run(now=NOW, progress=False, series=["nope"])
+
+
+def test_too_little_history_is_skipped_with_a_reason(tmp_path, engine):
+    short = load_settings(
+        database_url=str(engine.url), train_history="3h", train_jobs=1, lookback="6h"
+    )
+    report = Trainer(short, engine, fetch=make_fetch(), queries=[QUERY]).run(
+        now=NOW, progress=False
+    )
+    assert report.count("skipped") == len(APPS)
+    assert all("too little history" in o.reason for o in report.outcomes)
+    assert ModelRegistry(engine).list() == []
+
+
+def test_a_failed_fetch_is_reported_not_raised(settings, engine):
+    def broken(query, start, end, step):
+        raise QueryError(query.name, "unreachable", "cannot connect")
+
+    report = Trainer(settings, engine, fetch=broken, queries=[QUERY]).run(now=NOW, progress=False)
+    assert "unreachable" in report.errors["lat"]
+    assert report.outcomes == []
+
+
+def test_a_second_run_stops_while_the_lock_is_held(settings, engine):
+    holder = Lease(engine, "train").acquire()
+    try:
+        with pytest.raises(LockHeld, match="holds the database lock") as err:
+            trainer(settings, engine).run(now=NOW, progress=False)
+        assert holder.holder in str(err.value)
+    finally:
+        holder.release()
+    assert ModelRegistry(engine).list() == []
+
+
+def test_concurrent_runs_never_write_the_same_version_twice(settings, engine):
+    """Run A holds the lock while fetching; run B (another engine) stops, then waits for A."""
+    started, go = threading.Event(), threading.Event()
+
+    def slow_fetch(query, start, end, step):
+        started.set()
+        assert go.wait(30)
+        return history(start, end, step)
+
+    results: dict[str, object] = {}
+
+    def run_a():
+        results["a"] = Trainer(settings, engine, fetch=slow_fetch, queries=[QUERY]).run(
+            now=NOW, progress=False
+        )
+
+    a = threading.Thread(target=run_a)
+    a.start()
+    assert started.wait(30)
+    other = make_engine(settings.database_url)
+    with pytest.raises(LockHeld):
+        Trainer(settings, other, fetch=make_fetch(), queries=[QUERY]).run(now=NOW, progress=False)
+
+    def run_b():
+        results["b"] = Trainer(settings, other, fetch=make_fetch(), queries=[QUERY]).run(
+            now=NOW, progress=False, wait=60
+        )
+
+    b = threading.Thread(target=run_b)
+    b.start()
+    go.set()
+    a.join(60)
+    b.join(60)
+    poll(lambda: "b" in results, timeout=5, what="second run")
+    versions = [(r.series, r.version) for r in ModelRegistry(engine).list()]
+    assert len(versions) == len(set(versions)) == 2 * len(APPS)
+    assert {v for _, v in versions} == {1, 2}
+    other.dispose()
+
+
+def test_prepare_keeps_the_gap_between_training_rows_and_tail(settings):
+    batch = history(NOW - 2 * 86400, NOW, STEP, n=1)
+    items, skipped, _ = prepare(batch, QUERY, settings, tail=0.15)
+    assert not skipped
+    (item,) = items
+    tail_start = batch.start + int(batch.values.shape[1] * 0.85) * STEP
+    assert item.train_end <= tail_start - 60 * STEP
+    assert len(item.X_tail) <= batch.values.shape[1] * 0.15 + 1
+    assert item.X_train.shape[1] == len(item.feature_names)
+    assert np.isfinite(item.X_train).all()
+
+
+@pytest.mark.timeout(180)
+def test_dask_cluster_promotes_the_same_models_as_a_local_run(tmp_path):
+    """AIOPS_DASK_ADDRESS sends the fits to a 2-worker Dask cluster: same models, same verdicts."""
+    from distributed import Client, LocalCluster
+
+    def run(name: str, dask_address: str | None):
+        s = load_settings(
+            database_url=f"sqlite:///{tmp_path}/{name}.db",
+            train_history="2d",
+            train_jobs=1,
+            dask_address=dask_address,
+        )
+        engine = make_engine(s.database_url)
+        migrate(engine)
+        report = trainer(s, engine).run(now=NOW, progress=False)
+        registry = ModelRegistry(engine)
+        models = {r.series: (r, registry.load(r)) for r in registry.promoted()}
+        engine.dispose()
+        return report, models
+
+    local_report, local = run("local", None)
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        with Client(cluster) as client:
+            assert len(client.scheduler_info()["workers"]) == 2
+        dask_report, remote = run("dask", cluster.scheduler_address)
+    assert sorted(local) == sorted(remote) and len(local) == len(APPS)
+    probe = np.random.default_rng(5).normal(
+        size=(200, len(next(iter(local.values()))[0].feature_names))
+    )
+    for key, (rec, model) in local.items():
+        rec2, model2 = remote[key]
+        np.testing.assert_array_equal(model.score_samples(probe), model2.score_samples(probe))
+        assert rec.evaluation["tail_anomaly_rate"] == rec2.evaluation["tail_anomaly_rate"]
+        assert rec.n_samples == rec2.n_samples
+    assert [o.decision for o in local_report.outcomes] == [o.decision for o in dask_report.outcomes]
