@@ -92,6 +92,7 @@ class Detector:
         self.metrics = DetectorMetrics(self.registry)
         self.store = store
         self.engine: Any = None  # set by build_detector
+        self._pruned_at = 0.0
         self.database_up: bool | None = None
         self.thresholds = Thresholds.from_settings(settings)
         self.state = {q.name: QueryState() for q in self.queries}
@@ -212,6 +213,16 @@ class Detector:
         self.database_up = up
         self.metrics.database_up.set(1 if up else 0)
 
+    def _prune_features(self) -> None:
+        """Drop feature rows older than AIOPS_FEATURE_RETENTION, at most once an hour."""
+        now = time.time()
+        if self.store is None or now - self._pruned_at < 3600:
+            return
+        self._pruned_at = now
+        n = self.store.prune_features(now - self.settings.feature_retention_seconds)
+        if n:
+            log.info("feature rows pruned rows=%d", n)
+
     def _store(self, query: str, results: list[SeriesResult]) -> None:
         """Record anomalies (and the newest feature rows) of one query; never raises."""
         if self.store is None:
@@ -219,6 +230,7 @@ class Detector:
         table = "aiops_anomalies"
         try:
             self.store.record_anomalies(results)
+            self._prune_features()
             if self.settings.store_features:
                 table = "aiops_features"
                 self.store.write_rows(
@@ -300,6 +312,19 @@ class Detector:
             log.info("anomaly ended metric=%s labels=%s", query, dict(key[1]))
             del self._onsets[key]
 
+    def _database_health(self) -> dict[str, Any] | None:
+        if self.engine is None:
+            return None
+        trained = getattr(self.provider, "trained", None)
+        failures = getattr(self.provider, "failures", None)
+        return {
+            "up": self.database_up,
+            "trained_models": sum(
+                len(g.index) for q in self.queries for g in (trained(q.name) if trained else [])
+            ),
+            "refused_models": len(failures()) if failures else 0,
+        }
+
     # -- health -----------------------------------------------------------------------------
     def health(self, now: float | None = None) -> tuple[bool, dict[str, Any]]:
         """(healthy, body) for /healthz: unhealthy when the last good cycle is too old."""
@@ -312,6 +337,7 @@ class Detector:
             "last_success_age_seconds": None if age is None else round(age, 3),
             "stale_after_seconds": self.settings.stale_after,
             "cycles": self.cycles,
+            "database": self._database_health(),
             "queries": {
                 name: {
                     "up": st.ok,

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     train_history: str = Field(
         "14d", validation_alias=AliasChoices("AIOPS_TRAIN_HISTORY", "train_history")
     )
+    feature_retention: str = Field(
+        "2d", validation_alias=AliasChoices("AIOPS_FEATURE_RETENTION", "feature_retention")
+    )
     train_tail: float = Field(
         0.15, gt=0, lt=0.5, validation_alias=AliasChoices("AIOPS_TRAIN_TAIL", "train_tail")
     )
@@ -162,7 +165,7 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 1h")
         return v
 
-    @field_validator("lookback", "step")
+    @field_validator("lookback", "step", "feature_retention")
     @classmethod
     def _check_duration(cls, v: str) -> str:
         parse_duration(v)
@@ -176,6 +179,10 @@ class Settings(BaseSettings):
     @property
     def lookback_seconds(self) -> float:
         return parse_duration(self.lookback)
+
+    @property
+    def feature_retention_seconds(self) -> float:
+        return parse_duration(self.feature_retention)
 
     @property
     def train_history_seconds(self) -> float:

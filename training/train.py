@@ -160,12 +160,13 @@ def prepare(
     skipped: list[Outcome] = []
     stored = 0
     latest = stored_until(store, query.name) if store is not None else {}
+    keep_from = float(times[-1]) - settings.feature_retention_seconds
     for c in range(0, len(wanted), per_chunk):
         rows = wanted[c : c + per_chunk]
         feats = compute_features(batch.values[rows], spec)
         if store is not None:
             # only rows newer than what an earlier run stored: a nightly run adds a day
-            since = np.array([latest.get(keys[i], -np.inf) for i in rows])
+            since = np.array([max(latest.get(keys[i], -np.inf), keep_from) for i in rows])
             mask = times[None, :] > since[:, None]
             labels = [batch.labels[i] for i in rows]
             stored += store.write_features(query.name, labels, times, feats, query.direction, mask)
@@ -433,6 +434,8 @@ class Trainer:
         store = self.store if store_features and not dry_run else None
         t0 = time.perf_counter()
         items, skipped, stored = prepare(batch, q, s, tail=s.train_tail, only=only, store=store)
+        if store is not None:
+            store.prune_features(now - s.feature_retention_seconds)
         report.add_phase("features", time.perf_counter() - t0)
         report.feature_rows += stored
         report.outcomes += skipped

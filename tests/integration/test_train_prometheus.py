@@ -60,6 +60,7 @@ def test_train_promotes_models_the_detector_then_uses(long_history, tmp_path: Pa
         PROM_URL=long_history,
         AIOPS_DATABASE_URL=f"sqlite:///{tmp_path}/aiops.db",
         AIOPS_TRAIN_HISTORY=f"{DAYS}d",
+        AIOPS_FEATURE_RETENTION=f"{DAYS}d",
         AIOPS_TRAIN_JOBS="2",
     )
     summary = _json(run_aiops("train", "--format", "json", env=env, timeout=500))

@@ -262,3 +262,43 @@ def test_dask_cluster_promotes_the_same_models_as_a_local_run(tmp_path):
         assert rec.evaluation["tail_anomaly_rate"] == rec2.evaluation["tail_anomaly_rate"]
         assert rec.n_samples == rec2.n_samples
     assert [o.decision for o in local_report.outcomes] == [o.decision for o in dask_report.outcomes]
+
+
+def test_training_on_postgresql(pg_url):
+    s = load_settings(database_url=pg_url, train_history="2d", train_jobs=1)
+    engine = make_engine(s.database_url)
+    migrate(engine)
+    report = trainer(s, engine).run(now=NOW, progress=False)
+    again = trainer(s, engine).run(now=NOW + 3600, progress=False)
+    assert report.count("promoted") == len(APPS)
+    assert again.feature_rows == len(APPS) * 60  # only the new hour is written
+    registry = ModelRegistry(engine)
+    assert {r.version for r in registry.promoted()} == {2}
+    rec = registry.promoted()[0]
+    assert registry.load(rec).n_features_in_ == len(rec.feature_names)
+    with engine.connect() as conn:
+        first, last = conn.execute(
+            select(func.min(tables.features.c.ts), func.max(tables.features.c.ts))
+        ).one()
+    # AIOPS_FEATURE_RETENTION (2d): the rows older than 2 days before the run are pruned
+    assert last == NOW + 3600 and first > NOW + 3600 - 2 * 86400
+    assert first < NOW + 3600 - 2 * 86400 + 3 * 3600
+    engine.dispose()
+
+
+def test_feature_rows_are_kept_for_the_retention_only(tmp_path):
+    s = load_settings(
+        database_url=f"sqlite:///{tmp_path}/r.db",
+        train_history="2d",
+        train_jobs=1,
+        feature_retention="12h",
+    )
+    engine = make_engine(s.database_url)
+    migrate(engine)
+    report = trainer(s, engine).run(now=NOW, progress=False)
+    assert report.count("promoted") == len(APPS)  # trained on 2 days all the same
+    assert report.feature_rows == len(APPS) * 12 * 60
+    with engine.connect() as conn:
+        first = conn.execute(select(func.min(tables.features.c.ts))).scalar()
+    assert first == NOW - 12 * 3600 + STEP
+    engine.dispose()
