@@ -272,6 +272,10 @@ def _mount_subcommands() -> None:
     app.command()(train)
     app.add_typer(models_app, name="models", help="Inspect and manage model versions.")
 
+    from runbooks.cli import webhook
+
+    app.command()(webhook)
+
 
 _mount_subcommands()
 

@@ -108,6 +108,86 @@ class Settings(BaseSettings):
     dask_address: str | None = Field(
         None, validation_alias=AliasChoices("AIOPS_DASK_ADDRESS", "dask_address")
     )
+    # -- the runbook webhook ---------------------------------------------------------
+    webhook_url: str | None = Field(
+        None, validation_alias=AliasChoices("RUNBOOK_WEBHOOK_URL", "webhook_url")
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("RUNBOOK_WEBHOOK_SECRET", "webhook_secret")
+    )
+    autofix_enabled: bool = Field(
+        False, validation_alias=AliasChoices("RUNBOOK_AUTOFIX_ENABLED", "autofix_enabled")
+    )
+    autofix_dry_run: bool = Field(
+        True, validation_alias=AliasChoices("RUNBOOK_AUTOFIX_DRY_RUN", "autofix_dry_run")
+    )
+    autofix_policy: str | None = Field(
+        None, validation_alias=AliasChoices("RUNBOOK_AUTOFIX_POLICY", "autofix_policy")
+    )
+    policy_file: Path | None = Field(
+        None, validation_alias=AliasChoices("RUNBOOK_POLICY_FILE", "policy_file")
+    )
+    circuit_max_hourly: int = Field(
+        3, ge=0, validation_alias=AliasChoices("RUNBOOK_CIRCUIT_MAX_HOURLY", "circuit_max_hourly")
+    )
+    circuit_max_daily: int = Field(
+        10, ge=0, validation_alias=AliasChoices("RUNBOOK_CIRCUIT_MAX_DAILY", "circuit_max_daily")
+    )
+    cooldown_seconds: float = Field(
+        900.0, ge=0, validation_alias=AliasChoices("RUNBOOK_COOLDOWN_SECONDS", "cooldown_seconds")
+    )
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("RUNBOOK_REDIS_URL", "redis_url")
+    )
+    require_approval: bool = Field(
+        False, validation_alias=AliasChoices("RUNBOOK_AUTOFIX_REQUIRE_APPROVAL", "require_approval")
+    )
+    approval_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("RUNBOOK_APPROVAL_SECRET", "approval_secret")
+    )
+    approval_ttl_seconds: float = Field(
+        3600.0,
+        gt=0,
+        validation_alias=AliasChoices("RUNBOOK_APPROVAL_TTL_SECONDS", "approval_ttl_seconds"),
+    )
+    alertmanager_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("RUNBOOK_ALERTMANAGER_TOKEN", "alertmanager_token")
+    )
+    alertmanager_url: str | None = Field(
+        None, validation_alias=AliasChoices("RUNBOOK_ALERTMANAGER_URL", "alertmanager_url")
+    )
+    rate_limit: float = Field(
+        100.0, gt=0, validation_alias=AliasChoices("RUNBOOK_RATE_LIMIT", "rate_limit")
+    )
+    action_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        validation_alias=AliasChoices("RUNBOOK_ACTION_TIMEOUT_SECONDS", "action_timeout_seconds"),
+    )
+    verify_seconds: float = Field(
+        300.0, gt=0, validation_alias=AliasChoices("RUNBOOK_VERIFY_SECONDS", "verify_seconds")
+    )
+    public_url: str = Field(
+        "http://localhost:8080", validation_alias=AliasChoices("RUNBOOK_PUBLIC_URL", "public_url")
+    )
+    webhook_host: str = Field(
+        "0.0.0.0", validation_alias=AliasChoices("RUNBOOK_HTTP_HOST", "webhook_host")
+    )
+    webhook_port: int = Field(
+        8080, ge=0, le=65535, validation_alias=AliasChoices("RUNBOOK_HTTP_PORT", "webhook_port")
+    )
+    slack_bot_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("SLACK_BOT_TOKEN", "slack_bot_token")
+    )
+    slack_channel: str | None = Field(
+        None, validation_alias=AliasChoices("SLACK_CHANNEL", "slack_channel")
+    )
+    slack_signing_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET", "slack_signing_secret")
+    )
+    slack_webhook: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("RUNBOOKS_SLACK_WEBHOOK", "slack_webhook")
+    )
     queries: list[dict[str, Any]] | None = Field(None, validation_alias=AliasChoices("queries"))
 
     @field_validator("prom_url")

@@ -99,3 +99,66 @@ locks = Table(
     Column("acquired_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
 )
+
+deliveries = Table(
+    "runbooks_deliveries",
+    metadata,
+    Column("dedup_key", Text, primary_key=True),
+    Column("received_at", Float, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("incident_id", Text),
+)
+
+incidents = Table(
+    "runbooks_incidents",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("subject", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("opened_at", Float, nullable=False),
+    Column("resolved_at", Float),
+    Column("events", Integer, nullable=False),
+    Column("actions", Integer, nullable=False),
+    Column("self_healed", Integer, nullable=False),
+    Column("escalated", Integer, nullable=False),
+    Column("alertname", Text),
+    Column("metric", Text),
+    Column("namespace", Text),
+    Column("app", Text),
+)
+
+actions = Table(
+    "runbooks_actions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ts", Float, nullable=False),
+    Column("app", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("incident_id", Text),
+    Column("dry_run", Integer, nullable=False),
+)
+
+guard_locks = Table(
+    "runbooks_guard_locks",
+    metadata,
+    Column("app", Text, primary_key=True),
+)
+
+approvals = Table(
+    "runbooks_approvals",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("incident_id", Text),
+    Column("app", Text),
+    Column("namespace", Text),
+    Column("target", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("params", Json, nullable=False),
+    Column("request", Json, nullable=False),
+    Column("decided_by", Text),
+    Column("decided_at", Float),
+)

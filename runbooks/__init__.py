@@ -1,1 +1,1 @@
-"""The runbook webhook: guarded auto-remediation (coming next)."""
+"""The runbook webhook: verification, incidents, policy, guards, approvals, actions, audit."""

@@ -1,0 +1,391 @@
+"""Remediation actions: plugins with one base class.
+
+Every action validates its parameters when the policy is loaded (a bad policy
+stops the start), describes what it would do (dry run), and runs with a time
+bound. Kubernetes actions use the official ``kubernetes`` client (in-cluster
+config, or the kubeconfig); ``command`` runs an allow-listed argv from the
+policy file (never from a request; no shell); ``http`` POSTs to a configured URL.
+
+Results: ``executed`` (done), ``blocked`` (refused by the platform, e.g. a
+PodDisruptionBudget; never forced), ``failed``.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+import httpx
+
+#: label values that may be substituted into an argv or a Kubernetes name
+_SAFE = re.compile(r"^[A-Za-z0-9_.:-]{1,253}$")
+
+
+class ActionError(ValueError):
+    """Bad parameters (at policy load) or a target the action cannot act on."""
+
+
+@dataclass
+class Target:
+    namespace: str | None
+    app: str | None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace or '-'}/{self.app or '-'}"
+
+    def fill(self, text: str) -> str:
+        """``{namespace}``, ``{app}`` and ``{label:NAME}`` replaced; values must be safe."""
+
+        def value(name: str) -> str:
+            if name.startswith("label:"):
+                v = self.labels.get(name[6:], "")
+            else:
+                v = getattr(self, name, None) or ""
+            if not _SAFE.match(v):
+                raise ActionError(f"{{{name}}} is empty or holds unsafe characters: {v!r}")
+            return v
+
+        return re.sub(r"\{([a-z_]+(?::[A-Za-z0-9_]+)?)\}", lambda m: value(m.group(1)), text)
+
+
+@dataclass
+class ActionResult:
+    result: str  # executed | blocked | failed | dry_run
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Action:
+    """Base class: ``validate`` at load, ``describe`` for dry runs, ``run`` to act."""
+
+    name: ClassVar[str]
+    kubernetes: ClassVar[bool] = False
+
+    @classmethod
+    def validate(cls, params: dict[str, Any]) -> dict[str, Any]:
+        return dict(params)
+
+    @classmethod
+    def inline_params(cls, arg: str) -> dict[str, Any]:
+        raise ActionError(f"takes no inline argument (got {arg!r})")
+
+    def __init__(self, params: dict[str, Any], *, timeout: float, clients: Any = None) -> None:
+        self.params = params
+        self.timeout = timeout
+        self.clients = clients
+
+    def describe(self, target: Target) -> str:
+        return f"{self.name} {target.key}"
+
+    def run(self, target: Target) -> ActionResult:
+        raise NotImplementedError
+
+
+class CommandAction(Action):
+    """``params: {argv: [systemctl, restart, "{app}"], ok_codes: [0]}``."""
+
+    name = "command"
+
+    @classmethod
+    def validate(cls, params: dict[str, Any]) -> dict[str, Any]:
+        argv = params.get("argv")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ActionError("params.argv must be a non-empty list of strings")
+        ok = params.get("ok_codes", [0])
+        if not isinstance(ok, list) or not all(isinstance(c, int) for c in ok):
+            raise ActionError("params.ok_codes must be a list of integers")
+        return {"argv": list(argv), "ok_codes": list(ok)}
+
+    def argv(self, target: Target) -> list[str]:
+        return [target.fill(a) for a in self.params["argv"]]
+
+    def describe(self, target: Target) -> str:
+        return "command " + " ".join(self.argv(target))
+
+    def run(self, target: Target) -> ActionResult:
+        argv = self.argv(target)
+        try:
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, timeout=self.timeout, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            return ActionResult("failed", f"timed out after {self.timeout:g}s", _out(exc))
+        except OSError as exc:
+            return ActionResult("failed", f"cannot run {argv[0]}: {exc.strerror}")
+        data = {
+            "exit_code": proc.returncode,
+            "stdout": proc.stdout[-2000:],
+            "stderr": proc.stderr[-2000:],
+        }
+        if proc.returncode in self.params["ok_codes"]:
+            return ActionResult("executed", f"exit code {proc.returncode}", data)
+        return ActionResult("failed", f"exit code {proc.returncode}", data)
+
+
+def _out(exc: subprocess.TimeoutExpired) -> dict[str, Any]:
+    def text(v: Any) -> str:
+        return (v.decode(errors="replace") if isinstance(v, bytes) else v or "")[-2000:]
+
+    return {"stdout": text(exc.stdout), "stderr": text(exc.stderr)}
+
+
+class HttpAction(Action):
+    """``params: {url: https://..., headers: {...}}``: POSTs the target as JSON."""
+
+    name = "http"
+
+    @classmethod
+    def validate(cls, params: dict[str, Any]) -> dict[str, Any]:
+        url = params.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ActionError("params.url must be an http(s) URL")
+        headers = params.get("headers", {})
+        if not isinstance(headers, dict):
+            raise ActionError("params.headers must be a mapping")
+        return {"url": url, "headers": {str(k): str(v) for k, v in headers.items()}}
+
+    def describe(self, target: Target) -> str:
+        return f"POST {self.params['url']} for {target.key}"
+
+    def run(self, target: Target) -> ActionResult:
+        body = {"namespace": target.namespace, "app": target.app, "labels": target.labels}
+        try:
+            r = httpx.post(
+                self.params["url"], json=body, headers=self.params["headers"], timeout=self.timeout
+            )
+        except httpx.HTTPError as exc:
+            return ActionResult("failed", f"{type(exc).__name__}: {exc}")
+        data = {"status": r.status_code, "body": r.text[-2000:]}
+        if r.is_success:
+            return ActionResult("executed", f"HTTP {r.status_code}", data)
+        return ActionResult("failed", f"HTTP {r.status_code}", data)
+
+
+# -- Kubernetes -------------------------------------------------------------------------
+
+
+class KubeClients:
+    """The API clients, built once from in-cluster config or the kubeconfig."""
+
+    def __init__(self, api_client: Any = None) -> None:
+        from kubernetes import client, config
+
+        if api_client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.policy = client.PolicyV1Api(api_client)
+
+
+def _api_status(exc: Exception) -> int | None:
+    return getattr(exc, "status", None)
+
+
+class KubeAction(Action):
+    kubernetes = True
+
+    def _kube(self) -> KubeClients:
+        if self.clients is None:
+            self.clients = KubeClients()
+        return self.clients
+
+    def deployment(self, target: Target) -> str:
+        return target.fill(self.params.get("deployment", "{app}"))
+
+    def namespace(self, target: Target) -> str:
+        return target.fill(self.params.get("namespace", "{namespace}"))
+
+
+class RestartPods(KubeAction):
+    """Evicts the app's pods through the Eviction API, so PodDisruptionBudgets hold."""
+
+    name = "restart_pods"
+
+    @classmethod
+    def validate(cls, params: dict[str, Any]) -> dict[str, Any]:
+        selector = params.get("selector", "app={app}")
+        if not isinstance(selector, str) or not selector:
+            raise ActionError("params.selector must be a label selector")
+        return {**params, "selector": selector}
+
+    def describe(self, target: Target) -> str:
+        return f"evict pods {self.params['selector']} in {self.namespace(target)}".replace(
+            "{app}", target.app or ""
+        )
+
+    def run(self, target: Target) -> ActionResult:
+        from kubernetes.client import V1DeleteOptions, V1Eviction, V1ObjectMeta
+        from kubernetes.client.exceptions import ApiException
+
+        kube = self._kube()
+        ns = self.namespace(target)
+        selector = target.fill(self.params["selector"])
+        pods = kube.core.list_namespaced_pod(
+            ns, label_selector=selector, _request_timeout=self.timeout
+        )
+        done, blocked, gone = [], [], []
+        for pod in pods.items:
+            name = pod.metadata.name
+            body = V1Eviction(
+                metadata=V1ObjectMeta(name=name, namespace=ns),
+                delete_options=V1DeleteOptions(),
+            )
+            try:
+                kube.core.create_namespaced_pod_eviction(
+                    name, ns, body, _request_timeout=self.timeout
+                )
+                done.append(name)
+            except ApiException as exc:
+                if exc.status == 429:  # a PodDisruptionBudget said no: never force a delete
+                    blocked.append(name)
+                elif exc.status == 404:  # already gone: that is what we wanted
+                    gone.append(name)
+                else:
+                    return ActionResult(
+                        "failed",
+                        f"eviction of {name}: HTTP {exc.status} {exc.reason}",
+                        {"evicted": done, "blocked": blocked},
+                    )
+        data = {"evicted": done, "blocked": blocked, "already_gone": gone}
+        if not pods.items:
+            return ActionResult("failed", f"no pod matches {selector} in {ns}", data)
+        if blocked and not done:
+            return ActionResult("blocked", "a PodDisruptionBudget blocks eviction", data)
+        return ActionResult("executed", f"evicted {len(done)} pod(s)", data)
+
+
+class RolloutRestart(KubeAction):
+    """``kubectl rollout restart``: patches the pod template's restartedAt annotation."""
+
+    name = "rollout_restart"
+
+    def describe(self, target: Target) -> str:
+        return f"rollout restart deployment/{self.deployment(target)} in {self.namespace(target)}"
+
+    def run(self, target: Target) -> ActionResult:
+        from kubernetes.client.exceptions import ApiException
+
+        kube = self._kube()
+        ns, name = self.namespace(target), self.deployment(target)
+        try:
+            dep = kube.apps.read_namespaced_deployment(name, ns, _request_timeout=self.timeout)
+            if dep.spec.paused:
+                return ActionResult("blocked", f"deployment {name} is paused; not restarting")
+            stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            patch = {
+                "spec": {
+                    "template": {
+                        "metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}
+                    }
+                }
+            }
+            kube.apps.patch_namespaced_deployment(name, ns, patch, _request_timeout=self.timeout)
+        except ApiException as exc:
+            return ActionResult("failed", f"deployment {name}: HTTP {exc.status} {exc.reason}")
+        return ActionResult("executed", f"restarted deployment {name}", {"restartedAt": stamp})
+
+
+class Scale(KubeAction):
+    """Changes replicas through the scale subresource, within min/max, optimistic."""
+
+    name = "scale"
+    sign: ClassVar[int] = 1
+
+    @classmethod
+    def inline_params(cls, arg: str) -> dict[str, Any]:
+        try:
+            delta = abs(int(arg))
+        except ValueError:
+            raise ActionError(f"expects a number of replicas like +1, got {arg!r}") from None
+        return {"delta": delta}
+
+    @classmethod
+    def validate(cls, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            delta = abs(int(params.get("delta", 1)))
+            lo = int(params.get("min_replicas", 1))
+            hi = int(params.get("max_replicas", 10))
+        except (TypeError, ValueError):
+            raise ActionError("delta, min_replicas and max_replicas must be integers") from None
+        if delta < 1 or lo < 0 or hi < lo:
+            raise ActionError("need delta >= 1 and 0 <= min_replicas <= max_replicas")
+        return {**params, "delta": delta, "min_replicas": lo, "max_replicas": hi}
+
+    def describe(self, target: Target) -> str:
+        d = self.sign * self.params["delta"]
+        return f"scale deployment/{self.deployment(target)} by {d:+d} in {self.namespace(target)}"
+
+    def run(self, target: Target) -> ActionResult:
+        from kubernetes.client.exceptions import ApiException
+
+        kube = self._kube()
+        ns, name = self.namespace(target), self.deployment(target)
+        try:
+            scale = kube.apps.read_namespaced_deployment_scale(
+                name, ns, _request_timeout=self.timeout
+            )
+            current = int(scale.spec.replicas or 0)
+            wanted = current + self.sign * self.params["delta"]
+            wanted = min(max(wanted, self.params["min_replicas"]), self.params["max_replicas"])
+            if wanted == current:
+                return ActionResult(
+                    "blocked", f"already at the bound ({current} replicas)", {"replicas": current}
+                )
+            body = {
+                "apiVersion": "autoscaling/v1",
+                "kind": "Scale",
+                "metadata": {
+                    "name": name,
+                    "namespace": ns,
+                    "resourceVersion": scale.metadata.resource_version,
+                },
+                "spec": {"replicas": wanted},
+            }
+            kube.apps.replace_namespaced_deployment_scale(
+                name, ns, body, _request_timeout=self.timeout
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return ActionResult("failed", "replicas changed meanwhile (conflict); not retried")
+            return ActionResult("failed", f"deployment {name}: HTTP {exc.status} {exc.reason}")
+        return ActionResult(
+            "executed",
+            f"scaled {name} from {current} to {wanted}",
+            {"from": current, "to": wanted},
+        )
+
+
+class ScaleUp(Scale):
+    name = "scale_up"
+    sign = 1
+
+
+class ScaleDown(Scale):
+    name = "scale_down"
+    sign = -1
+
+
+ACTIONS: dict[str, type[Action]] = {
+    cls.name: cls
+    for cls in (CommandAction, HttpAction, RestartPods, RolloutRestart, ScaleUp, ScaleDown)
+}
+
+
+def make_action(
+    name: str, params: dict[str, Any], *, timeout: float, clients: Any = None
+) -> Action:
+    return ACTIONS[name](params, timeout=timeout, clients=clients)
+
+
+def now() -> float:
+    return time.time()

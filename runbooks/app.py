@@ -1,0 +1,442 @@
+"""The webhook's HTTP service (FastAPI): inputs, approvals, the audit, health, metrics.
+
+Answers:
+- ``POST /anomalies``: 401 for a missing, forged or stale signature (audited),
+  429 + Retry-After above ``RUNBOOK_RATE_LIMIT``, 400/422 for bad JSON or fields,
+  503 when the database fails before the decision committed, else 200 with the
+  decision;
+- ``POST /alertmanager``: never 429 (Alertmanager drops every non-2xx but 5xx);
+  401 for a wrong bearer token, 400/422 for a bad payload, 503 (retried by
+  Alertmanager) when the database fails before the commit, else 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from pydantic import ValidationError
+from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from detector.settings import Settings
+from feature_store import tables
+from runbooks.engine import (
+    ApprovalError,
+    GuardConfig,
+    Remediator,
+    decide_approval,
+    incident_stats,
+    ping,
+)
+from runbooks.events import AlertmanagerPayload, AnomalyEvent, from_alerts, from_anomaly
+from runbooks.policy import Policy
+from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_event
+
+log = logging.getLogger("aiops.webhook")
+
+
+class RunbookMetrics:
+    def __init__(self, registry: CollectorRegistry, settings: Settings) -> None:
+        self.enabled = Gauge(
+            "runbooks_enabled", "1 if the kill switch allows actions", registry=registry
+        )
+        self.dry_run = Gauge("runbooks_dry_run", "1 if actions are only audited", registry=registry)
+        self.enabled.set(1 if settings.autofix_enabled else 0)
+        self.dry_run.set(1 if settings.autofix_dry_run else 0)
+        self.actions = Counter(
+            "runbooks_actions",
+            "Actions run, by action and result",
+            ["action", "result"],
+            registry=registry,
+        )
+        self.events = Counter(
+            "runbooks_events", "Audit rows written, by kind", ["kind"], registry=registry
+        )
+        self.audit_write = Histogram(
+            "runbooks_audit_write_seconds",
+            "Time to write one audit row",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=registry,
+        )
+        self.requests = Counter(
+            "runbooks_requests",
+            "Requests by route and status",
+            ["route", "status"],
+            registry=registry,
+        )
+
+
+class StateCollector(Collector):
+    """Gauges read from the database at scrape time (shared by every replica)."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        up = GaugeMetricFamily("runbooks_database_up", "1 if the database answered this scrape")
+        try:
+            stats = incident_stats(self.engine)
+            now = time.time()
+            with self.engine.connect() as conn:
+                pending = conn.execute(
+                    select(tables.approvals.c.id).where(
+                        and_(
+                            tables.approvals.c.state == "pending",
+                            tables.approvals.c.expires_at > now,
+                        )
+                    )
+                ).all()
+                from runbooks.state import circuit_counts
+
+                counts = circuit_counts(conn, now)
+        except SQLAlchemyError:
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield up
+        yield GaugeMetricFamily("runbooks_incidents_open", "Open incidents", value=stats["open"])
+        yield GaugeMetricFamily(
+            "runbooks_pending_approvals", "Actions waiting for a human", value=float(len(pending))
+        )
+        ratio = stats["events"] / stats["incidents"] if stats["incidents"] else 0.0
+        yield GaugeMetricFamily(
+            "runbooks_noise_reduction_ratio",
+            "Events per incident (deduplication and grouping)",
+            value=ratio,
+        )
+        healed = stats["self_healed"] / stats["resolved"] if stats["resolved"] else 0.0
+        yield GaugeMetricFamily(
+            "runbooks_self_healed_ratio",
+            "Share of resolved incidents resolved after a verified action",
+            value=healed,
+        )
+        yield GaugeMetricFamily(
+            "runbooks_mean_time_to_resolve_seconds",
+            "Mean time from first event to resolve",
+            value=stats["mttr"],
+        )
+        circuit = GaugeMetricFamily(
+            "runbooks_circuit_open",
+            "1 while the app's hourly action budget is spent",
+            labels=["app"],
+        )
+        for app, n in sorted(counts.items()):
+            circuit.add_metric([app], 1.0 if n >= self.settings.circuit_max_hourly else 0.0)
+        yield circuit
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` requests per second, bursts of ``2 × rate``."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(2 * rate, 1.0)
+        self.tokens = self.capacity
+        self.at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> float:
+        """0 if allowed, else seconds to wait."""
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return 0.0
+            return (1 - self.tokens) / self.rate
+
+
+class Broadcaster:
+    """Audit rows to every open ``GET /events`` stream (thread-safe publish)."""
+
+    def __init__(self) -> None:
+        self.queues: set[asyncio.Queue[dict[str, Any]]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def publish(self, row: dict[str, Any]) -> None:
+        loop = self.loop
+        if loop is None:
+            return
+        for q in list(self.queues):
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(q.put_nowait, row)
+
+
+def guard_config(s: Settings) -> GuardConfig:
+    return GuardConfig(
+        enabled=s.autofix_enabled,
+        dry_run=s.autofix_dry_run,
+        require_approval=s.require_approval,
+        cooldown_seconds=s.cooldown_seconds,
+        max_hourly=s.circuit_max_hourly,
+        max_daily=s.circuit_max_daily,
+        action_timeout=s.action_timeout_seconds,
+        verify_seconds=s.verify_seconds,
+        approval_ttl=s.approval_ttl_seconds,
+        approval_secret=s.approval_secret.get_secret_value() if s.approval_secret else None,
+        public_url=s.public_url,
+    )
+
+
+def _error(status: int, reason: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status, headers=headers or None)
+
+
+def _db_error(exc: Exception) -> JSONResponse:
+    msg = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
+    log.error("database error, nothing executed: %s", msg)
+    return _error(503, f"database unavailable, nothing was executed: {msg}")
+
+
+def create_app(
+    settings: Settings,
+    engine: Engine,
+    policy: Policy,
+    *,
+    kube: Any = None,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = RunbookMetrics(registry, settings)
+    registry.register(StateCollector(engine, settings))
+    events = Broadcaster()
+    rem = Remediator(
+        engine, policy, guard_config(settings), kube=kube, on_audit=events.publish, metrics=metrics
+    )
+    limiter = RateLimiter(settings.rate_limit)
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    am_token = (
+        settings.alertmanager_token.get_secret_value() if settings.alertmanager_token else None
+    )
+    stop = threading.Event()
+
+    def verifier() -> None:
+        while not stop.wait(1.0):
+            try:
+                rem.check_verifications()
+            except Exception:  # the database may be down: try again next second
+                log.exception("verification check failed")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        events.loop = asyncio.get_running_loop()
+        thread = threading.Thread(target=verifier, name="runbooks-verify", daemon=True)
+        thread.start()
+        log.info(
+            "webhook started enabled=%s dry_run=%s rules=%d",
+            settings.autofix_enabled,
+            settings.autofix_dry_run,
+            len(policy),
+        )
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(5)
+
+    app = FastAPI(title="aiops runbook webhook", lifespan=lifespan)
+    app.state.remediator = rem
+    app.state.metrics = metrics
+
+    @app.post("/anomalies")
+    async def anomalies(request: Request) -> Response:
+        body = await request.body()
+        wait = limiter.take()
+        if wait:
+            metrics.requests.labels("anomalies", "429").inc()
+            return _error(429, "rate limit exceeded", **{"Retry-After": str(max(1, round(wait)))})
+        now = time.time()
+        if not secret:
+            problem = "RUNBOOK_WEBHOOK_SECRET is not set: signed events cannot be verified"
+        else:
+            problem = verify_event(
+                secret,
+                request.headers.get(TIMESTAMP_HEADER),
+                request.headers.get(SIGNATURE_HEADER),
+                body,
+                now,
+            )
+        if problem:
+            metrics.requests.labels("anomalies", "401").inc()
+            try:
+                await asyncio.to_thread(
+                    rem.audit_now,
+                    "unauthorized",
+                    None,
+                    actor=_peer(request),
+                    details={"route": "/anomalies", "why": problem},
+                )
+            except SQLAlchemyError:
+                log.error("cannot audit a refused request: database down")
+            return _error(401, problem)
+        try:
+            data = json.loads(body)
+            event = AnomalyEvent.model_validate(data)
+        except ValueError as exc:
+            return _bad(metrics, "anomalies", exc)
+        try:
+            decision = await asyncio.to_thread(rem.handle, from_anomaly(event))
+        except SQLAlchemyError as exc:
+            metrics.requests.labels("anomalies", "503").inc()
+            return _db_error(exc)
+        metrics.requests.labels("anomalies", "200").inc()
+        return JSONResponse(decision.as_dict())
+
+    @app.post("/alertmanager")
+    async def alertmanager(request: Request) -> Response:
+        body = await request.body()
+        if am_token:
+            auth = request.headers.get("authorization", "")
+            import hmac
+
+            if not hmac.compare_digest(auth.encode(), f"Bearer {am_token}".encode()):
+                metrics.requests.labels("alertmanager", "401").inc()
+                with contextlib.suppress(SQLAlchemyError):
+                    await asyncio.to_thread(
+                        rem.audit_now,
+                        "unauthorized",
+                        None,
+                        actor=_peer(request),
+                        details={"route": "/alertmanager", "why": "bad bearer token"},
+                    )
+                return _error(401, "missing or wrong bearer token")
+        try:
+            payload = AlertmanagerPayload.model_validate(json.loads(body))
+        except ValueError as exc:
+            return _bad(metrics, "alertmanager", exc)
+        out = []
+        try:
+            for sig in from_alerts(payload):
+                out.append(await asyncio.to_thread(rem.handle, sig))
+        except SQLAlchemyError as exc:
+            metrics.requests.labels("alertmanager", "503").inc()
+            return _db_error(exc)
+        metrics.requests.labels("alertmanager", "200").inc()
+        return JSONResponse({"alerts": [d.as_dict() for d in out]})
+
+    def _approval(decision: str, approval_id: str, token: str, request: Request) -> Response:
+        try:
+            d = decide_approval(rem, approval_id, token, decision, actor=_peer(request))
+        except ApprovalError as exc:
+            return _error(exc.status, str(exc))
+        except SQLAlchemyError as exc:
+            return _db_error(exc)
+        return JSONResponse(d.as_dict())
+
+    @app.get("/approve")
+    def approve(
+        request: Request,
+        id: str = Query(min_length=1, max_length=64),
+        token: str = Query(min_length=1, max_length=2000),
+    ) -> Response:
+        return _approval("approve", id, token, request)
+
+    @app.get("/reject")
+    def reject(
+        request: Request,
+        id: str = Query(min_length=1, max_length=64),
+        token: str = Query(min_length=1, max_length=2000),
+    ) -> Response:
+        return _approval("reject", id, token, request)
+
+    @app.get("/audit")
+    def audit(
+        n: int = Query(100, ge=1, le=5000),
+        since: float | None = Query(None, ge=0),
+        kind: str | None = Query(None, max_length=64),
+        alertname: str | None = Query(None, max_length=200),
+        contains: str | None = Query(None, max_length=200),
+    ) -> Response:
+        t = tables.audit
+        q = select(t).order_by(t.c.id.desc()).limit(n)
+        if since is not None:
+            q = q.where(t.c.ts >= since)
+        if kind:
+            q = q.where(t.c.kind == kind)
+        if alertname:
+            q = q.where(or_(t.c.alertname == alertname, t.c.metric == alertname))
+        try:
+            with engine.connect() as conn:
+                rows = [dict(r._mapping) for r in conn.execute(q)]
+        except SQLAlchemyError as exc:
+            return _db_error(exc)
+        if contains:
+            needle = contains.lower()
+            rows = [r for r in rows if needle in json.dumps(r, default=str).lower()]
+        return JSONResponse({"rows": rows, "count": len(rows)})
+
+    @app.get("/events")
+    async def stream(request: Request) -> StreamingResponse:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        events.queues.add(queue)
+
+        async def gen() -> AsyncIterator[str]:
+            try:
+                yield ": connected\n\n"
+                while not await request.is_disconnected():
+                    try:
+                        row = await asyncio.wait_for(queue.get(), timeout=15)
+                    except asyncio.TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    yield f"event: audit\ndata: {json.dumps(row, default=str)}\n\n"
+            finally:
+                events.queues.discard(queue)
+
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        db = ping(engine)
+        body = {
+            "status": "ok" if db else "database_down",
+            "database": db,
+            "enabled": settings.autofix_enabled,
+            "dry_run": settings.autofix_dry_run,
+            "rules": len(policy),
+            "verifications_pending": rem.pending_verifications(),
+        }
+        return JSONResponse(body, status_code=200 if db else 503)
+
+    @app.get("/metrics")
+    def prom() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _peer(request: Request) -> str:
+    return f"http:{request.client.host}" if request.client else "http"
+
+
+def _bad(metrics: RunbookMetrics, route: str, exc: Exception) -> JSONResponse:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        metrics.requests.labels(route, "422").inc()
+        return _error(422, f"{where}: {err['msg']}")
+    metrics.requests.labels(route, "400").inc()
+    return _error(400, f"malformed JSON: {exc}")

@@ -1,0 +1,152 @@
+"""What the webhook receives: detector anomaly events and Alertmanager notifications.
+
+Both are validated with pydantic (a bad request gets a 422 with the reason, never
+a 500) and turned into ``Signal``s: one per anomaly event, one per alert of an
+Alertmanager notification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from detector.source import series_key
+
+
+class ReasonIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    reason: str = Field(min_length=1, max_length=64)
+    window: str | None = None
+    zscore: float | None = None
+    delta: float | None = None
+    threshold: float | None = None
+
+
+class AnomalyEvent(BaseModel):
+    """DESIGN 4.3: what the detector posts when an anomaly starts and when it ends."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1, max_length=200)
+    metric: str = Field(min_length=1, max_length=200)
+    labels: dict[str, str] = Field(default_factory=dict)
+    score: float | None = None
+    reasons: list[ReasonIn] = Field(default_factory=list)
+    value: float | None = None
+    baseline: float | None = None
+    started_at: float
+    observed_at: float
+    model_version: str = ""
+    status: Literal["firing", "resolved"]
+
+
+class Alert(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    starts_at: datetime = Field(alias="startsAt")
+    ends_at: datetime | None = Field(None, alias="endsAt")
+    fingerprint: str = Field(min_length=1, max_length=200)
+    generator_url: str | None = Field(None, alias="generatorURL")
+
+    @field_validator("labels")
+    @classmethod
+    def _alertname(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v.get("alertname"):
+            raise ValueError("every alert needs an alertname label")
+        return v
+
+
+class AlertmanagerPayload(BaseModel):
+    """Alertmanager's webhook payload, version 4."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    version: Literal["4"]
+    receiver: str = ""
+    status: Literal["firing", "resolved"]
+    alerts: list[Alert] = Field(min_length=1)
+    group_key: str = Field("", alias="groupKey")
+    external_url: str = Field("", alias="externalURL")
+
+
+@dataclass
+class Signal:
+    """One thing that may need fixing (or that just recovered)."""
+
+    source: Literal["anomalies", "alertmanager"]
+    dedup_key: str
+    subject: str  # what an incident is about: series key or alertname{labels}
+    status: str  # firing | resolved
+    alertname: str | None
+    metric: str | None
+    reasons: list[str]
+    namespace: str | None
+    app: str | None
+    labels: dict[str, str]
+    at: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.alertname or self.metric or ""
+
+
+def from_anomaly(event: AnomalyEvent) -> Signal:
+    return Signal(
+        source="anomalies",
+        dedup_key=f"anomaly:{event.id}:{event.status}",
+        subject=series_key(event.metric, event.labels),
+        status=event.status,
+        alertname=None,
+        metric=event.metric,
+        reasons=[r.reason for r in event.reasons],
+        namespace=event.labels.get("namespace"),
+        app=event.labels.get("app"),
+        labels=dict(event.labels),
+        at=event.observed_at,
+        details={
+            "event_id": event.id,
+            "score": event.score,
+            "value": event.value,
+            "baseline": event.baseline,
+            "model_version": event.model_version,
+        },
+    )
+
+
+def from_alerts(payload: AlertmanagerPayload) -> list[Signal]:
+    out = []
+    for alert in payload.alerts:
+        labels = dict(alert.labels)
+        starts = alert.starts_at.timestamp()
+        reason = labels.get("reason")
+        ends = alert.ends_at.timestamp() if alert.ends_at and alert.status == "resolved" else None
+        out.append(
+            Signal(
+                source="alertmanager",
+                dedup_key=f"am:{alert.fingerprint}:{alert.starts_at.isoformat()}:{alert.status}",
+                subject=f"{labels['alertname']}:{alert.fingerprint}",
+                status=alert.status,
+                alertname=labels["alertname"],
+                metric=labels.get("metric"),
+                reasons=[reason] if reason else [],
+                namespace=labels.get("namespace"),
+                app=labels.get("app"),
+                labels=labels,
+                at=ends or starts,
+                details={
+                    "fingerprint": alert.fingerprint,
+                    "starts_at": starts,
+                    "receiver": payload.receiver,
+                    "summary": alert.annotations.get("summary"),
+                },
+            )
+        )
+    return out

@@ -1,0 +1,177 @@
+"""Incidents and guard state in SQL (shared by replicas, survives restarts).
+
+All functions take the caller's connection: they run inside the one transaction
+of a decision. ``check_guards`` first takes the app's lock row (``SELECT ...
+FOR UPDATE`` on PostgreSQL; on SQLite the transaction already holds the write
+lock), so two replicas deciding for one app serialise and the breaker's counts
+are exact.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, insert, select, update
+
+from feature_store import tables
+from runbooks.events import Signal
+
+
+@dataclass
+class Incident:
+    id: str
+    status: str
+    opened_at: float
+    events: int
+    actions: int
+    escalated: bool
+    created: bool = False
+    alertname: str | None = None
+    metric: str | None = None
+    namespace: str | None = None
+    app: str | None = None
+
+
+def _incident(row: Any, created: bool = False) -> Incident:
+    return Incident(
+        row.id,
+        row.status,
+        row.opened_at,
+        row.events,
+        row.actions,
+        bool(row.escalated),
+        created,
+        row.alertname,
+        row.metric,
+        row.namespace,
+        row.app,
+    )
+
+
+def open_incident(conn: Any, sig: Signal, now: float) -> Incident:
+    """The open incident of the signal's subject (one more event), or a new one."""
+    t = tables.incidents
+    row = conn.execute(
+        select(t).where(and_(t.c.subject == sig.subject, t.c.status == "open"))
+    ).first()
+    if row is not None:
+        conn.execute(update(t).where(t.c.id == row.id).values(events=t.c.events + 1))
+        return _incident(row)
+    iid = uuid.uuid4().hex[:16]
+    values = {
+        "id": iid,
+        "subject": sig.subject,
+        "status": "open",
+        "opened_at": now,
+        "events": 1,
+        "actions": 0,
+        "self_healed": 0,
+        "escalated": 0,
+        "alertname": sig.alertname,
+        "metric": sig.metric,
+        "namespace": sig.namespace,
+        "app": sig.app,
+    }
+    conn.execute(insert(t).values(**values))
+    return Incident(
+        iid, "open", now, 1, 0, False, True, sig.alertname, sig.metric, sig.namespace, sig.app
+    )
+
+
+def close_incident(conn: Any, subject: str, now: float) -> Incident | None:
+    t = tables.incidents
+    row = conn.execute(select(t).where(and_(t.c.subject == subject, t.c.status == "open"))).first()
+    if row is None:
+        return None
+    conn.execute(
+        update(t)
+        .where(t.c.id == row.id)
+        .values(status="resolved", resolved_at=now, events=t.c.events + 1)
+    )
+    return _incident(row)
+
+
+def get_incident(conn: Any, iid: str) -> Incident | None:
+    row = conn.execute(select(tables.incidents).where(tables.incidents.c.id == iid)).first()
+    return None if row is None else _incident(row)
+
+
+def escalate(conn: Any, iid: str) -> None:
+    conn.execute(update(tables.incidents).where(tables.incidents.c.id == iid).values(escalated=1))
+
+
+def count_action(conn: Any, iid: str) -> None:
+    t = tables.incidents
+    conn.execute(update(t).where(t.c.id == iid).values(actions=t.c.actions + 1))
+
+
+def _lock_app(conn: Any, app: str) -> None:
+    g = tables.guard_locks
+    if conn.engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        conn.execute(pg_insert(g).values(app=app).on_conflict_do_nothing())
+        conn.execute(select(g.c.app).where(g.c.app == app).with_for_update())
+    else:
+        from sqlalchemy.dialects.sqlite import insert as lite_insert
+
+        conn.execute(lite_insert(g).values(app=app).on_conflict_do_nothing())
+
+
+def check_guards(
+    conn: Any,
+    app: str,
+    target: str,
+    action: str,
+    now: float,
+    *,
+    cooldown: float,
+    hourly: int,
+    daily: int,
+) -> tuple[str, str] | None:
+    """None if the action may go ahead, else (audit kind, why)."""
+    _lock_app(conn, app)
+    a = tables.actions
+    last = conn.execute(
+        select(func.max(a.c.ts)).where(and_(a.c.target == target, a.c.action == action))
+    ).scalar()
+    if last is not None and now - last < cooldown:
+        left = cooldown - (now - last)
+        return (
+            "skipped_cooldown",
+            f"{action} on {target} ran {now - last:.0f}s ago; {left:.0f}s left",
+        )
+    in_hour = conn.execute(
+        select(func.count()).where(and_(a.c.app == app, a.c.ts > now - 3600))
+    ).scalar()
+    if in_hour >= hourly:
+        return "skipped_circuit", f"{in_hour} actions for {app} in the last hour (limit {hourly})"
+    in_day = conn.execute(
+        select(func.count()).where(and_(a.c.app == app, a.c.ts > now - 86400))
+    ).scalar()
+    if in_day >= daily:
+        return "skipped_circuit", f"{in_day} actions for {app} in the last day (limit {daily})"
+    return None
+
+
+def reserve(
+    conn: Any, app: str, target: str, action: str, iid: str, now: float, *, dry_run: bool
+) -> None:
+    conn.execute(
+        insert(tables.actions).values(
+            ts=now,
+            app=app,
+            target=target,
+            action=action,
+            incident_id=iid,
+            dry_run=1 if dry_run else 0,
+        )
+    )
+
+
+def circuit_counts(conn: Any, now: float) -> dict[str, int]:
+    a = tables.actions
+    rows = conn.execute(select(a.c.app, func.count()).where(a.c.ts > now - 3600).group_by(a.c.app))
+    return {app: n for app, n in rows}

@@ -1,0 +1,183 @@
+"""A webhook app on a real SQLite database, with a command action that leaves a trace."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from detector.settings import load_settings
+from feature_store.db import make_engine
+from runbooks.app import create_app
+from runbooks.policy import load_policy
+from runbooks.signing import signed_headers
+from sql.migrate import migrate
+
+SECRET = "s3cret-for-tests"
+APPROVAL_SECRET = "approval-secret"
+TOKEN = "am-token"
+
+#: appends one line per run to the file named by its argument: counts executions
+RECORDER = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10))"
+
+
+def policy_file(tmp_path: Path, trace: Path, *, risk: str = "low") -> Path:
+    path = tmp_path / "policy.yaml"
+    argv = [sys.executable, "-c", RECORDER, str(trace), "{app}"]
+    path.write_text(
+        "shop.checkout:\n"
+        "  - match: latency_p99\n"
+        "    reason: level_shift\n"
+        "    action: command\n"
+        f"    params: {{argv: {json.dumps(argv)}}}\n"
+        f"    risk: {risk}\n"
+        "  - match: CheckoutDown\n"
+        "    action: command\n"
+        f"    params: {{argv: {json.dumps(argv)}}}\n"
+        "default:\n"
+        "  - match: payments_errors\n"
+        "    action: command\n"
+        f"    params: {{argv: {json.dumps(argv)}}}\n"
+    )
+    return path
+
+
+class Hook:
+    """The app under test with helpers to post signed events and read the audit."""
+
+    def __init__(self, tmp_path: Path, **overrides: Any) -> None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        self.trace = tmp_path / "trace.txt"
+        risk = overrides.pop("risk", "low")
+        values = dict(
+            metrics=None,
+            config=None,
+            database_url=f"sqlite:///{tmp_path}/hook.db",
+            webhook_secret=SECRET,
+            alertmanager_token=TOKEN,
+            approval_secret=APPROVAL_SECRET,
+            autofix_enabled=True,
+            autofix_dry_run=False,
+            policy_file=policy_file(tmp_path, self.trace, risk=risk),
+        )
+        values.update(overrides)
+        self.settings = load_settings(**values)
+        self.engine = make_engine(self.settings.database_url)
+        migrate(self.engine)
+        self.policy = load_policy(self.settings.autofix_policy, self.settings.policy_file)
+        self.registry = CollectorRegistry()
+        self.app = create_app(self.settings, self.engine, self.policy, registry=self.registry)
+        self.client = TestClient(self.app)
+        self.client.__enter__()
+        self.rem = self.app.state.remediator
+
+    def close(self) -> None:
+        self.client.__exit__(None, None, None)
+        self.engine.dispose()
+
+    def runs(self) -> list[str]:
+        return self.trace.read_text().splitlines() if self.trace.exists() else []
+
+    def post_event(self, event: dict[str, Any], *, headers: dict[str, str] | None = None):
+        body = json.dumps(event).encode()
+        h = signed_headers(SECRET, body) if headers is None else headers
+        return self.client.post("/anomalies", content=body, headers=h)
+
+    def post_alerts(self, payload: dict[str, Any], *, token: str = TOKEN):
+        return self.client.post(
+            "/alertmanager", json=payload, headers={"Authorization": f"Bearer {token}"}
+        )
+
+    def audit(self, **params: Any) -> list[dict[str, Any]]:
+        r = self.client.get("/audit", params={"n": 5000, **params})
+        assert r.status_code == 200, r.text
+        return list(reversed(r.json()["rows"]))
+
+    def kinds(self, **params: Any) -> list[str]:
+        return [row["kind"] for row in self.audit(**params)]
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels or None)
+
+
+@pytest.fixture
+def make_hook(tmp_path):
+    hooks: list[Hook] = []
+
+    def make(**overrides: Any) -> Hook:
+        hook = (
+            Hook(tmp_path / f"h{len(hooks)}", **overrides) if hooks else Hook(tmp_path, **overrides)
+        )
+        hooks.append(hook)
+        return hook
+
+    yield make
+    for hook in hooks:
+        hook.close()
+
+
+def anomaly(
+    event_id: str = "ev-1",
+    *,
+    status: str = "firing",
+    app: str = "checkout",
+    metric: str = "latency_p99",
+    reason: str = "level_shift",
+) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "id": event_id,
+        "metric": metric,
+        "labels": {"namespace": "shop", "app": app},
+        "score": 0.71,
+        "reasons": [
+            {"reason": reason, "window": "15m", "zscore": 6.2, "delta": 0.4, "threshold": 3.0}
+        ],
+        "value": 0.9,
+        "baseline": 0.3,
+        "started_at": now - 120,
+        "observed_at": now,
+        "model_version": "v1",
+        "status": status,
+    }
+
+
+def alerts(
+    status: str = "firing",
+    *,
+    fingerprint: str = "fp1",
+    starts: str = "2026-11-23T07:00:00Z",
+    alertname: str = "CheckoutDown",
+    app: str = "checkout",
+) -> dict[str, Any]:
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="' + alertname + '"}',
+        "receiver": "aiops",
+        "status": status,
+        "externalURL": "http://alertmanager",
+        "alerts": [
+            {
+                "status": status,
+                "labels": {
+                    "alertname": alertname,
+                    "namespace": "shop",
+                    "app": app,
+                    "severity": "page",
+                },
+                "annotations": {"summary": "checkout is down"},
+                "startsAt": starts,
+                "endsAt": "2026-11-23T07:10:00Z"
+                if status == "resolved"
+                else "0001-01-01T00:00:00Z",
+                "fingerprint": fingerprint,
+                "generatorURL": "http://prometheus/graph",
+            }
+        ],
+    }

@@ -1,0 +1,220 @@
+"""The webhook on a real SQLite database: signatures, dedupe, policy, guards, acting, audit."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from runbooks.events import AnomalyEvent, from_anomaly
+from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers
+from tests.runbooks.conftest import SECRET, alerts, anomaly
+
+
+def test_a_signed_event_runs_the_policy_action_and_audits_every_step(make_hook):
+    hook = make_hook()
+    r = hook.post_event(anomaly())
+    assert r.status_code == 200, r.text
+    assert r.json()["decision"] == "executed"
+    assert hook.runs() == ["checkout"]
+    assert hook.kinds() == ["request", "incident_opened", "policy_match", "executed"]
+    executed = hook.audit(kind="executed")[0]
+    assert executed["action"] == "command" and executed["app"] == "checkout"
+    assert executed["details"]["exit_code"] == 0
+    assert hook.metric("runbooks_actions_total", action="command", result="executed") == 1
+
+
+def test_bad_signatures_get_401_are_audited_and_run_nothing(make_hook):
+    hook = make_hook()
+    body = json.dumps(anomaly()).encode()
+    good = signed_headers(SECRET, body)
+    cases = {
+        "wrong key": signed_headers("other-key", body),
+        "changed body": good,  # signed for the original body, sent with one byte changed
+        "stale": signed_headers(SECRET, body, now=time.time() - 301),
+        "ahead": signed_headers(SECRET, body, now=time.time() + 301),
+        "missing": {},
+        "no signature": {TIMESTAMP_HEADER: good[TIMESTAMP_HEADER]},
+    }
+    for name, headers in cases.items():
+        sent = body.replace(b"0.71", b"0.72") if name == "changed body" else body
+        r = hook.client.post("/anomalies", content=sent, headers=headers)
+        assert r.status_code == 401, (name, r.text)
+    assert hook.runs() == []
+    rows = hook.audit(kind="unauthorized")
+    assert len(rows) == len(cases)
+    assert {row["details"]["why"] for row in rows} >= {
+        "signature does not match",
+        "timestamp outside the 300s window",
+        "missing timestamp header",
+        "missing signature header",
+    }
+    assert "request" not in hook.kinds()
+
+
+def test_the_same_delivery_twice_acts_once(make_hook):
+    hook = make_hook()
+    first = hook.post_event(anomaly("ev-9"))
+    second = hook.post_event(anomaly("ev-9"))
+    assert first.json()["decision"] == "executed"
+    assert second.json()["decision"] == "duplicate"
+    assert hook.runs() == ["checkout"]
+    assert hook.kinds().count("duplicate") == 1
+
+
+def test_twenty_concurrent_copies_of_one_delivery_act_once(make_hook):
+    hook = make_hook()
+    event = AnomalyEvent.model_validate(anomaly("ev-burst"))
+    with ThreadPoolExecutor(20) as pool:
+        decisions = list(pool.map(lambda _: hook.rem.handle(from_anomaly(event)).kind, range(20)))
+    assert decisions.count("executed") == 1
+    assert decisions.count("duplicate") == 19
+    assert hook.runs() == ["checkout"]
+
+
+def test_repeated_events_of_one_series_are_one_incident_and_cooldown_holds(make_hook):
+    hook = make_hook(cooldown_seconds=600)
+    assert hook.post_event(anomaly("ev-a")).json()["decision"] == "executed"
+    again = hook.post_event(anomaly("ev-b")).json()
+    assert again["decision"] == "skipped_cooldown"
+    incidents = {row["incident_id"] for row in hook.audit() if row["incident_id"]}
+    assert len(incidents) == 1
+    assert hook.kinds().count("incident_opened") == 1
+    assert hook.runs() == ["checkout"]
+
+
+def test_the_circuit_breaker_caps_actions_per_app_per_hour(make_hook):
+    hook = make_hook(cooldown_seconds=0, circuit_max_hourly=2)
+    decisions = []
+    for i in range(4):  # four different incidents of one app
+        decisions.append(hook.post_event(anomaly(f"ev-{i}")).json()["decision"])
+        hook.post_event(anomaly(f"ev-{i}", status="resolved"))
+    assert decisions == ["executed", "executed", "skipped_circuit", "skipped_circuit"]
+    assert hook.runs() == ["checkout", "checkout"]
+    assert hook.metric("runbooks_circuit_open", app="checkout") == 1.0
+
+
+def test_kill_switch_and_dry_run_are_the_defaults(make_hook):
+    off = make_hook(autofix_enabled=False, autofix_dry_run=True)
+    assert off.post_event(anomaly()).json()["decision"] == "skipped_disabled"
+    assert off.runs() == []
+    dry = make_hook(autofix_enabled=True, autofix_dry_run=True)
+    r = dry.post_event(anomaly()).json()
+    assert r["decision"] == "dry_run" and r["detail"].startswith("command ")
+    assert dry.runs() == []
+    assert dry.audit(kind="dry_run")[0]["details"]["would"].endswith("checkout")
+
+
+def test_no_matching_rule_is_audited_no_policy(make_hook):
+    hook = make_hook()
+    r = hook.post_event(anomaly(reason="volatility_spike")).json()
+    assert r["decision"] == "no_policy"
+    assert hook.kinds()[-1] == "no_policy"
+    assert hook.runs() == []
+
+
+def test_resolve_closes_the_incident_verifies_the_fix_and_counts_self_healing(make_hook):
+    hook = make_hook()
+    hook.post_event(anomaly("ev-1"))
+    r = hook.post_event(anomaly("ev-1", status="resolved")).json()
+    assert r["decision"] == "resolved"
+    kinds = hook.kinds()
+    assert kinds[-2:] == ["verified", "resolved"]
+    resolved = hook.audit(kind="resolved")[0]
+    assert resolved["details"]["self_healed"] is True
+    assert resolved["details"]["time_to_resolve_seconds"] >= 0
+    assert hook.metric("runbooks_incidents_open") == 0.0
+    assert hook.metric("runbooks_self_healed_ratio") == 1.0
+    assert hook.rem.pending_verifications() == 0
+
+
+def test_a_fix_without_recovery_is_not_recovered_and_the_second_escalates(make_hook):
+    hook = make_hook(cooldown_seconds=0, verify_seconds=30)
+    hook.post_event(anomaly("ev-1"))
+    assert hook.rem.check_verifications(now=time.time() + 60)
+    assert hook.kinds()[-1] == "not_recovered"
+    hook.post_event(anomaly("ev-2"))  # still the same incident: a second try
+    hook.rem.check_verifications(now=time.time() + 60)
+    assert hook.kinds()[-2:] == ["not_recovered", "escalated"]
+    third = hook.post_event(anomaly("ev-3")).json()
+    assert third["decision"] == "escalated"
+    assert hook.runs() == ["checkout", "checkout"]
+
+
+def test_alertmanager_v4_with_bearer_token(make_hook):
+    hook = make_hook()
+    r = hook.post_alerts(alerts())
+    assert r.status_code == 200, r.text
+    assert [a["decision"] for a in r.json()["alerts"]] == ["executed"]
+    # a resend of the same notification (same fingerprint + startsAt) is a duplicate
+    assert hook.post_alerts(alerts()).json()["alerts"][0]["decision"] == "duplicate"
+    # a resolve never remediates: it closes the incident
+    done = hook.post_alerts(alerts("resolved")).json()["alerts"][0]
+    assert done["decision"] == "resolved"
+    assert hook.runs() == ["checkout"]
+    assert hook.post_alerts(alerts(), token="wrong").status_code == 401
+
+
+def test_bad_requests_get_a_4xx_with_a_reason_and_nothing_runs(make_hook):
+    hook = make_hook()
+    bad = {k: v for k, v in alerts().items() if k != "alerts"}
+    cases = [
+        (
+            hook.client.post(
+                "/alertmanager", content=b"{not json", headers={"Authorization": "Bearer am-token"}
+            ),
+            400,
+        ),
+        (hook.post_alerts({**alerts(), "version": "3"}), 422),
+        (hook.post_alerts(bad), 422),
+        (hook.post_event({**anomaly(), "status": "maybe"}), 422),
+        (hook.post_event({"id": "x"}), 422),
+    ]
+    for response, status in cases:
+        assert response.status_code == status, response.text
+        assert response.json()["error"]
+    assert hook.runs() == []
+    assert hook.client.get("/audit", params={"n": 0}).status_code == 422
+
+
+def test_alertmanager_is_never_answered_429_but_anomalies_are_rate_limited(make_hook):
+    hook = make_hook(rate_limit=1.0, autofix_enabled=False)
+    codes = {hook.post_alerts(alerts(fingerprint=f"fp{i}")).status_code for i in range(10)}
+    assert codes == {200}
+    statuses = [hook.post_event(anomaly(f"e{i}")).status_code for i in range(6)]
+    assert 429 in statuses
+    limited = next(r for r in (hook.post_event(anomaly("x")),) if r.status_code == 429)
+    assert int(limited.headers["Retry-After"]) >= 1
+
+
+def test_database_down_before_commit_answers_503_and_runs_nothing(make_hook, tmp_path):
+    hook = make_hook()
+    hook.engine.dispose()
+    db = tmp_path / "hook.db"
+    db.rename(tmp_path / "moved.db")
+    db.mkdir()  # the path is now a folder: every query fails
+    r = hook.post_alerts(alerts(fingerprint="down"))
+    assert r.status_code == 503 and "nothing was executed" in r.json()["error"]
+    assert hook.post_event(anomaly("ev-down")).status_code == 503
+    assert hook.runs() == []
+    assert hook.client.get("/healthz").status_code == 503
+    db.rmdir()
+    (tmp_path / "moved.db").rename(db)
+    retry = hook.post_alerts(alerts(fingerprint="down"))
+    assert retry.status_code == 200 and retry.json()["alerts"][0]["decision"] == "executed"
+    assert hook.runs() == ["checkout"]
+
+
+def test_audit_filters(make_hook):
+    hook = make_hook(autofix_enabled=False)
+    hook.post_event(anomaly("a1"))
+    hook.post_alerts(alerts())
+    assert {r["kind"] for r in hook.audit(kind="skipped_disabled")} == {"skipped_disabled"}
+    assert {r["alertname"] for r in hook.audit(alertname="CheckoutDown")} == {"CheckoutDown"}
+    assert all("latency_p99" in json.dumps(r) for r in hook.audit(contains="latency_p99"))
+    assert len(hook.audit(contains="latency_p99")) >= 4
+    assert hook.audit(since=time.time() + 60) == []
+    limited = hook.client.get("/audit", params={"n": 2}).json()
+    assert limited["count"] == 2
+    sig = {SIGNATURE_HEADER}
+    assert sig  # header names are part of the public contract
