@@ -149,7 +149,6 @@ class ModelRegistry:
         series: str,
         metric: str,
         labels: dict[str, str],
-        model: IsolationForest,
         feature_names: list[str],
         params: dict[str, Any],
         train_start: float,
@@ -158,11 +157,15 @@ class ModelRegistry:
         evaluation: dict[str, Any],
         promote: bool = False,
         note: str | None = None,
+        model: IsolationForest | None = None,
         blob: bytes | None = None,
     ) -> ModelRecord:
         """Store a new version (the next number for ``series``); promote it in the same
         transaction when ``promote``. Older versions beyond ``keep`` are pruned."""
-        blob = dump_model(model) if blob is None else blob
+        if blob is None:
+            if model is None:
+                raise ValueError("save needs the model or its skops bytes (blob=)")
+            blob = dump_model(model)
         digest = hashlib.sha256(blob).hexdigest()
         t = tables.models
 

@@ -251,8 +251,12 @@ def _series_data(
     )
 
 
-def fit_one(data: SeriesData) -> tuple[IsolationForest, dict[str, Any], bytes]:
-    """Fit, evaluate and serialise (skops) one series; runs in a joblib or Dask worker."""
+def fit_one(data: SeriesData) -> tuple[dict[str, Any], bytes]:
+    """Fit, evaluate and serialise (skops) one series; runs in a joblib or Dask worker.
+
+    Only the evaluation and the compressed artifact travel back: a thousand fitted
+    forests held in memory at once would cost gigabytes.
+    """
     t0 = time.perf_counter()
     p = data.params
     model = IsolationForest(
@@ -272,7 +276,7 @@ def fit_one(data: SeriesData) -> tuple[IsolationForest, dict[str, Any], bytes]:
         "tail_p99_score": float(np.quantile(tail_scores, 0.99)),
         "fit_seconds": round(time.perf_counter() - t0, 4),
     }
-    return model, evaluation, dump_model(model)
+    return evaluation, dump_model(model)
 
 
 @contextmanager
@@ -298,30 +302,29 @@ def fit_all(
     *,
     jobs: int = -1,
     dask_address: str | None = None,
-    on_done: Callable[[int], None] | None = None,
-) -> list[tuple[IsolationForest, dict[str, Any], bytes] | BaseException]:
-    """``fit_one`` over ``items`` through joblib (local processes or Dask)."""
+) -> Iterator[tuple[int, tuple[dict[str, Any], bytes] | BaseException]]:
+    """``fit_one`` over ``items`` through joblib (local processes or Dask), yielding
+    ``(index, result)`` as results arrive so each is registered and dropped at once."""
     from joblib import Parallel, delayed
 
     if not items:
-        return []
-    results: list[tuple[IsolationForest, dict[str, Any], bytes] | BaseException] = []
+        return
     with _backend(dask_address):
         n_jobs = jobs if not dask_address else -1
         if n_jobs == 1 and not dask_address:
-            gen: Any = (_safe_fit(d) for d in items)
+            gen: Any = ((i, _safe_fit(d)) for i, d in enumerate(items))
         else:
-            gen = Parallel(n_jobs=n_jobs, return_as="generator", batch_size="auto")(
-                delayed(_safe_fit)(d) for d in items
+            gen = Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size="auto")(
+                delayed(_indexed_fit)(i, d) for i, d in enumerate(items)
             )
-        for r in gen:
-            results.append(r)
-            if on_done:
-                on_done(1)
-    return results
+        yield from gen
 
 
-def _safe_fit(data: SeriesData) -> tuple[IsolationForest, dict[str, Any], bytes] | BaseException:
+def _indexed_fit(i: int, data: SeriesData) -> tuple[int, Any]:
+    return i, _safe_fit(data)
+
+
+def _safe_fit(data: SeriesData) -> tuple[dict[str, Any], bytes] | BaseException:
     try:
         return fit_one(data)
     except Exception as exc:  # one bad series must not sink the run
@@ -449,19 +452,22 @@ class Trainer:
         if bar:
             bar.update(task, description=f"{q.name}: fitting", total=len(items), completed=0)
         t0 = time.perf_counter()
-        fitted = fit_all(
-            items,
-            jobs=s.train_jobs,
-            dask_address=s.dask_address,
-            on_done=(lambda n: bar.advance(task, n)) if bar else None,
-        )
-        report.add_phase("fit", time.perf_counter() - t0)
         lease.refresh()
-        t0 = time.perf_counter()
+        lease_at = time.monotonic()
         promoted = {r.series: r for r in self.registry.promoted(metric=q.name)}
-        for data, result in zip(items, fitted, strict=True):
+        register_s = 0.0
+        for i, result in fit_all(items, jobs=s.train_jobs, dask_address=s.dask_address):
+            t1 = time.perf_counter()
+            data = items[i]
             report.outcomes.append(self._register(data, result, promoted.get(data.key), dry_run))
-        report.add_phase("register", time.perf_counter() - t0)
+            register_s += time.perf_counter() - t1
+            if bar:
+                bar.advance(task, 1)
+            if time.monotonic() - lease_at > 60:
+                lease.refresh()
+                lease_at = time.monotonic()
+        report.add_phase("fit", time.perf_counter() - t0 - register_s)
+        report.add_phase("register", register_s)
 
     def _register(self, data: SeriesData, result: Any, current: Any, dry_run: bool) -> Outcome:
         out = Outcome(data.key, data.metric, samples=len(data.X_train), tail_rows=len(data.X_tail))
@@ -469,7 +475,7 @@ class Trainer:
             out.decision, out.reason = "failed", f"fit failed: {result}"
             log.error("train fit failed series=%s error=%s", data.key, result)
             return out
-        model, evaluation, blob = result
+        evaluation, blob = result
         out.tail_rate = evaluation["tail_anomaly_rate"]
         old_model, old_names = None, None
         if current is not None:
@@ -495,7 +501,6 @@ class Trainer:
             series=data.key,
             metric=data.metric,
             labels=data.labels,
-            model=model,
             feature_names=data.feature_names,
             params=data.params,
             train_start=data.train_start,

@@ -79,12 +79,12 @@ def promote_trained(det, *, seed: int, now: float):
     items, skipped, _ = prepare(batch, QUERY, det.settings, tail=0.15)
     assert not skipped and len(items) == 1
     data = items[0]
-    model, evaluation = fit_one(data)[:2]  # (model, evaluation[, skops bytes])
+    evaluation, blob = fit_one(data)
     record = ModelRegistry(det.engine).save(
         series=data.key,
         metric=data.metric,
         labels=data.labels,
-        model=model,
+        blob=blob,
         feature_names=data.feature_names,
         params=data.params,
         train_start=data.train_start,
@@ -93,6 +93,7 @@ def promote_trained(det, *, seed: int, now: float):
         evaluation=evaluation,
         promote=True,
     )
+    model = ModelRegistry(det.engine).load(record)
     return record, model, data.feature_names
 
 
