@@ -101,6 +101,17 @@ class Detector:
         self.last_cycle: float | None = None
         self.cycles = 0
         self._onsets: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._last: dict[tuple[str, tuple[tuple[str, str], ...]], SeriesResult] = {}
+        self.notifier: Any = None
+        if settings.webhook_url:
+            from detector.notify import Notifier
+
+            secret = settings.webhook_secret
+            self.notifier = Notifier(
+                settings.webhook_url,
+                secret.get_secret_value() if secret else None,
+                metrics=self.metrics,
+            )
         self._lock = threading.Lock()
 
     # -- start-up ---------------------------------------------------------------------------
@@ -298,8 +309,11 @@ class Detector:
             key = (query, tuple(sorted(r.labels.items())))
             if r.anomalous:
                 seen.add(key)
+                self._last[key] = r
                 if key not in self._onsets:
                     self._onsets[key] = r.observed_at
+                    r.started_at = r.observed_at
+                    self._notify(r, "firing")
                     log.warning(
                         "anomaly started metric=%s labels=%s score=%.3f reasons=%s",
                         query,
@@ -311,6 +325,16 @@ class Detector:
         for key in [k for k in self._onsets if k[0] == query and k not in seen]:
             log.info("anomaly ended metric=%s labels=%s", query, dict(key[1]))
             del self._onsets[key]
+            last = self._last.pop(key, None)
+            if last is not None:
+                self._notify(last, "resolved")
+
+    def _notify(self, result: SeriesResult, status: str) -> None:
+        if self.notifier is None:
+            return
+        from detector.notify import anomaly_event
+
+        self.notifier.send(anomaly_event(result, status, time.time()))
 
     def _database_health(self) -> dict[str, Any] | None:
         if self.engine is None:

@@ -200,6 +200,12 @@ class DetectorMetrics:
             ["query"],
             registry=registry,
         )
+        self.webhook_events = Counter(
+            "aiops_detector_webhook_events",
+            "Anomaly events for the runbook webhook by result (sent, refused, failed, dropped)",
+            ["result"],
+            registry=registry,
+        )
         self.retrains = Counter(
             "aiops_detector_retrains",
             "Scheduled retrain runs by result",
