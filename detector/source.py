@@ -201,7 +201,11 @@ class PrometheusSource:
         """Every series of ``query`` on the grid ``(end - lookback) .. end`` by ``step``."""
         end = align_end(end, step)
         n_points = round(lookback / step) + 1
-        start = end - step * (n_points - 1)
+        return self._range(query, end - step * (n_points - 1), step, n_points)
+
+    def _range(self, query: Query, start: float, step: float, n_points: int) -> SeriesBatch:
+        """One range query on the grid ``start + k * step``, k < n_points."""
+        end = start + step * (n_points - 1)
         result = self._call(
             query.name,
             self._prom.custom_query_range,
@@ -244,18 +248,7 @@ class PrometheusSource:
         t = start
         while t <= end:
             last = min(t + per * step, end)
-            n_points = round((last - t) / step) + 1
-            result = self._call(
-                query.name,
-                self._prom.custom_query_range,
-                query.promql,
-                start_time=datetime.fromtimestamp(t, tz=timezone.utc),
-                end_time=datetime.fromtimestamp(last, tz=timezone.utc),
-                step=_step_param(step),
-            )
-            if not isinstance(result, list):
-                raise QueryError(query.name, "bad_response", "expected a matrix result")
-            parts.append(to_batch(raw, result, t, step, n_points))
+            parts.append(self._range(raw, t, step, round((last - t) / step) + 1))
             t = last + step
         batch = concat_batches(parts)
         if query.counter and len(batch):

@@ -130,6 +130,21 @@ class Remediator:
             row = self._audit(conn, kind, sig, **kw)
         self._published([row])
 
+    def guards(
+        self, conn: Any, app: str, target: str, action: str, now: float
+    ) -> tuple[str, str] | None:
+        """Cooldown and circuit breaker (under the app's lock): None, or (kind, why)."""
+        return state.check_guards(
+            conn,
+            app,
+            target,
+            action,
+            now,
+            cooldown=self.config.cooldown_seconds,
+            hourly=self.config.max_hourly,
+            daily=self.config.max_daily,
+        )
+
     # -- the pipeline ---------------------------------------------------------------------
     def handle(self, sig: Signal) -> Decision:
         rows: list[dict[str, Any]] = []
@@ -246,16 +261,7 @@ class Remediator:
                 )
             )
             return Decision("escalated", iid, rule.action), None
-        verdict = state.check_guards(
-            conn,
-            sig.app or target.key,
-            target.key,
-            rule.action,
-            now,
-            cooldown=self.config.cooldown_seconds,
-            hourly=self.config.max_hourly,
-            daily=self.config.max_daily,
-        )
+        verdict = self.guards(conn, sig.app or target.key, target.key, rule.action, now)
         if verdict is not None:
             kind, detail = verdict
             rows.append(
@@ -598,16 +604,7 @@ def _run_approved(rem: Remediator, row: Any, sig: Signal, actor: str) -> Decisio
             )
             decision = Decision("skipped_disabled", row.incident_id, row.action)
         else:
-            verdict = state.check_guards(
-                conn,
-                row.app or row.target,
-                row.target,
-                row.action,
-                now,
-                cooldown=rem.config.cooldown_seconds,
-                hourly=rem.config.max_hourly,
-                daily=rem.config.max_daily,
-            )
+            verdict = rem.guards(conn, row.app or row.target, row.target, row.action, now)
             if verdict is not None:
                 rows.append(
                     rem._audit(
