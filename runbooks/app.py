@@ -48,6 +48,7 @@ from runbooks.engine import (
     incident_stats,
     ping,
 )
+from runbooks import console, slack
 from runbooks.events import AlertmanagerPayload, AnomalyEvent, from_alerts, from_anomaly
 from runbooks.policy import Policy
 from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_event
@@ -260,6 +261,11 @@ def create_app(
     app = FastAPI(title="aiops runbook webhook", lifespan=lifespan)
     app.state.remediator = rem
     app.state.metrics = metrics
+    app.state.settings = settings
+    app.state.engine = engine
+    rem.on_pending = slack.pending_notifier(settings)
+    app.include_router(slack.router)
+    app.include_router(console.router)
 
     @app.post("/anomalies")
     async def anomalies(request: Request) -> Response:

@@ -87,6 +87,7 @@ class Remediator:
         kube: Any = None,
         on_audit: Callable[[dict[str, Any]], None] | None = None,
         metrics: Any = None,
+        on_pending: Callable[[Signal, Decision], None] | None = None,
     ) -> None:
         self.engine = engine
         self.policy = policy
@@ -94,6 +95,7 @@ class Remediator:
         self.kube = kube
         self.on_audit = on_audit
         self.metrics = metrics
+        self.on_pending = on_pending
         self._verify: dict[str, float] = {}  # incident id -> deadline
         self._lock = threading.Lock()
 
@@ -160,6 +162,11 @@ class Remediator:
         self._published(rows)
         if job is not None:
             return self._execute(sig, *job)
+        if decision.kind == "approval_pending" and self.on_pending is not None:
+            try:
+                self.on_pending(sig, decision)
+            except Exception:  # a chat outage must not lose the held action
+                log.exception("approval notification failed approval=%s", decision.approval_id)
         return decision
 
     def _decide(
@@ -282,7 +289,9 @@ class Remediator:
                     details=approval,
                 )
             )
-            return Decision("approval_pending", iid, rule.action, what, approval["id"]), None
+            decision = Decision("approval_pending", iid, rule.action, what, approval["id"])
+            decision.extra = {"approval": approval, "what": what, "risk": rule.risk}
+            return decision, None
         state.reserve(
             conn,
             sig.app or target.key,
