@@ -40,6 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from detector.settings import Settings
 from feature_store import tables
+from runbooks import console, slack
 from runbooks.engine import (
     ApprovalError,
     GuardConfig,
@@ -48,7 +49,6 @@ from runbooks.engine import (
     incident_stats,
     ping,
 )
-from runbooks import console, slack
 from runbooks.events import AlertmanagerPayload, AnomalyEvent, from_alerts, from_anomaly
 from runbooks.policy import Policy
 from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_event
