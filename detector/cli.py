@@ -6,7 +6,6 @@ import json
 import math
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from detector.clikit import ConfigOpt, Format, PromUrl, fail, load
+from detector.clikit import parse_time as _parse_time
 from detector.errors import ConfigError
 
 app = typer.Typer(
@@ -119,32 +119,6 @@ def queries(config: ConfigOpt = None) -> None:
             q.promql,
         )
     Console().print(table)
-
-
-def _parse_time(text: str, option: str) -> float:
-    """Epoch seconds from an epoch number, an ISO date, or ``now-2d`` / ``-6h``."""
-    from detector.durations import parse_duration
-
-    value = text.strip()
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    rel = value.removeprefix("now")
-    if rel.startswith("-"):
-        try:
-            return time.time() - parse_duration(rel[1:])
-        except ValueError:
-            raise fail(f"{option}: not a time: {text!r}") from None
-    if value == "now":
-        return time.time()
-    try:
-        stamp = datetime.fromisoformat(value)
-    except ValueError:
-        raise fail(f"{option}: not a time: {text!r} (epoch, ISO 8601 or now-6h)") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc)
-    return stamp.timestamp()
 
 
 @app.command()
@@ -272,9 +246,10 @@ def _mount_subcommands() -> None:
     app.command()(train)
     app.add_typer(models_app, name="models", help="Inspect and manage model versions.")
 
-    from runbooks.cli import webhook
+    from runbooks.cli import audit_app, webhook
 
     app.command()(webhook)
+    app.add_typer(audit_app, name="audit", help="The runbook audit log.")
 
 
 _mount_subcommands()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,3 +41,29 @@ PromUrl = Annotated[
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="YAML config file (overrides AIOPS_CONFIG)")
 ]
+
+
+def parse_time(text: str, option: str) -> float:
+    """Epoch seconds from an epoch number, an ISO date, or ``now-2d`` / ``-6h``."""
+    from detector.durations import parse_duration
+
+    value = text.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    rel = value.removeprefix("now")
+    if rel.startswith("-"):
+        try:
+            return time.time() - parse_duration(rel[1:])
+        except ValueError:
+            raise fail(f"{option}: not a time: {text!r}") from None
+    if value == "now":
+        return time.time()
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        raise fail(f"{option}: not a time: {text!r} (epoch, ISO 8601 or now-6h)") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return stamp.timestamp()

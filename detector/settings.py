@@ -188,6 +188,12 @@ class Settings(BaseSettings):
     slack_webhook: SecretStr | None = Field(
         None, validation_alias=AliasChoices("RUNBOOKS_SLACK_WEBHOOK", "slack_webhook")
     )
+    slack_api_url: str = Field(
+        "https://slack.com/api", validation_alias=AliasChoices("SLACK_API_URL", "slack_api_url")
+    )
+    approvers: str | None = Field(
+        None, validation_alias=AliasChoices("RUNBOOK_APPROVERS", "approvers")
+    )
     queries: list[dict[str, Any]] | None = Field(None, validation_alias=AliasChoices("queries"))
 
     @field_validator("prom_url")

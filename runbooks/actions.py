@@ -205,6 +205,13 @@ class KubeAction(Action):
     def namespace(self, target: Target) -> str:
         return target.fill(self.params.get("namespace", "{namespace}"))
 
+    @classmethod
+    def validate(cls, params: dict[str, Any]) -> dict[str, Any]:
+        for key in ("namespace", "deployment"):
+            if key in params and (not isinstance(params[key], str) or not params[key]):
+                raise ActionError(f"params.{key} must be a non-empty string")
+        return dict(params)
+
 
 class RestartPods(KubeAction):
     """Evicts the app's pods through the Eviction API, so PodDisruptionBudgets hold."""
@@ -213,32 +220,40 @@ class RestartPods(KubeAction):
 
     @classmethod
     def validate(cls, params: dict[str, Any]) -> dict[str, Any]:
+        params = super().validate(params)
         selector = params.get("selector", "app={app}")
         if not isinstance(selector, str) or not selector:
             raise ActionError("params.selector must be a label selector")
         return {**params, "selector": selector}
 
     def describe(self, target: Target) -> str:
-        return f"evict pods {self.params['selector']} in {self.namespace(target)}".replace(
-            "{app}", target.app or ""
-        )
+        return f"evict pods {target.fill(self.params['selector'])} in {self.namespace(target)}"
 
     def run(self, target: Target) -> ActionResult:
-        from kubernetes.client import V1DeleteOptions, V1Eviction, V1ObjectMeta
+        from kubernetes.client import V1Eviction, V1ObjectMeta
         from kubernetes.client.exceptions import ApiException
 
         kube = self._kube()
         ns = self.namespace(target)
         selector = target.fill(self.params["selector"])
-        pods = kube.core.list_namespaced_pod(
-            ns, label_selector=selector, _request_timeout=self.timeout
-        )
-        done, blocked, gone = [], [], []
+        try:
+            pods = kube.core.list_namespaced_pod(
+                ns, label_selector=selector, _request_timeout=self.timeout
+            )
+        except ApiException as exc:
+            return ActionResult(
+                "failed", f"listing pods {selector}: HTTP {exc.status} {exc.reason}"
+            )
+        done: list[str] = []
+        blocked: list[str] = []
+        gone: list[str] = []
         for pod in pods.items:
             name = pod.metadata.name
+            # apiVersion and kind are not filled in by the client: the body names itself
             body = V1Eviction(
+                api_version="policy/v1",
+                kind="Eviction",
                 metadata=V1ObjectMeta(name=name, namespace=ns),
-                delete_options=V1DeleteOptions(),
             )
             try:
                 kube.core.create_namespaced_pod_eviction(
@@ -254,13 +269,18 @@ class RestartPods(KubeAction):
                     return ActionResult(
                         "failed",
                         f"eviction of {name}: HTTP {exc.status} {exc.reason}",
-                        {"evicted": done, "blocked": blocked},
+                        {"evicted": done, "blocked": blocked, "already_gone": gone},
                     )
         data = {"evicted": done, "blocked": blocked, "already_gone": gone}
         if not pods.items:
             return ActionResult("failed", f"no pod matches {selector} in {ns}", data)
-        if blocked and not done:
-            return ActionResult("blocked", "a PodDisruptionBudget blocks eviction", data)
+        if blocked:  # a partial restart is not a done one: report what the PDB refused
+            return ActionResult(
+                "blocked",
+                f"a PodDisruptionBudget blocks eviction of {len(blocked)} pod(s)"
+                f" ({len(done)} evicted)",
+                data,
+            )
         return ActionResult("executed", f"evicted {len(done)} pod(s)", data)
 
 
@@ -289,7 +309,14 @@ class RolloutRestart(KubeAction):
                     }
                 }
             }
-            kube.apps.patch_namespaced_deployment(name, ns, patch, _request_timeout=self.timeout)
+            # a dict is an object patch: say so, rather than rely on the client's default
+            kube.apps.patch_namespaced_deployment(
+                name,
+                ns,
+                patch,
+                _content_type="application/strategic-merge-patch+json",
+                _request_timeout=self.timeout,
+            )
         except ApiException as exc:
             return ActionResult("failed", f"deployment {name}: HTTP {exc.status} {exc.reason}")
         return ActionResult("executed", f"restarted deployment {name}", {"restartedAt": stamp})
@@ -319,6 +346,7 @@ class Scale(KubeAction):
             raise ActionError("delta, min_replicas and max_replicas must be integers") from None
         if delta < 1 or lo < 0 or hi < lo:
             raise ActionError("need delta >= 1 and 0 <= min_replicas <= max_replicas")
+        params = super().validate(params)
         return {**params, "delta": delta, "min_replicas": lo, "max_replicas": hi}
 
     def describe(self, target: Target) -> str:
@@ -335,8 +363,13 @@ class Scale(KubeAction):
                 name, ns, _request_timeout=self.timeout
             )
             current = int(scale.spec.replicas or 0)
-            wanted = current + self.sign * self.params["delta"]
-            wanted = min(max(wanted, self.params["min_replicas"]), self.params["max_replicas"])
+            lo, hi = self.params["min_replicas"], self.params["max_replicas"]
+            # only ever move in the action's direction: scale_up above max_replicas (or
+            # scale_down below min_replicas) is at the bound, never a move the other way
+            if self.sign > 0:
+                wanted = max(current, min(current + self.params["delta"], hi))
+            else:
+                wanted = min(current, max(current - self.params["delta"], lo))
             if wanted == current:
                 return ActionResult(
                     "blocked", f"already at the bound ({current} replicas)", {"replicas": current}

@@ -20,8 +20,10 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import (
@@ -54,6 +56,7 @@ from runbooks.policy import Policy
 from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_event
 
 log = logging.getLogger("aiops.webhook")
+ALERTNAME = r"^[A-Za-z_:][A-Za-z0-9_:.-]*$"
 
 
 class RunbookMetrics:
@@ -367,6 +370,50 @@ def create_app(
         token: str = Query(min_length=1, max_length=2000),
     ) -> Response:
         return _approval("reject", id, token, request)
+
+    @app.get("/ack")
+    async def ack(
+        request: Request,
+        alertname: str = Query(
+            min_length=1, max_length=200, pattern=r"^[A-Za-z_:][A-Za-z0-9_:.-]*$"
+        ),
+        minutes: int = Query(60, ge=1, le=1440),
+    ) -> Response:
+        """Silence ``alertname`` in Alertmanager for ``minutes`` (its v2 API)."""
+        wait = limiter.take()
+        if wait:
+            return _error(429, "rate limit exceeded", **{"Retry-After": str(max(1, round(wait)))})
+        if not settings.alertmanager_url:
+            return _error(409, "RUNBOOK_ALERTMANAGER_URL is not set: cannot create silences")
+        start = datetime.now(timezone.utc)
+        body = {
+            "matchers": [
+                {"name": "alertname", "value": alertname, "isRegex": False, "isEqual": True}
+            ],
+            "startsAt": start.isoformat(),
+            "endsAt": (start + timedelta(minutes=minutes)).isoformat(),
+            "createdBy": f"aiops-webhook ({_peer(request)})",
+            "comment": f"acknowledged through the runbook webhook for {minutes} min",
+        }
+        url = settings.alertmanager_url.rstrip("/") + "/api/v2/silences"
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                r = await client.post(url, json=body)
+        except httpx.HTTPError as exc:
+            return _error(502, f"Alertmanager unreachable: {type(exc).__name__}")
+        if not r.is_success:
+            return _error(502, f"Alertmanager answered HTTP {r.status_code}: {r.text[:200]}")
+        silence = r.json().get("silenceID")
+        with contextlib.suppress(SQLAlchemyError):
+            await asyncio.to_thread(
+                rem.audit_now,
+                "acked",
+                None,
+                alertname=alertname,
+                actor=_peer(request),
+                details={"silence_id": silence, "minutes": minutes},
+            )
+        return JSONResponse({"silence_id": silence, "alertname": alertname, "minutes": minutes})
 
     @app.get("/audit")
     def audit(

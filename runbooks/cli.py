@@ -52,3 +52,80 @@ def webhook(
             access_log=False,
         )
     ).run()
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="The runbook audit log.")
+
+AUDIT_COLUMNS = (
+    "id",
+    "ts",
+    "time",
+    "kind",
+    "incident_id",
+    "alertname",
+    "metric",
+    "namespace",
+    "app",
+    "action",
+    "result",
+    "actor",
+    "details",
+)
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[str, typer.Option(help="from: epoch, ISO 8601 or now-7d")] = "now-7d",
+    until: Annotated[str | None, typer.Option(help="to (default: now)")] = None,
+    kind: Annotated[str | None, typer.Option(help="only this kind")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write audit rows as CSV to standard output (oldest first), e.g. > audit.csv."""
+    import csv
+    import json
+    import sys
+    from datetime import datetime, timezone
+
+    from sqlalchemy import select
+
+    from detector.clikit import parse_time
+    from feature_store import tables
+    from feature_store.db import make_engine
+
+    settings = load(config=config)
+    start = parse_time(since, "--since")
+    end = parse_time(until, "--until") if until else None
+    t = tables.audit
+    q = select(t).where(t.c.ts >= start).order_by(t.c.id)
+    if end is not None:
+        q = q.where(t.c.ts <= end)
+    if kind:
+        q = q.where(t.c.kind == kind)
+    engine = make_engine(settings.database_url)
+    out = csv.writer(sys.stdout)
+    out.writerow(AUDIT_COLUMNS)
+    try:
+        with engine.connect() as conn:
+            for row in conn.execution_options(stream_results=True).execute(q):
+                m = row._mapping
+                stamp = datetime.fromtimestamp(m["ts"], tz=timezone.utc).isoformat()
+                out.writerow(
+                    [
+                        m["id"],
+                        f"{m['ts']:.3f}",
+                        stamp,
+                        m["kind"],
+                        m["incident_id"],
+                        m["alertname"],
+                        m["metric"],
+                        m["namespace"],
+                        m["app"],
+                        m["action"],
+                        m["result"],
+                        m["actor"],
+                        "" if m["details"] is None else json.dumps(m["details"], sort_keys=True),
+                    ]
+                )
+    except Exception as exc:
+        msg = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
+        raise fail(f"audit export: {msg}", 1) from None

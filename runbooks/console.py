@@ -1,7 +1,259 @@
-"""``GET /console``: the live audit stream and pending approvals (being built)."""
+"""``GET /console``: the live audit stream and the pending approvals, on one page.
+
+The page is self-contained (inline CSS and plain JavaScript, no external assets):
+it follows ``GET /events`` (one ``audit`` SSE event per audit row), filters the
+rows by kind and text, and lists ``GET /console/pending`` with Approve/Reject
+buttons that call the signed ``/approve`` / ``/reject`` links.
+
+``/console/pending`` hands out working approval tokens, like the audit rows of
+kind ``approval_pending`` do: expose the webhook (``/console``, ``/audit``,
+``/events``) only to the people who may approve.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sqlalchemy import and_, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from feature_store import tables
+from runbooks.signing import approval_binding, make_approval_token
 
 router = APIRouter()
+
+
+def pending_approvals(engine: Any, secret: str | None, now: float) -> list[dict[str, Any]]:
+    """Pending, unexpired approvals, oldest first, with relative approve/reject links."""
+    a = tables.approvals
+    q = select(a).where(and_(a.c.state == "pending", a.c.expires_at > now)).order_by(a.c.created_at)
+    with engine.connect() as conn:
+        rows = conn.execute(q).all()
+    out = []
+    for row in rows:
+        req = row.request or {}
+        item: dict[str, Any] = {
+            "id": row.id,
+            "created_at": row.created_at,
+            "expires_at": row.expires_at,
+            "incident_id": row.incident_id,
+            "namespace": row.namespace,
+            "app": row.app,
+            "target": row.target,
+            "action": row.action,
+            "params": row.params,
+            "signal": req.get("alertname") or req.get("metric"),
+            "reasons": req.get("reasons") or [],
+        }
+        if secret:
+            binding = approval_binding(row.id, row.action, row.target, row.params)
+            for decision in ("approve", "reject"):
+                token = make_approval_token(secret, binding, row.expires_at, decision)
+                item[f"{decision}_url"] = f"/{decision}?" + urlencode(
+                    {"id": row.id, "token": token}
+                )
+        out.append(item)
+    return out
+
+
+@router.get("/console/pending")
+async def pending(request: Request) -> Response:
+    settings = request.app.state.settings
+    secret = settings.approval_secret.get_secret_value() if settings.approval_secret else None
+    try:
+        rows = await asyncio.to_thread(
+            pending_approvals, request.app.state.engine, secret, time.time()
+        )
+    except SQLAlchemyError:
+        return JSONResponse({"error": "database unavailable"}, status_code=503)
+    body: dict[str, Any] = {"pending": rows, "count": len(rows)}
+    if not secret:
+        body["note"] = "RUNBOOK_APPROVAL_SECRET is not set: approvals cannot be decided"
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/console")
+def console() -> HTMLResponse:
+    return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
+
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>aiops runbooks console</title>
+<style>
+  body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
+  h1 { font-size: 1.3em; } h2 { font-size: 1.1em; margin-top: 1.5em; }
+  table { border-collapse: collapse; width: 100%; }
+  th, td { text-align: left; padding: 3px 8px; border-bottom: 1px solid #ddd;
+           vertical-align: top; }
+  td.details { font-family: monospace; font-size: 12px; color: #555; word-break: break-all; }
+  #stream-state { font-size: 12px; padding: 2px 6px; border-radius: 3px; background: #eee; }
+  #stream-state.open { background: #cfc; } #stream-state.closed { background: #fcc; }
+  #message { color: #a40; } .empty { color: #888; }
+  tr.k-executed td.kind, tr.k-approved td.kind { color: #080; }
+  tr.k-failed td.kind, tr.k-unauthorized td.kind, tr.k-escalated td.kind { color: #c00; }
+  tr.k-approval_pending td.kind { color: #b60; }
+</style>
+</head>
+<body>
+<h1>aiops runbooks console <span id="stream-state">connecting</span></h1>
+
+<section id="pending">
+  <h2>Pending approvals <button id="refresh" type="button">Refresh</button></h2>
+  <p id="message"></p>
+  <table>
+    <thead><tr><th>Action</th><th>Target</th><th>Signal</th><th>Reasons</th>
+      <th>Expires</th><th></th></tr></thead>
+    <tbody id="pending-list"></tbody>
+  </table>
+</section>
+
+<section id="live">
+  <h2>Live audit</h2>
+  <label>kind <input id="filter-kind" placeholder="e.g. executed"></label>
+  <label>text <input id="filter-text" placeholder="app, metric, details..."></label>
+  <table>
+    <thead><tr><th>Time</th><th>Kind</th><th>Incident</th><th>Signal</th><th>Namespace</th>
+      <th>App</th><th>Action</th><th>Result</th><th>Details</th></tr></thead>
+    <tbody id="events"></tbody>
+  </table>
+</section>
+
+<script>
+"use strict";
+const MAX_ROWS = 500;
+const $ = (id) => document.getElementById(id);
+
+function cell(tr, text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text == null ? "" : String(text);
+  if (cls) td.className = cls;
+  tr.appendChild(td);
+  return td;
+}
+
+function time(ts) {
+  return ts ? new Date(ts * 1000).toLocaleTimeString() : "";
+}
+
+function matches(tr) {
+  const kind = $("filter-kind").value.trim().toLowerCase();
+  const text = $("filter-text").value.trim().toLowerCase();
+  return (!kind || tr.dataset.kind.toLowerCase().includes(kind)) &&
+         (!text || tr.dataset.text.includes(text));
+}
+
+function applyFilters() {
+  for (const tr of $("events").rows) tr.hidden = !matches(tr);
+}
+
+function addRow(row) {
+  const tr = document.createElement("tr");
+  tr.className = "k-" + row.kind;
+  tr.dataset.kind = row.kind || "";
+  tr.dataset.text = JSON.stringify(row).toLowerCase();
+  cell(tr, time(row.ts));
+  cell(tr, row.kind, "kind");
+  cell(tr, row.incident_id);
+  cell(tr, row.alertname || row.metric);
+  cell(tr, row.namespace);
+  cell(tr, row.app);
+  cell(tr, row.action);
+  cell(tr, row.result);
+  cell(tr, row.details ? JSON.stringify(row.details) : "", "details");
+  tr.hidden = !matches(tr);
+  const list = $("events");
+  list.insertBefore(tr, list.firstChild);
+  while (list.rows.length > MAX_ROWS) list.deleteRow(-1);
+}
+
+async function decide(url, button) {
+  button.disabled = true;
+  try {
+    const r = await fetch(url, { cache: "no-store" });
+    const body = await r.json();
+    $("message").textContent = r.ok ? "Decision: " + body.decision : "Refused: " + body.error;
+  } catch (err) {
+    $("message").textContent = "Request failed: " + err;
+  }
+  loadPending();
+}
+
+function button(label, url, attr, id) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  b.setAttribute(attr, id);
+  b.addEventListener("click", () => decide(url, b));
+  return b;
+}
+
+async function loadPending() {
+  let body;
+  try {
+    const r = await fetch("/console/pending", { cache: "no-store" });
+    body = await r.json();
+    if (!r.ok) throw new Error(body.error || r.status);
+  } catch (err) {
+    $("message").textContent = "Cannot load pending approvals: " + err;
+    return;
+  }
+  const list = $("pending-list");
+  list.replaceChildren();
+  for (const p of body.pending) {
+    const tr = document.createElement("tr");
+    tr.dataset.id = p.id;
+    cell(tr, p.action);
+    cell(tr, p.target);
+    cell(tr, p.signal);
+    cell(tr, (p.reasons || []).join(", "));
+    cell(tr, time(p.expires_at));
+    const td = cell(tr, "");
+    if (p.approve_url) {
+      td.appendChild(button("Approve", p.approve_url, "data-approve", p.id));
+      td.appendChild(button("Reject", p.reject_url, "data-reject", p.id));
+    } else {
+      td.textContent = body.note || "no links";
+    }
+    list.appendChild(tr);
+  }
+  if (!body.pending.length) {
+    const tr = document.createElement("tr");
+    cell(tr, "Nothing waits for approval.", "empty").colSpan = 6;
+    list.appendChild(tr);
+  }
+}
+
+const APPROVAL_KINDS = new Set(["approval_pending", "approved", "rejected", "expired"]);
+const stream = new EventSource("/events");
+stream.onopen = () => {
+  $("stream-state").textContent = "live";
+  $("stream-state").className = "open";
+  loadPending();
+};
+stream.onerror = () => {
+  $("stream-state").textContent = "reconnecting";
+  $("stream-state").className = "closed";
+};
+stream.addEventListener("audit", (e) => {
+  const row = JSON.parse(e.data);
+  addRow(row);
+  if (APPROVAL_KINDS.has(row.kind)) loadPending();
+});
+
+$("filter-kind").addEventListener("input", applyFilters);
+$("filter-text").addEventListener("input", applyFilters);
+$("refresh").addEventListener("click", loadPending);
+setInterval(loadPending, 30000);
+loadPending();
+</script>
+</body>
+</html>
+"""

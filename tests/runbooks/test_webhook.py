@@ -218,3 +218,25 @@ def test_audit_filters(make_hook):
     assert limited["count"] == 2
     sig = {SIGNATURE_HEADER}
     assert sig  # header names are part of the public contract
+
+
+def test_audit_export_writes_every_row_as_csv(make_hook):
+    import csv
+    import io
+
+    from tests.integration.conftest import detector_env, run_aiops
+
+    hook = make_hook(autofix_enabled=False)
+    hook.post_event(anomaly("a1"))
+    hook.post_event(anomaly("a1"))
+    env = detector_env(AIOPS_DATABASE_URL=hook.settings.database_url)
+    proc = run_aiops("audit", "export", "--since", "now-1h", env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert [r["kind"] for r in rows] == hook.kinds()
+    assert rows[0]["time"].startswith("20") and rows[0]["metric"] == "latency_p99"
+    assert json.loads(rows[0]["details"])["source"] == "anomalies"
+    only = run_aiops("audit", "export", "--kind", "duplicate", env=env)
+    assert [r["kind"] for r in csv.DictReader(io.StringIO(only.stdout))] == ["duplicate"]
+    bad = run_aiops("audit", "export", "--since", "yesterday-ish", env=env)
+    assert bad.returncode == 2 and "--since: not a time" in bad.stderr

@@ -1,0 +1,116 @@
+"""The webhook behind two real Alertmanagers (Debian's binary), fed through their API.
+
+Two Alertmanagers that are not clustered stand for an HA pair: both deliver the
+same alert, and the webhook must act once. Resolving closes the incident (and
+verifies the fix); ``/ack`` creates a silence that Alertmanager then lists.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import uvicorn
+
+from demo.prometheus import free_port
+from tests.conftest import require_binary
+from tests.integration.conftest import poll
+from tests.runbooks.alertmanager import ALERTMANAGER, AlertmanagerProcess
+from tests.runbooks.conftest import TOKEN
+
+pytestmark = pytest.mark.integration
+
+
+@contextmanager
+def served(app) -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        poll(lambda: server.started, timeout=20, what="webhook")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def alert(starts: datetime, *, ends: datetime | None = None) -> dict:
+    out = {
+        "labels": {
+            "alertname": "CheckoutDown",
+            "namespace": "shop",
+            "app": "checkout",
+            "severity": "page",
+        },
+        "annotations": {"summary": "checkout answers 5xx"},
+        "startsAt": starts.isoformat(),
+        "generatorURL": "http://prometheus.example/graph",
+    }
+    if ends is not None:
+        out["endsAt"] = ends.isoformat()
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_two_alertmanagers_one_action_resolve_and_ack(make_hook, tmp_path):
+    require_binary(ALERTMANAGER)
+    hook = make_hook()
+    with served(hook.app) as url:
+        ams = [
+            AlertmanagerProcess(tmp_path / f"am{i}", f"{url}/alertmanager", TOKEN).start()
+            for i in range(2)
+        ]
+        try:
+            hook.settings.alertmanager_url = ams[0].url  # /ack talks to the first one
+            starts = datetime.now(timezone.utc) - timedelta(minutes=1)
+            for am in ams:
+                am.post_alerts([alert(starts)])
+
+            def both() -> bool:
+                kinds = hook.kinds()
+                return "executed" in kinds and "duplicate" in kinds
+
+            poll(
+                both,
+                timeout=30,
+                what="both Alertmanagers' deliveries",
+            )
+            kinds = hook.kinds()
+            assert kinds.count("executed") == 1, kinds
+            assert kinds.count("duplicate") == 1, kinds
+            assert hook.runs() == ["checkout"]
+            request = hook.audit(kind="request")[0]
+            assert request["alertname"] == "CheckoutDown"
+            assert request["details"]["source"] == "alertmanager"
+
+            # resolve: Alertmanager sends the resolved notification; no action runs
+            for am in ams:
+                am.post_alerts([alert(starts, ends=datetime.now(timezone.utc))])
+            poll(lambda: "resolved" in hook.kinds(), timeout=30, what="resolved notification")
+            assert "verified" in hook.kinds()
+            assert hook.runs() == ["checkout"]
+            assert hook.metric("runbooks_incidents_open") == 0.0
+
+            # /ack: a silence in Alertmanager, listed by its API
+            r = hook.client.get("/ack", params={"alertname": "CheckoutDown", "minutes": 30})
+            assert r.status_code == 200, r.text
+            silence_id = r.json()["silence_id"]
+            listed = {s["id"]: s for s in ams[0].silences()}
+            assert silence_id in listed
+            matchers = listed[silence_id]["matchers"]
+            assert {"name": "alertname", "value": "CheckoutDown"}.items() <= matchers[0].items()
+            assert hook.kinds()[-1] == "acked"
+        finally:
+            for am in ams:
+                am.stop()
+
+
+def test_ack_without_alertmanager_or_with_a_bad_name_is_a_4xx(make_hook):
+    hook = make_hook()
+    assert hook.client.get("/ack", params={"alertname": "X"}).status_code == 409
+    assert hook.client.get("/ack", params={"alertname": "a b"}).status_code == 422
+    assert hook.client.get("/ack", params={"alertname": "X", "minutes": 0}).status_code == 422

@@ -1,0 +1,257 @@
+"""The console page: its endpoints, and a real headless Chromium following the live stream."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import websocket
+
+from demo.prometheus import free_port
+from runbooks.signing import signed_headers
+from tests.conftest import require_binary
+from tests.integration.conftest import poll
+from tests.runbooks.conftest import SECRET, anomaly
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def held(hook, event_id: str = "ev-1") -> str:
+    r = hook.post_event(anomaly(event_id)).json()
+    assert r["decision"] == "approval_pending", r
+    return r["approval_id"]
+
+
+def test_the_page_has_the_live_stream_filters_and_pending_sections(make_hook):
+    hook = make_hook()
+    r = hook.client.get("/console")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert 'new EventSource("/events")' in page
+    assert 'addEventListener("audit"' in page
+    for element_id in ("pending-list", "events", "filter-kind", "filter-text"):
+        assert f'id="{element_id}"' in page
+    assert "/console/pending" in page and "Pending approvals" in page
+    # self-contained: nothing is loaded from elsewhere
+    assert "<script src" not in page and "<link" not in page
+    assert "http://" not in page and "https://" not in page
+
+
+def test_pending_lists_a_held_action_with_links_that_work(make_hook):
+    hook = make_hook(risk="high")
+    empty = hook.client.get("/console/pending").json()
+    assert empty == {"pending": [], "count": 0}
+    approval_id = held(hook)
+    body = hook.client.get("/console/pending").json()
+    assert body["count"] == 1
+    (item,) = body["pending"]
+    assert item["id"] == approval_id
+    assert item["action"] == "command" and item["target"] == "shop/checkout"
+    assert item["signal"] == "latency_p99" and item["reasons"] == ["level_shift"]
+    # the reject link carries a reject token only
+    wrong = hook.client.get(item["reject_url"].replace("/reject", "/approve", 1))
+    assert wrong.status_code == 403
+    r = hook.client.get(item["approve_url"])
+    assert r.status_code == 200 and r.json()["decision"] == "executed", r.text
+    assert hook.runs() == ["checkout"]
+    assert hook.client.get("/console/pending").json()["count"] == 0
+
+
+def test_expired_and_decided_approvals_are_not_listed(make_hook):
+    from sqlalchemy import update
+
+    from feature_store import tables
+
+    hook = make_hook(risk="high", cooldown_seconds=0)
+    first = held(hook)
+    with hook.engine.begin() as conn:
+        conn.execute(
+            update(tables.approvals).where(tables.approvals.c.id == first).values(expires_at=1.0)
+        )
+    hook.post_event(anomaly("ev-1", status="resolved"))
+    second = held(hook, "ev-2")
+    ids = [p["id"] for p in hook.client.get("/console/pending").json()["pending"]]
+    assert ids == [second]
+
+
+def test_without_an_approval_secret_pending_rows_have_no_links(make_hook):
+    hook = make_hook(risk="high", approval_secret=None)
+    held(hook)
+    body = hook.client.get("/console/pending").json()
+    assert body["count"] == 1 and "approve_url" not in body["pending"][0]
+    assert "RUNBOOK_APPROVAL_SECRET" in body["note"]
+
+
+# -- a real browser ---------------------------------------------------------------------------
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client over one page's websocket."""
+
+    def __init__(self, ws_url: str) -> None:
+        self.ws = websocket.create_connection(ws_url, timeout=10, suppress_origin=True)
+        self.next_id = 0
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:  # events arrive in between: skip them
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]
+
+    def js(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[str]:
+    """A headless Chromium; yields its DevTools HTTP address; killed (with its children) after."""
+    binary = require_binary(CHROMIUM)
+    port = free_port()
+    log = (tmp_path / "chromium.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            f"--remote-debugging-port={port}",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "about:blank",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the renderers go with it
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()  # the browser stops (and reaps) its own helpers
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        with contextlib.suppress(ProcessLookupError):  # any helper left in its group
+            os.killpg(proc.pid, signal.SIGKILL)
+        poll(lambda: not _group_alive(proc.pid), timeout=10, what="chromium to exit")
+        log.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a live (not zombie) process of the group is left."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
+@pytest.fixture
+def served(make_hook) -> Iterator[tuple[Any, str]]:
+    """A high-risk hook served by uvicorn on a free port: (hook, base URL)."""
+    hook = make_hook(risk="high")
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(hook.app, host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        poll(lambda: server.started, timeout=20, what="webhook")
+        yield hook, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_browser_follows_the_stream_and_approves_a_held_action(chromium, served):
+    hook, base = served
+
+    def page_target() -> str | None:
+        targets = httpx.get(f"{chromium}/json/list", timeout=2).json()
+        pages = [t for t in targets if t.get("type") == "page"]
+        return pages[0]["webSocketDebuggerUrl"] if pages else None
+
+    cdp = DevTools(poll(page_target, timeout=20, what="chromium's page target"))
+    try:
+        cdp.call("Page.enable")
+        cdp.call("Page.navigate", url=f"{base}/console")
+        # the stream is open (the server registered it) before anything is posted
+        poll(
+            lambda: cdp.js("document.getElementById('stream-state')?.className") == "open",
+            timeout=15,
+            what="the EventSource to open",
+        )
+        assert cdp.js("document.querySelectorAll('#pending-list button').length") == 0
+
+        # an event without a rule: its audit rows appear live
+        event = anomaly("browser-ev", app="cart-7f3a")
+        body = json.dumps(event).encode()
+        r = httpx.post(f"{base}/anomalies", content=body, headers=signed_headers(SECRET, body))
+        assert r.status_code == 200 and r.json()["decision"] == "no_policy", r.text
+        rows_for = (
+            "[...document.querySelectorAll('#events tr')]"
+            ".filter(tr => tr.textContent.includes('cart-7f3a'))"
+        )
+        poll(
+            lambda: "no_policy" in cdp.js(f"{rows_for}.map(tr => tr.dataset.kind).join(',')"),
+            timeout=10,
+            what="the event's row in the live list",
+        )
+        # the text filter hides rows that do not match, and shows them again
+        visible = f"{rows_for}.filter(tr => !tr.hidden).length"
+        assert cdp.js(visible) >= 1
+        type_filter = (
+            "(text => {{ const f = document.getElementById('filter-text');"
+            " f.value = text; f.dispatchEvent(new Event('input')); }})({!r})"
+        )
+        cdp.js(type_filter.format("no-such-thing"))
+        assert cdp.js(visible) == 0
+        cdp.js(type_filter.format("CART-7f3a"))
+        assert cdp.js(visible) >= 1
+
+        # a held action shows under pending; Approve runs it
+        body = json.dumps(anomaly("browser-held")).encode()
+        r = httpx.post(f"{base}/anomalies", content=body, headers=signed_headers(SECRET, body))
+        assert r.json()["decision"] == "approval_pending", r.text
+        approval_id = r.json()["approval_id"]
+        button = f"document.querySelector('#pending-list button[data-approve=\"{approval_id}\"]')"
+        poll(lambda: cdp.js(f"{button} !== null"), timeout=10, what="the pending approval")
+        assert hook.runs() == []
+        cdp.js(f"{button}.click()")
+        poll(lambda: hook.runs() == ["checkout"], timeout=15, what="the approved action to run")
+        poll(
+            lambda: cdp.js(f"{button} === null"),
+            timeout=10,
+            what="the approval to leave the pending list",
+        )
+        assert "Decision: executed" in cdp.js("document.getElementById('message').textContent")
+        assert hook.kinds()[-2:] == ["approved", "executed"]
+        assert [row["actor"] for row in hook.audit(kind="approved")] == ["http:127.0.0.1"]
+    finally:
+        cdp.close()
