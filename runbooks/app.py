@@ -52,6 +52,7 @@ from runbooks.engine import (
     ping,
 )
 from runbooks.events import AlertmanagerPayload, AnomalyEvent, from_alerts, from_anomaly
+from runbooks.guards import make_guards
 from runbooks.policy import Policy
 from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_event
 
@@ -228,7 +229,13 @@ def create_app(
     registry.register(StateCollector(engine, settings))
     events = Broadcaster()
     rem = Remediator(
-        engine, policy, guard_config(settings), kube=kube, on_audit=events.publish, metrics=metrics
+        engine,
+        policy,
+        guard_config(settings),
+        kube=kube,
+        on_audit=events.publish,
+        metrics=metrics,
+        guard_store=make_guards(settings.redis_url),
     )
     limiter = RateLimiter(settings.rate_limit)
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
@@ -471,7 +478,13 @@ def create_app(
             "dry_run": settings.autofix_dry_run,
             "rules": len(policy),
             "verifications_pending": rem.pending_verifications(),
+            "guard_state": rem.guard_store.name,
         }
+        if hasattr(rem.guard_store, "ping"):
+            body["redis"] = rem.guard_store.ping()
+            if not body["redis"]:
+                body["status"] = "redis_down"
+                db = False
         return JSONResponse(body, status_code=200 if db else 503)
 
     @app.get("/metrics")

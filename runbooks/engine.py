@@ -33,6 +33,7 @@ from feature_store import tables
 from runbooks import state
 from runbooks.actions import ActionError, ActionResult, Target, make_action
 from runbooks.events import Signal
+from runbooks.guards import GuardUnavailable, Limits, SqlGuards
 from runbooks.policy import Policy, Rule
 from runbooks.signing import approval_binding, make_approval_token
 
@@ -88,6 +89,7 @@ class Remediator:
         on_audit: Callable[[dict[str, Any]], None] | None = None,
         metrics: Any = None,
         on_pending: Callable[[Signal, Decision], None] | None = None,
+        guard_store: Any = None,
     ) -> None:
         self.engine = engine
         self.policy = policy
@@ -96,6 +98,7 @@ class Remediator:
         self.on_audit = on_audit
         self.metrics = metrics
         self.on_pending = on_pending
+        self.guard_store = guard_store if guard_store is not None else SqlGuards()
         self._verify: dict[str, float] = {}  # incident id -> deadline
         self._lock = threading.Lock()
 
@@ -133,19 +136,18 @@ class Remediator:
         self._published([row])
 
     def guards(
-        self, conn: Any, app: str, target: str, action: str, now: float
+        self, conn: Any, app: str, target: str, action: str, now: float, *, reserve: bool
     ) -> tuple[str, str] | None:
-        """Cooldown and circuit breaker (under the app's lock): None, or (kind, why)."""
-        return state.check_guards(
-            conn,
-            app,
-            target,
-            action,
-            now,
-            cooldown=self.config.cooldown_seconds,
-            hourly=self.config.max_hourly,
-            daily=self.config.max_daily,
-        )
+        """Cooldown and circuit breaker: None (and, with ``reserve``, the action is counted
+        atomically), or (audit kind, why). An unreachable state store refuses (fail closed)."""
+        limits = Limits(self.config.cooldown_seconds, self.config.max_hourly, self.config.max_daily)
+        try:
+            if reserve:
+                return self.guard_store.reserve(conn, app, target, action, now, limits)
+            return self.guard_store.check(conn, app, target, action, now, limits)
+        except GuardUnavailable as exc:
+            log.error("guard state unreachable, action refused: %s", exc)
+            return "skipped_guard_unavailable", f"guard state store unreachable: {exc}"
 
     # -- the pipeline ---------------------------------------------------------------------
     def handle(self, sig: Signal) -> Decision:
@@ -268,7 +270,10 @@ class Remediator:
                 )
             )
             return Decision("escalated", iid, rule.action), None
-        verdict = self.guards(conn, sig.app or target.key, target.key, rule.action, now)
+        held = self.config.require_approval or rule.risk == "high"
+        verdict = self.guards(
+            conn, sig.app or target.key, target.key, rule.action, now, reserve=not held
+        )
         if verdict is not None:
             kind, detail = verdict
             rows.append(
@@ -277,7 +282,7 @@ class Remediator:
                 )
             )
             return Decision(kind, iid, rule.action, detail), None
-        if self.config.require_approval or rule.risk == "high":
+        if held:
             approval = self._hold(conn, sig, iid, rule, target, now)
             rows.append(
                 self._audit(
@@ -613,7 +618,9 @@ def _run_approved(rem: Remediator, row: Any, sig: Signal, actor: str) -> Decisio
             )
             decision = Decision("skipped_disabled", row.incident_id, row.action)
         else:
-            verdict = rem.guards(conn, row.app or row.target, row.target, row.action, now)
+            verdict = rem.guards(
+                conn, row.app or row.target, row.target, row.action, now, reserve=True
+            )
             if verdict is not None:
                 rows.append(
                     rem._audit(
