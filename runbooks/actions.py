@@ -12,8 +12,12 @@ PodDisruptionBudget; never forced), ``failed``.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -109,30 +113,38 @@ class CommandAction(Action):
         return "command " + " ".join(self.argv(target))
 
     def run(self, target: Target) -> ActionResult:
+        """Run the argv; output goes to temporary files, not pipes, so a command that
+        starts a daemon (which inherits its output) still ends when the command does."""
         argv = self.argv(target)
-        try:
-            proc = subprocess.run(
-                argv, capture_output=True, text=True, timeout=self.timeout, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            return ActionResult("failed", f"timed out after {self.timeout:g}s", _out(exc))
-        except OSError as exc:
-            return ActionResult("failed", f"cannot run {argv[0]}: {exc.strerror}")
-        data = {
-            "exit_code": proc.returncode,
-            "stdout": proc.stdout[-2000:],
-            "stderr": proc.stderr[-2000:],
-        }
-        if proc.returncode in self.params["ok_codes"]:
-            return ActionResult("executed", f"exit code {proc.returncode}", data)
-        return ActionResult("failed", f"exit code {proc.returncode}", data)
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+                )
+            except OSError as exc:
+                return ActionResult("failed", f"cannot run {argv[0]}: {exc.strerror}")
+            try:
+                code = proc.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(OSError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return ActionResult(
+                    "failed", f"timed out after {self.timeout:g}s (killed)", _read(out, err)
+                )
+            data = {"exit_code": code, **_read(out, err)}
+        if code in self.params["ok_codes"]:
+            return ActionResult("executed", f"exit code {code}", data)
+        return ActionResult("failed", f"exit code {code}", data)
 
 
-def _out(exc: subprocess.TimeoutExpired) -> dict[str, Any]:
-    def text(v: Any) -> str:
-        return (v.decode(errors="replace") if isinstance(v, bytes) else v or "")[-2000:]
+def _read(out: Any, err: Any) -> dict[str, str]:
+    def tail(f: Any) -> str:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(f.tell() - 2000, 0))
+        return f.read().decode(errors="replace")
 
-    return {"stdout": text(exc.stdout), "stderr": text(exc.stderr)}
+    return {"stdout": tail(out), "stderr": tail(err)}
 
 
 class HttpAction(Action):
