@@ -94,9 +94,18 @@ class RunbookMetrics:
 class StateCollector(Collector):
     """Gauges read from the database at scrape time (shared by every replica)."""
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, guard_store: Any = None) -> None:
         self.engine = engine
         self.settings = settings
+        self.guard_store = guard_store
+
+    def cooldowns(self) -> dict[tuple[str, str], float]:
+        try:
+            return self.guard_store.cooldowns(
+                self.engine, time.time(), self.settings.cooldown_seconds
+            )
+        except Exception:  # a state store outage shows in runbooks_database_up / healthz
+            return {}
 
     def collect(self):  # type: ignore[no-untyped-def]
         up = GaugeMetricFamily("runbooks_database_up", "1 if the database answered this scrape")
@@ -142,6 +151,14 @@ class StateCollector(Collector):
             "Mean time from first event to resolve",
             value=stats["mttr"],
         )
+        cooling = GaugeMetricFamily(
+            "runbooks_cooldown_remaining_seconds",
+            "Seconds until the action may run again on the target",
+            labels=["target", "action"],
+        )
+        for (target, action), left in sorted(self.cooldowns().items()):
+            cooling.add_metric([target, action], left)
+        yield cooling
         circuit = GaugeMetricFamily(
             "runbooks_circuit_open",
             "1 while the app's hourly action budget is spent",
@@ -226,7 +243,8 @@ def create_app(
 ) -> FastAPI:
     registry = registry if registry is not None else CollectorRegistry()
     metrics = RunbookMetrics(registry, settings)
-    registry.register(StateCollector(engine, settings))
+    guard_store = make_guards(settings.redis_url)
+    registry.register(StateCollector(engine, settings, guard_store))
     events = Broadcaster()
     rem = Remediator(
         engine,
@@ -235,7 +253,7 @@ def create_app(
         kube=kube,
         on_audit=events.publish,
         metrics=metrics,
-        guard_store=make_guards(settings.redis_url),
+        guard_store=guard_store,
     )
     limiter = RateLimiter(settings.rate_limit)
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
@@ -280,10 +298,6 @@ def create_app(
     @app.post("/anomalies")
     async def anomalies(request: Request) -> Response:
         body = await request.body()
-        wait = limiter.take()
-        if wait:
-            metrics.requests.labels("anomalies", "429").inc()
-            return _error(429, "rate limit exceeded", **{"Retry-After": str(max(1, round(wait)))})
         now = time.time()
         if not secret:
             problem = "RUNBOOK_WEBHOOK_SECRET is not set: signed events cannot be verified"
@@ -308,6 +322,10 @@ def create_app(
             except SQLAlchemyError:
                 log.error("cannot audit a refused request: database down")
             return _error(401, problem)
+        wait = limiter.take()  # DESIGN 5: after the signature, before dedupe
+        if wait:
+            metrics.requests.labels("anomalies", "429").inc()
+            return _error(429, "rate limit exceeded", **{"Retry-After": str(max(1, round(wait)))})
         try:
             data = json.loads(body)
             event = AnomalyEvent.model_validate(data)

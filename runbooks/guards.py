@@ -55,6 +55,11 @@ class SqlGuards:
     ) -> tuple[str, str] | None:
         return self.check(conn, app, target, action, now, limits)
 
+    def cooldowns(self, engine: Any, now: float, cooldown: float) -> dict[tuple[str, str], float]:
+        """Seconds left per (target, action) still cooling down."""
+        with engine.connect() as conn:
+            return state.cooldowns(conn, now, cooldown)
+
 
 _SCRIPT = """
 -- KEYS[1] circuit zset of the app, KEYS[2] cooldown key of target+action
@@ -135,6 +140,17 @@ class RedisGuards:
         self, conn: Any, app: str, target: str, action: str, now: float, limits: Limits
     ) -> tuple[str, str] | None:
         return self._run(app, target, action, now, limits, reserve=True)
+
+    def cooldowns(self, engine: Any, now: float, cooldown: float) -> dict[tuple[str, str], float]:
+        out = {}
+        pattern = f"{self.prefix}cooldown:*"
+        for key in self.client.scan_iter(match=pattern, count=500):
+            name = key.decode() if isinstance(key, bytes) else key
+            target, _, action = name[len(self.prefix) + len("cooldown:") :].rpartition(":")
+            ttl = self.client.pttl(key)
+            if ttl > 0:
+                out[(target, action)] = ttl / 1000
+        return out
 
     def ping(self) -> bool:
         try:

@@ -175,3 +175,16 @@ def circuit_counts(conn: Any, now: float) -> dict[str, int]:
     a = tables.actions
     rows = conn.execute(select(a.c.app, func.count()).where(a.c.ts > now - 3600).group_by(a.c.app))
     return {app: n for app, n in rows}
+
+
+def cooldowns(conn: Any, now: float, cooldown: float) -> dict[tuple[str, str], float]:
+    """Seconds left per (target, action) whose last action is younger than ``cooldown``."""
+    if cooldown <= 0:
+        return {}
+    a = tables.actions
+    rows = conn.execute(
+        select(a.c.target, a.c.action, func.max(a.c.ts))
+        .where(a.c.ts > now - cooldown)
+        .group_by(a.c.target, a.c.action)
+    )
+    return {(t, act): round(last + cooldown - now, 3) for t, act, last in rows}

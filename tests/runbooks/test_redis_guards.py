@@ -49,6 +49,9 @@ def test_reserve_counts_atomically_and_check_does_not(redis_server):
     kind, why = guards.reserve(None, "other", "ns/other", "x", now, cooling)
     assert kind == "skipped_cooldown" and "cooling down" in why
     assert guards.reserve(None, "other", "ns/other", "y", now, cooling) is None  # per action
+    left = guards.cooldowns(None, now, 600)
+    assert set(left) == {("ns/other", "x"), ("ns/other", "y")}
+    assert all(590 < v <= 600 for v in left.values())
 
 
 def test_unreachable_redis_fails_closed(make_hook, redis_server):

@@ -81,6 +81,10 @@ def test_repeated_events_of_one_series_are_one_incident_and_cooldown_holds(make_
     assert len(incidents) == 1
     assert hook.kinds().count("incident_opened") == 1
     assert hook.runs() == ["checkout"]
+    left = hook.metric(
+        "runbooks_cooldown_remaining_seconds", target="shop/checkout", action="command"
+    )
+    assert 590 < left <= 600
 
 
 def test_the_circuit_breaker_caps_actions_per_app_per_hour(make_hook):
