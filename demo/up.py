@@ -1,19 +1,27 @@
-"""``aiops demo up``: the whole live pipeline on this machine.
+"""``aiops demo up``: the whole loop on this machine.
 
 A real Prometheus (Debian's package) backfilled with hours of the demo
-workload's history, the demo workload serving live metrics, and the detector
-service, which Prometheus scrapes in turn. Ctrl-C stops everything.
+workload's history and loaded with the shipped alert rules, the demo workload
+serving live metrics, the detector (scraped by Prometheus, posting signed
+events to the webhook), a real Alertmanager routing the alerts to the webhook,
+and the runbook webhook, whose policy "restarts" a misbehaving demo app (ends
+its fault) — as a dry run unless ``--autofix``. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
 
+import secrets
 import shutil
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 
+from demo.alertmanager import AlertmanagerProcess
 from demo.cli import parse_fault_spec
 from demo.prometheus import (
     PROMETHEUS,
@@ -35,6 +43,11 @@ def up(
     prom_port: Annotated[int, typer.Option(help="Prometheus port")] = 9090,
     workload_port: Annotated[int, typer.Option(help="demo workload port")] = 9101,
     detector_port: Annotated[int, typer.Option(help="detector /metrics and /healthz port")] = 9109,
+    alertmanager_port: Annotated[int, typer.Option(help="Alertmanager port")] = 9093,
+    webhook_port: Annotated[int, typer.Option(help="runbook webhook port")] = 8080,
+    autofix: Annotated[
+        bool, typer.Option(help="let the webhook really restart (heal) the demo app")
+    ] = False,
     hours: Annotated[float, typer.Option(help="hours of history to backfill", min=1.0)] = 6.0,
     interval: Annotated[float, typer.Option(help="detection cycle, seconds", min=1.0)] = 30.0,
     seed: Annotated[int, typer.Option(min=0)] = 0,
@@ -47,7 +60,7 @@ def up(
 ) -> None:
     """Start Prometheus, the demo workload and the detector; print where to look; Ctrl-C stops."""
     from detector.cli import fail, load
-    from detector.cycle import Detector
+    from detector.cycle import build_detector
     from detector.logs import setup_logging
     from detector.service import create_app, make_server
 
@@ -61,6 +74,8 @@ def up(
         ("--prom-port", prom_port),
         ("--workload-port", workload_port),
         ("--detector-port", detector_port),
+        ("--alertmanager-port", alertmanager_port),
+        ("--webhook-port", webhook_port),
     ):
         if not port_is_free(port):
             raise fail(f"{name}: port {port} is already in use; pass another one")
@@ -69,11 +84,18 @@ def up(
     except ValueError as exc:
         raise fail(f"--fault: {exc}") from None
 
+    secret, token = secrets.token_hex(16), secrets.token_hex(16)
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
     settings = load(
         prom_url=f"http://127.0.0.1:{prom_port}",
         interval_seconds=interval,
         http_host="127.0.0.1",
         http_port=detector_port,
+        database_url=f"sqlite:///{workdir.resolve()}/aiops.db",
+        webhook_url=f"http://127.0.0.1:{webhook_port}/anomalies",
+        webhook_secret=secret,
     )
     setup_logging(settings.log_level)
 
@@ -81,9 +103,6 @@ def up(
     workload = Workload(seed=seed, start=now - hours * 3600)
     for app, kind, duration, offset in specs:
         workload.inject(app, kind, start=now + offset, duration=duration)
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
     history = workdir / "history.om"
     typer.echo(f"writing {hours:g}h of demo history and backfilling Prometheus ...")
     workload.write_openmetrics(history, end=now)
@@ -91,35 +110,123 @@ def up(
     history.unlink()
 
     wl_server, _ = serve(workload, host="127.0.0.1", port=workload_port)
-    config = scrape_config(
-        {"demo": [f"127.0.0.1:{workload_port}"], "aiops-detector": [f"127.0.0.1:{detector_port}"]},
-        interval="15s",
-    )
-    prom = PrometheusProcess(workdir, config, port=prom_port, binary=prometheus)
-    prom.start()
-
-    detector = Detector(settings)
-    server = make_server(create_app(detector), host="127.0.0.1", port=detector_port)
     wl = wl_server.url
-    typer.echo(
-        f"""
-The live pipeline is running (Ctrl-C stops it):
-  Prometheus UI       {prom.url}/graph   (try: aiops_anomaly_info, aiops_anomaly_score)
-  demo workload       {wl}/metrics
+    rules = sorted(str(p) for p in RULES.glob("*.rules.yml"))
+    config = scrape_config(
+        {
+            "demo": [f"127.0.0.1:{workload_port}"],
+            "aiops-detector": [f"127.0.0.1:{detector_port}"],
+            "aiops-webhook": [f"127.0.0.1:{webhook_port}"],
+        },
+        interval="15s",
+        rule_files=rules,
+        alertmanagers=[f"127.0.0.1:{alertmanager_port}"],
+    )
+    hook_settings = load(
+        database_url=settings.database_url,
+        webhook_secret=secret,
+        alertmanager_token=token,
+        alertmanager_url=f"http://127.0.0.1:{alertmanager_port}",
+        autofix_enabled=True,
+        autofix_dry_run=not autofix,
+        policy_file=write_policy(workdir, wl),
+        public_url=f"http://127.0.0.1:{webhook_port}",
+        approval_secret=secrets.token_hex(16),
+        cooldown_seconds=600,
+    )
+    started: list[object] = []
+    try:
+        prom = PrometheusProcess(workdir, config, port=prom_port, binary=prometheus).start()
+        started.append(prom)
+        am = AlertmanagerProcess(
+            workdir / "alertmanager",
+            f"http://127.0.0.1:{webhook_port}/alertmanager",
+            token,
+            port=alertmanager_port,
+        ).start()
+        started.append(am)
+        hook = start_webhook(hook_settings, webhook_port)
+        started.append(hook)
+        detector = build_detector(settings)
+        server = make_server(create_app(detector), host="127.0.0.1", port=detector_port)
+        mode = "REALLY heals the demo app (--autofix)" if autofix else "dry run (add --autofix)"
+        typer.echo(
+            f"""
+The whole loop is running (Ctrl-C stops it):
+  Prometheus          {prom.url}/alerts   (rules loaded: {len(rules)} file(s))
+  Alertmanager        {am.url}
+  webhook console     http://127.0.0.1:{webhook_port}/console   ({mode})
+  webhook audit       http://127.0.0.1:{webhook_port}/audit
   detector metrics    http://127.0.0.1:{detector_port}/metrics
   detector health     http://127.0.0.1:{detector_port}/healthz
+  demo workload       {wl}/metrics
 
 Make an app misbehave (kinds: error_burst, latency_shift, latency_jitter, traffic_drop):
   curl -X POST '{wl}/fault?app=checkout&kind=latency_shift&duration=1800'
-and within a few minutes:
-  curl -s http://127.0.0.1:{detector_port}/metrics | grep 'aiops_anomaly_info'
-  aiops detect --once --prom-url {prom.url}
-End it early:  curl -X DELETE '{wl}/fault?app=checkout'
+Within a few minutes the detector flags it and posts an event to the webhook,
+Prometheus fires AIOpsAnomalyDetected to Alertmanager, and the webhook's policy
+ends the app's fault (a "restart"); watch it on the console.
+End it by hand:  curl -X DELETE '{wl}/fault?app=checkout'
 """
-    )
-    try:
+        )
         server.run()  # returns on SIGINT/SIGTERM
     finally:
-        prom.stop()
+        for thing in reversed(started):
+            thing.stop()  # type: ignore[attr-defined]
         wl_server.stop()
-        typer.echo("stopped: prometheus, demo workload, detector")
+        typer.echo("stopped: webhook, alertmanager, prometheus, demo workload, detector")
+
+
+RULES = Path(__file__).resolve().parents[1] / "dashboards" / "rules"
+
+
+def write_policy(workdir: Path, workload_url: str) -> Path:
+    """The demo's policy: an anomaly of an app ends that app's fault (its "restart")."""
+    heal = [
+        sys.executable,
+        "-c",
+        "import sys, urllib.request; "
+        "urllib.request.urlopen(urllib.request.Request(sys.argv[1], method='DELETE'), timeout=5)",
+        workload_url + "/fault?app={app}",
+    ]
+    rule = {"action": "command", "params": {"argv": heal}}
+    policy = {
+        "default": [
+            {"match": name, **rule}
+            for name in ("AIOpsAnomalyDetected", "latency_p99", "success_rate", "error_budget_burn")
+        ]
+    }
+    path = workdir / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
+
+
+class _Webhook:
+    def __init__(self, server: object, thread: threading.Thread) -> None:
+        self.server = server
+        self.thread = thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True  # type: ignore[attr-defined]
+        self.thread.join(15)
+
+
+def start_webhook(settings: object, port: int) -> _Webhook:
+    from detector.service import make_server
+    from feature_store.db import make_engine
+    from runbooks.app import create_app as webhook_app
+    from runbooks.policy import load_policy
+    from sql.migrate import migrate
+
+    engine = make_engine(settings.database_url)  # type: ignore[attr-defined]
+    migrate(engine)
+    policy = load_policy(settings.autofix_policy, settings.policy_file)  # type: ignore[attr-defined]
+    server = make_server(webhook_app(settings, engine, policy), host="127.0.0.1", port=port)
+    thread = threading.Thread(target=server.run, name="webhook", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the webhook did not start on port {port}")
+        time.sleep(0.05)
+    return _Webhook(server, thread)

@@ -306,7 +306,9 @@ class _YamlSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        path = self._init().get("config") or os.environ.get("AIOPS_CONFIG")
+        init = self._init()
+        # the override arrives under the field name or its alias, by pydantic-settings version
+        path = init.get("config") or init.get("AIOPS_CONFIG") or os.environ.get("AIOPS_CONFIG")
         if not path:
             return {}
         return read_yaml_config(Path(path))

@@ -207,7 +207,7 @@ class Remediator:
             .values(incident_id=incident.id)
         )
         iid = incident.id
-        rule = self.policy.match(sig.name, sig.reasons, sig.namespace, sig.app)
+        rule = self.policy.match(sig.names, sig.reasons, sig.namespace, sig.app)
         if rule is None:
             rows.append(self._audit(conn, "no_policy", sig, incident_id=iid))
             return Decision("no_policy", iid), None

@@ -97,6 +97,11 @@ class Signal:
     def name(self) -> str:
         return self.alertname or self.metric or ""
 
+    @property
+    def names(self) -> list[str]:
+        """What a policy rule may match: the alert name and the detector metric."""
+        return [n for n in (self.alertname, self.metric) if n]
+
 
 def from_anomaly(event: AnomalyEvent) -> Signal:
     return Signal(
@@ -132,7 +137,7 @@ def from_alerts(payload: AlertmanagerPayload) -> list[Signal]:
             Signal(
                 source="alertmanager",
                 dedup_key=f"am:{alert.fingerprint}:{alert.starts_at.isoformat()}:{alert.status}",
-                subject=f"{labels['alertname']}:{alert.fingerprint}",
+                subject=_alert_subject(labels, alert.fingerprint),
                 status=alert.status,
                 alertname=labels["alertname"],
                 metric=labels.get("metric"),
@@ -150,3 +155,17 @@ def from_alerts(payload: AlertmanagerPayload) -> list[Signal]:
             )
         )
     return out
+
+
+#: alert labels that say how an alert was made, not which series it is about
+_META_LABELS = frozenset({"alertname", "severity", "reason", "metric", "job", "instance"})
+
+
+def _alert_subject(labels: dict[str, str], fingerprint: str) -> str:
+    """What an alert's incident is about. An alert naming a detector ``metric`` (as
+    AIOpsAnomalyDetected does) is about that series, so its incident is the one the
+    detector's own events open (one incident, whatever the reason or the path)."""
+    metric = labels.get("metric")
+    if metric:
+        return series_key(metric, {k: v for k, v in labels.items() if k not in _META_LABELS})
+    return f"{labels['alertname']}:{fingerprint}"

@@ -51,8 +51,9 @@ class Rule:
     risk: str = "low"
     where: str = ""  # where the rule was defined, for the audit
 
-    def matches(self, name: str, reasons: list[str]) -> bool:
-        if self.match not in (name, "*"):
+    def matches(self, name: str | list[str], reasons: list[str]) -> bool:
+        names = [name] if isinstance(name, str) else name
+        if self.match != "*" and self.match not in names:
             return False
         return self.reason is None or self.reason in reasons
 
@@ -77,8 +78,9 @@ class Policy:
         return "RUNBOOK_AUTOFIX_POLICY", self.inline
 
     def match(
-        self, name: str, reasons: list[str], namespace: str | None, app: str | None
+        self, name: str | list[str], reasons: list[str], namespace: str | None, app: str | None
     ) -> Rule | None:
+        """The first rule for ``name`` (an alert name or metric, or a list of both)."""
         key, rules = self.rules_for(namespace, app)
         for rule in rules:
             if rule.matches(name, reasons):

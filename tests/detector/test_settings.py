@@ -160,3 +160,15 @@ def test_cli_bad_config_is_one_line_without_traceback(tmp_path):
         " to parse string as a number (got 'banana')"
     ]
     assert "Traceback" not in proc.stderr
+
+
+def test_the_config_override_reads_its_file(tmp_path, monkeypatch):
+    """``--config`` (an override, not the environment) loads the YAML file too."""
+
+    monkeypatch.delenv("AIOPS_CONFIG", raising=False)
+    monkeypatch.delenv("AIOPS_METRICS", raising=False)
+    path = tmp_path / "aiops.yaml"
+    path.write_text("AIOPS_Z_THRESH: 4.5\nqueries:\n  - name: only_this\n    promql: up\n")
+    s = load_settings(config=path)
+    assert s.z_thresh == 4.5
+    assert [q.name for q in resolve_catalogue(s)] == ["only_this"]

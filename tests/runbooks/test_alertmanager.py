@@ -15,10 +15,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import uvicorn
 
+from demo.alertmanager import ALERTMANAGER, AlertmanagerProcess
 from demo.prometheus import free_port
 from tests.conftest import require_binary
 from tests.integration.conftest import poll
-from tests.runbooks.alertmanager import ALERTMANAGER, AlertmanagerProcess
 from tests.runbooks.conftest import TOKEN
 
 pytestmark = pytest.mark.integration

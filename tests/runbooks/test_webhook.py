@@ -244,3 +244,16 @@ def test_audit_export_writes_every_row_as_csv(make_hook):
     assert [r["kind"] for r in csv.DictReader(io.StringIO(only.stdout))] == ["duplicate"]
     bad = run_aiops("audit", "export", "--since", "yesterday-ish", env=env)
     assert bad.returncode == 2 and "--since: not a time" in bad.stderr
+
+
+def test_an_aiops_alert_and_the_detector_event_of_one_series_are_one_incident(make_hook):
+    hook = make_hook()
+    hook.post_event(anomaly("ev-1"))
+    am = alerts(alertname="AIOpsAnomalyDetected")
+    am["alerts"][0]["labels"].update(metric="latency_p99", reason="level_shift")
+    del am["alerts"][0]["labels"]["severity"]
+    decision = hook.post_alerts(am).json()["alerts"][0]
+    assert decision["decision"] == "skipped_cooldown"  # the same target was just fixed
+    incidents = {r["incident_id"] for r in hook.audit() if r["incident_id"]}
+    assert len(incidents) == 1
+    assert hook.kinds().count("incident_opened") == 1

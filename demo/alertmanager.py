@@ -1,4 +1,4 @@
-"""A real Alertmanager (Debian's binary) on a free loopback port, for tests."""
+"""A real Alertmanager (Debian's binary) on a loopback port: for the demo and the tests."""
 
 from __future__ import annotations
 
@@ -16,9 +16,17 @@ ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 
 
 class AlertmanagerProcess:
-    def __init__(self, workdir: Path, webhook_url: str, token: str, *, binary: str = ALERTMANAGER):
+    def __init__(
+        self,
+        workdir: Path,
+        webhook_url: str,
+        token: str,
+        *,
+        binary: str = ALERTMANAGER,
+        port: int | None = None,
+    ):
         self.workdir = workdir
-        self.port = free_port()
+        self.port = port or free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         config = {
             "route": {
