@@ -30,6 +30,8 @@ from detector.source import PrometheusSource, series_key
 
 log = logging.getLogger("aiops.detector")
 
+#: Every kind of query error (the ``kind`` label of aiops_detector_query_errors_total).
+QUERY_ERROR_KINDS = ("unreachable", "timeout", "bad_query", "server_error", "bad_response")
 #: Errors that mean Prometheus itself did not answer.
 _DOWN_KINDS = frozenset({"unreachable", "timeout", "server_error"})
 
@@ -96,6 +98,9 @@ class Detector:
         self.database_up: bool | None = None
         self.thresholds = Thresholds.from_settings(settings)
         self.state = {q.name: QueryState() for q in self.queries}
+        for q in self.queries:  # every error series exists from the start, at 0
+            for kind in QUERY_ERROR_KINDS:
+                self.metrics.query_errors.labels(q.name, kind)
         self.prometheus_up: bool | None = None
         self.last_success: float | None = None
         self.last_cycle: float | None = None

@@ -5,7 +5,10 @@ the backfilled history), so the loop has work at once: the detector flags it and
 posts a signed event, the webhook's policy "restarts" the app (ends its fault,
 ``--autofix``), and Prometheus, with the shipped rules, fires AIOpsAnomalyDetected
 to the real Alertmanager, which delivers it to the webhook too — the same
-incident, so the cooldown holds. SIGINT stops every process it started.
+incident, so the cooldown holds. Then every dashboard panel is proven against
+this run's data: each PromQL target must return series from the run's
+Prometheus, each SQL target must run on the audit database it filled. SIGINT
+stops every process it started.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import httpx
 import pytest
 
 from demo.prometheus import free_port, port_is_free
+from feature_store.db import make_engine
 from tests.conftest import require_binary
+from tests.dashboards.queries import dashboard_paths, promql_targets, sql_targets
 from tests.integration.conftest import aiops_command, detector_env, poll
 
 pytestmark = pytest.mark.integration
@@ -88,6 +93,18 @@ def test_demo_up_runs_the_whole_loop_and_stops_cleanly(binaries, tmp_path):
             executed[0]["incident_id"]
         }
         assert sum(r["kind"] == "executed" for r in audit()) == 1  # the cooldown held
+        # every PromQL panel of every dashboard shows data from this run
+        assert _empty_panels(f"http://127.0.0.1:{ports['prom']}") == []
+        # every SQL panel runs on the audit database the run filled
+        engine = make_engine(f"sqlite:///{tmp_path / 'demo' / 'aiops.db'}")
+        try:
+            with engine.connect() as conn:
+                for path in dashboard_paths():
+                    for title, sql in sql_targets(path, "sqlite"):
+                        conn.exec_driver_sql(sql).fetchall()  # raises on a broken query
+                        assert title
+        finally:
+            engine.dispose()
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
@@ -95,3 +112,15 @@ def test_demo_up_runs_the_whole_loop_and_stops_cleanly(binaries, tmp_path):
     assert proc.returncode == 0, out[-2000:]
     assert "stopped: webhook, alertmanager, prometheus" in out
     assert all(port_is_free(p) for p in ports.values()), out[-1000:]
+
+
+def _empty_panels(prom_url: str) -> list[tuple[str, str, str]]:
+    """(dashboard, panel, query) of every PromQL target that returns no series."""
+    out = []
+    for path in dashboard_paths():
+        for title, expr in promql_targets(path):
+            r = httpx.get(f"{prom_url}/api/v1/query", params={"query": expr}, timeout=10)
+            data = r.json()
+            if data.get("status") != "success" or not data["data"]["result"]:
+                out.append((path.name, title, expr))
+    return out
