@@ -26,7 +26,7 @@ from detector.settings import Settings
 
 if TYPE_CHECKING:
     from feature_store.store import FeatureStore
-from detector.source import PrometheusSource, series_key
+from detector.source import PrometheusSource, keep_shard, series_key
 
 log = logging.getLogger("aiops.detector")
 
@@ -167,6 +167,7 @@ class Detector:
                 fetch_s += took
                 self.metrics.query_seconds.labels(q.name).set(took)
             answered = True
+            batch = keep_shard(batch, self.settings.shard_index)
             for warning in batch.warnings:
                 log.warning("query=%s %s", q.name, warning)
             t2 = time.perf_counter()

@@ -83,6 +83,7 @@ class Settings(BaseSettings):
         "sqlite:///./var/aiops.db",
         validation_alias=AliasChoices("AIOPS_DATABASE_URL", "database_url"),
     )
+    shard: str | None = Field(None, validation_alias=AliasChoices("AIOPS_SHARD", "shard"))
     auto_migrate: bool = Field(
         True, validation_alias=AliasChoices("AIOPS_AUTO_MIGRATE", "auto_migrate")
     )
@@ -213,6 +214,23 @@ class Settings(BaseSettings):
         except ConfigError as exc:
             raise ValueError(str(exc).removeprefix("AIOPS_DATABASE_URL: ")) from None
         return v
+
+    @field_validator("shard")
+    @classmethod
+    def _check_shard(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        i, sep, n = v.strip().partition("/")
+        if not sep or not i.isdigit() or not n.isdigit() or not 0 <= int(i) < int(n):
+            raise ValueError("must be i/n with 0 <= i < n, e.g. 0/2 and 1/2 for two replicas")
+        return f"{int(i)}/{int(n)}"
+
+    @property
+    def shard_index(self) -> tuple[int, int] | None:
+        if not self.shard:
+            return None
+        i, n = self.shard.split("/")
+        return int(i), int(n)
 
     @field_validator("retrain_cron")
     @classmethod

@@ -8,6 +8,7 @@ on all series of a query at once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -80,6 +81,27 @@ def series_key(metric: str, labels: dict[str, str]) -> str:
 
     inner = ",".join(f'{k}="{esc(str(v))}"' for k, v in sorted(labels.items()))
     return f"{metric}{{{inner}}}"
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The replica (0..shards-1) that owns a series: a stable hash of its key."""
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") % shards
+
+
+def keep_shard(batch: SeriesBatch, shard: tuple[int, int] | None) -> SeriesBatch:
+    """Only the series of ``batch`` that shard ``(i, n)`` owns (all of them without one)."""
+    if shard is None or len(batch) == 0:
+        return batch
+    i, n = shard
+    rows = [r for r, lb in enumerate(batch.labels) if shard_of(series_key(batch.query, lb), n) == i]
+    return SeriesBatch(
+        batch.query,
+        batch.start,
+        batch.step,
+        [batch.labels[r] for r in rows],
+        batch.values[rows],
+        batch.warnings,
+    )
 
 
 def concat_batches(parts: list[SeriesBatch]) -> SeriesBatch:

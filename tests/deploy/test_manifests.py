@@ -430,7 +430,7 @@ def _env_names(container: dict[str, Any]) -> set[str]:
 
 def test_every_env_var_name_is_a_known_setting() -> None:
     assert {"AIOPS_DATABASE_URL", "RUNBOOK_WEBHOOK_SECRET", "PROM_URL"} <= KNOWN_SETTINGS
-    assert "AIOPS_SHARD" not in KNOWN_SETTINGS  # not a setting (yet): never in a manifest
+    assert "AIOPS_DATABASE_URLS" not in KNOWN_SETTINGS  # a typo is not a setting
     seen = set()
     for workload in _workloads():
         for c in _containers(_pod_spec(workload)):

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from detector.catalogue import Query
 from detector.cycle import Detector
-from detector.errors import QueryError
+from detector.errors import ConfigError, QueryError
 from detector.features import FeatureSpec, compute_features
 from detector.settings import load_settings
 from detector.source import SeriesBatch, align_end
@@ -181,3 +181,41 @@ def test_an_ongoing_anomaly_ends_only_below_the_relaxed_thresholds(setup):
     assert val(reg, "aiops_anomaly_info", **bad, reason="level_shift") == 1
     assert cycle((1.5 - noise) * sd, now + 180) == 0  # ended
     assert val(reg, "aiops_anomaly_info", **bad, reason="level_shift") is None
+
+
+def test_two_shards_cover_every_series_exactly_once():
+    """AIOPS_SHARD=i/n: replicas split the series by a stable hash of their key."""
+    labels = [{"app": f"app{i}"} for i in range(40)]
+    values = np.stack([series(i) for i in range(40)])
+    query = Query(name="latency_p99", promql="x", direction="up", labels=("app",))
+    owned = []
+    for shard in ("0/2", "1/2"):
+        source = ScriptedSource()
+        source.rows["latency_p99"] = (labels, values)
+        det = Detector(
+            load_settings(shard=shard, metrics=None, config=None),
+            queries=[query],
+            source=source,
+            registry=CollectorRegistry(),
+        )
+        report = det.run_cycle(1_700_000_000.0)
+        owned.append({r.labels["app"] for r in report.results["latency_p99"]})
+    assert owned[0] and owned[1]
+    assert owned[0].isdisjoint(owned[1])
+    assert owned[0] | owned[1] == {lb["app"] for lb in labels}
+    # the split is stable: a new replica of shard 0 owns exactly the same series
+    source = ScriptedSource()
+    source.rows["latency_p99"] = (labels, values)
+    again = Detector(
+        load_settings(shard="0/2", metrics=None, config=None),
+        queries=[query],
+        source=source,
+        registry=CollectorRegistry(),
+    ).run_cycle(1_700_000_060.0)
+    assert {r.labels["app"] for r in again.results["latency_p99"]} == owned[0]
+
+
+@pytest.mark.parametrize("bad", ["2/2", "1", "a/b", "-1/2", "0/0"])
+def test_a_bad_shard_setting_names_the_variable(bad):
+    with pytest.raises(ConfigError, match="AIOPS_SHARD"):
+        load_settings(shard=bad)
