@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import yaml
 
-from demo.prometheus import free_port
+from demo.prometheus import free_port, stop_process
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 
@@ -91,10 +91,4 @@ class AlertmanagerProcess:
         return httpx.get(f"{self.url}/api/v2/silences", timeout=5).json()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 10)

@@ -31,6 +31,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL: for every process a runner started."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """True if a server could listen on ``port`` (TIME_WAIT leftovers do not count)."""
     with socket.socket() as s:
@@ -155,14 +167,7 @@ class PrometheusProcess:
             return "(no log)"
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout)
+        stop_process(self.proc, timeout)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from demo.prometheus import free_port
+from demo.prometheus import free_port, stop_process
 
 REDIS_SERVER = "/usr/bin/redis-server"
 
@@ -59,10 +59,4 @@ class RedisProcess:
         raise RuntimeError("redis-server did not answer")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 10)

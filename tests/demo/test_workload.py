@@ -5,10 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +20,7 @@ import pytest
 
 from demo import APPS, Workload, serve
 from demo.cli import parse_fault_spec
+from tests.conftest import require_binary
 
 T0 = 1_700_000_000  # fixed epoch so that runs are reproducible
 REPO = Path(__file__).resolve().parents[2]
@@ -76,14 +75,7 @@ def parse_openmetrics(path: Path) -> tuple[list[str], dict[str, list[tuple[int, 
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    found = shutil.which("promtool") or (
-        "/usr/bin/promtool" if os.path.exists("/usr/bin/promtool") else None
-    )
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is required in CI but was not found")
-        pytest.skip("promtool not installed")
-    return found
+    return require_binary("/usr/bin/promtool")
 
 
 # ------------------------------------------------------------------------------ model
