@@ -7,8 +7,9 @@ The webhook runs in its own process (``aiops webhook``, uvicorn) on a loopback
 port; a bounded load (``--events`` signed events, each a new incident, from
 ``--clients`` concurrent connections) goes through signature check, dedupe,
 incident, policy and the kill switch (default off), every step committed to the
-audit table before the answer. Prints requests per second and latency
-percentiles.
+audit table before the answer (SQLite: WAL, ``synchronous=FULL``; the throwaway
+PostgreSQL is a test instance without fsync). Prints requests per second and
+latency percentiles.
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(("SQLite (WAL)", run(f"sqlite:///{tmp}/hook.db", args.events, args.clients)))
+        lite = run(f"sqlite:///{tmp}/hook.db", args.events, args.clients)
+        rows.append(("SQLite (WAL, `synchronous=FULL`)", lite))
         print(rows[-1], flush=True)
     if not args.no_postgres:
         from tests.postgres import postgres_url_or_start

@@ -4,6 +4,13 @@
 PostgreSQL. ``postgresql://`` and ``postgres://`` URLs use the psycopg 3 driver.
 Pooled connections are pinged before use, and ``retrying`` re-runs a unit of work
 whose connection was lost, so a database restart is a logged hiccup, not a crash.
+
+SQLite runs in WAL mode with ``synchronous=FULL``: every commit is on disk (the WAL
+is fsynced) before it returns, so what was committed — above all the runbook audit
+rows a webhook answer vouches for — survives a power loss or an OS crash, not only
+a crash of the process (``NORMAL`` would keep the last commits only in the OS cache
+until the next checkpoint). The webhook group-commits its decisions, so it pays
+that fsync once per batch, not once per event.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA synchronous=FULL")  # durable commits (module doc)
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 

@@ -285,6 +285,7 @@ def create_app(
         finally:
             stop.set()
             thread.join(5)
+            rem.writer.close()
 
     app = FastAPI(title="aiops runbook webhook", lifespan=lifespan)
     app.state.remediator = rem
@@ -332,7 +333,7 @@ def create_app(
         except ValueError as exc:
             return _bad(metrics, "anomalies", exc)
         try:
-            decision = await asyncio.to_thread(rem.handle, from_anomaly(event))
+            decision = await rem.handle_async(from_anomaly(event))
         except SQLAlchemyError as exc:
             metrics.requests.labels("anomalies", "503").inc()
             return _db_error(exc)
@@ -364,7 +365,7 @@ def create_app(
         out = []
         try:
             for sig in from_alerts(payload):
-                out.append(await asyncio.to_thread(rem.handle, sig))
+                out.append(await rem.handle_async(sig))
         except SQLAlchemyError as exc:
             metrics.requests.labels("alertmanager", "503").inc()
             return _db_error(exc)

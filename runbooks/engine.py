@@ -3,12 +3,13 @@
 ``Remediator.handle(signal)`` runs DESIGN 5's guards in order for one signal and
 audits every step in ``runbooks_audit``. The delivery record (dedupe), the
 incident, the decision and — when an action is due — the action reservation
-(what cooldowns and the circuit breaker count) commit in ONE transaction, before
-anything runs: a database failure before the commit means nothing ran and the
-caller answers 5xx (Alertmanager retries); a replay after a commit is a
-``duplicate``. Guard decisions hold the app's row lock (``SELECT ... FOR UPDATE``
-on PostgreSQL, the write lock on SQLite), so racing replicas never exceed the
-breaker's limits.
+(what cooldowns and the circuit breaker count) commit together, before anything
+runs and before the answer (``runbooks.writer`` group-commits the decisions
+waiting at once in one transaction, one savepoint each): a database failure
+before the commit means nothing ran and the caller answers 5xx (Alertmanager
+retries); a replay after a commit is a ``duplicate``. Guard decisions hold the
+app's row lock (``SELECT ... FOR UPDATE`` on PostgreSQL, the write lock on
+SQLite), so racing replicas never exceed the breaker's limits.
 
 After an action runs, the incident waits for its resolve event: within
 ``RUNBOOK_VERIFY_SECONDS`` it is ``verified`` (and counts as self-healed),
@@ -18,6 +19,7 @@ otherwise ``not_recovered``; a second failed fix for the same incident is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -36,11 +38,15 @@ from runbooks.events import Signal
 from runbooks.guards import GuardUnavailable, Limits, SqlGuards
 from runbooks.policy import Policy, Rule
 from runbooks.signing import approval_binding, make_approval_token
+from runbooks.writer import GroupCommitter
 
 log = logging.getLogger("aiops.runbooks")
 
 #: failed fixes of one incident before it is handed to humans
 MAX_ATTEMPTS = 2
+
+#: one statement object for every audit row (no per-row statement building)
+AUDIT_INSERT = insert(tables.audit)
 
 
 @dataclass
@@ -101,6 +107,8 @@ class Remediator:
         self.guard_store = guard_store if guard_store is not None else SqlGuards()
         self._verify: dict[str, float] = {}  # incident id -> deadline
         self._lock = threading.Lock()
+        #: decisions and lone audit rows are group-committed by one writer thread
+        self.writer = GroupCommitter(engine)
 
     # -- audit --------------------------------------------------------------------------
     def _audit(self, conn: Any, kind: str, sig: Signal | None, **kw: Any) -> dict[str, Any]:
@@ -118,7 +126,7 @@ class Remediator:
             "details": kw.pop("details", None),
         }
         t0 = time.perf_counter()
-        conn.execute(insert(tables.audit).values(**row))
+        conn.execute(AUDIT_INSERT, row)
         if self.metrics:
             self.metrics.audit_write.observe(time.perf_counter() - t0)
             self.metrics.events.labels(kind).inc()
@@ -130,9 +138,8 @@ class Remediator:
                 self.on_audit(row)
 
     def audit_now(self, kind: str, sig: Signal | None = None, **kw: Any) -> None:
-        """One audit row in its own transaction (e.g. a refused signature)."""
-        with self.engine.begin() as conn:
-            row = self._audit(conn, kind, sig, **kw)
+        """One audit row, committed before this returns (e.g. a refused signature)."""
+        row = self.writer.run(lambda conn: self._audit(conn, kind, sig, **kw))
         self._published([row])
 
     def guards(
@@ -151,16 +158,46 @@ class Remediator:
 
     # -- the pipeline ---------------------------------------------------------------------
     def handle(self, sig: Signal) -> Decision:
-        rows: list[dict[str, Any]] = []
-        try:
-            with self.engine.begin() as conn:
-                decision, job = self._decide(conn, sig, rows)
-        except IntegrityError:
-            # the delivery was recorded by a concurrent request first
-            decision, job = Decision("duplicate"), None
-            rows = []
-            with self.engine.begin() as conn:
-                rows.append(self._audit(conn, "duplicate", sig, details={"key": sig.dedup_key}))
+        """Decide (committed with its audit rows before this returns), then act."""
+        decision, job, rows = self.writer.run(*self._decision(sig))
+        return self._after(sig, decision, job, rows)
+
+    async def handle_async(self, sig: Signal) -> Decision:
+        """``handle`` for the event loop: only acting and chat notices go to a thread."""
+        decision, job, rows = await self.writer.run_async(*self._decision(sig))
+        if job is None and (decision.kind != "approval_pending" or self.on_pending is None):
+            self._published(rows)
+            return decision
+        return await asyncio.to_thread(self._after, sig, decision, job, rows)
+
+    def _decision(
+        self, sig: Signal
+    ) -> tuple[Callable[[Any], Any], Callable[[Any, Exception], Any]]:
+        """The unit of work of one signal for the group committer, and its recovery."""
+
+        def work(conn: Any) -> tuple[Decision, Any, list[dict[str, Any]]]:
+            rows: list[dict[str, Any]] = []
+            decision, job = self._decide(conn, sig, rows)
+            return decision, job, rows
+
+        def duplicate(conn: Any, exc: Exception) -> tuple[Decision, Any, list[dict[str, Any]]]:
+            if not isinstance(exc, IntegrityError):
+                raise exc
+            # the delivery was recorded first (by a concurrent request or a replica):
+            # its unit was rolled back to its savepoint, only this row replaces it
+            row = self._audit(conn, "duplicate", sig, details={"key": sig.dedup_key})
+            return Decision("duplicate"), None, [row]
+
+        return work, duplicate
+
+    def _after(
+        self,
+        sig: Signal,
+        decision: Decision,
+        job: tuple[Rule, str, Target] | None,
+        rows: list[dict[str, Any]],
+    ) -> Decision:
+        """After the commit: publish the audit rows, run a due action, notify approvers."""
         self._published(rows)
         if job is not None:
             return self._execute(sig, *job)
