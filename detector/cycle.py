@@ -20,8 +20,9 @@ from prometheus_client import CollectorRegistry
 from detector.catalogue import Query, resolve_catalogue
 from detector.errors import QueryError
 from detector.exporter import AnomalyCollector, DetectorMetrics
-from detector.pipeline import SeriesResult, Thresholds, detect_batch
+from detector.pipeline import SeriesResult, Thresholds, detect_batch, feature_spec
 from detector.scoring import BaselineModelProvider, ModelProvider
+from detector.season import SeasonalHistory, fetch_failed
 from detector.settings import Settings
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ class Detector:
             timeout=settings.prom_timeout_seconds,
             retries=settings.prom_retries,
         )
+        self.seasons = SeasonalHistory(self.source)
         self.provider = provider or BaselineModelProvider(
             refit_seconds=settings.model_refit_seconds
         )
@@ -170,6 +172,14 @@ class Detector:
             batch = keep_shard(batch, self.settings.shard_index)
             for warning in batch.warnings:
                 log.warning("query=%s %s", q.name, warning)
+            t1 = time.perf_counter()
+            try:
+                past = self.seasons.slices(q, batch, feature_spec(q, self.settings, batch.step))
+            except QueryError as exc:
+                past = None
+                fetch_failed(q, exc)
+                self.metrics.query_errors.labels(q.name, exc.kind).inc()
+            fetch_s += time.perf_counter() - t1
             t2 = time.perf_counter()
             active = {key for (name, key) in self._onsets if name == q.name}
             results = detect_batch(
@@ -180,6 +190,7 @@ class Detector:
                 now=now,
                 thresholds=self.thresholds,
                 active=active,
+                past=past,
             )
             detect_s += time.perf_counter() - t2
             self._track_onsets(q.name, results)

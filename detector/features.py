@@ -18,7 +18,6 @@ the time axis, so the cost is O(series × points) whatever the window lengths.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -92,6 +91,7 @@ class FeatureSpec:
     season: float = 0.0  # seconds of the seasonal period (0: none), e.g. 86400 for daily
     season_cycles: int = 3  # past periods the seasonal profile is the median of
     season_gain: float = 0.7  # the profile is used where it cuts the spread below this share
+    season_band: float = 0.1  # ± around season_gain, features blend from seasonal to plain
 
     def points(self, seconds: float) -> int:
         return max(1, round(seconds / self.step))
@@ -297,33 +297,51 @@ def _best_step_resid(
         return np.sqrt(np.maximum(best, 0.0) / np.maximum(n - 2, 1))
 
 
-def compute_features(values: np.ndarray, spec: FeatureSpec) -> Features:
+def compute_features(
+    values: np.ndarray, spec: FeatureSpec, past: np.ndarray | None = None
+) -> Features:
     """Features of every series at every time index; see the module docstring.
 
     With a seasonal period (``spec.season``), features are computed twice: on the
-    values, and on the values with their seasonal profile removed (see
-    ``seasonal_profile``). Each (series, time) takes the seasonal variant where the
-    profile explains the series: its residuals spread less than ``season_gain``
-    times the values over the last period (measured one longest window ago, so an
-    ongoing incident does not choose its own yardstick). A daily peak is then not
-    an incident, and a day that misses its peak is.
+    values, and on the residuals from their seasonal profile (the median of the same
+    time of day in the last ``season_cycles`` periods, see ``seasonal_profile``).
+    Each (series, time) takes the seasonal variant where the profile explains the
+    series: its residuals spread less than ``season_gain`` times the values over the
+    baseline (which ends one longest window ago, so an ongoing incident does not
+    choose its own yardstick). A daily peak is then not an incident, and a day that
+    misses its peak is.
+
+    The profile needs the values one, two, … periods before each time: a backtest
+    or training run over a long history has them in ``values`` itself; the live
+    detector, which fetches only its lookback, passes them as ``past`` (see
+    ``past_slices``), and gets the same features at the newest point.
     """
     x = np.asarray(values, dtype=np.float64)
     if x.ndim == 1:
         x = x[None, :]
     plain = _compute(x, spec)
     period = spec.season_points
-    if period == 0 or x.shape[1] <= period + spec.warmup_points:
+    if period == 0:
         return plain
-    profile = seasonal_profile(x, period, spec.season_cycles)
-    use = seasonal_helps(x, profile, period, spec.longest, spec.season_gain)
+    if past is None:
+        if x.shape[1] <= period + spec.warmup_points:
+            return plain
+        past = past_slices(x, period, spec.season_cycles)
+    elif past.shape[1:] != (x.shape[0], x.shape[1] + 2 * NEIGHBOUR_REACH):
+        raise ValueError(f"past slices have shape {past.shape}, values {x.shape}")
+    profile = seasonal_profile(x, past)
+    ratio = seasonal_fit(past, spec.baseline_points + spec.longest)
+    lo, hi = spec.season_gain - spec.season_band, spec.season_gain + spec.season_band
+    with np.errstate(invalid="ignore"):
+        use = np.nan_to_num(np.clip((hi - ratio) / max(hi - lo, 1e-9), 0.0, 1.0))
     if not use.any():
         return plain
-    seasonal = _compute(x - profile, spec)
+    expected = np.nan_to_num(profile)
+    seasonal = _compute(x - profile, spec, ref=expected)
     seasonal.value = plain.value
-    seasonal.baseline = seasonal.baseline + np.nan_to_num(profile)
+    seasonal.baseline = seasonal.baseline + expected
     for name, w in spec.window_points.items():
-        seasonal.mean[name] = seasonal.mean[name] + trailing_mean(np.nan_to_num(profile), w)
+        seasonal.mean[name] = seasonal.mean[name] + trailing_mean(expected, w)
     merged = _merge(use, seasonal, plain)
     merged.extra["seasonal"] = use
     return merged
@@ -335,74 +353,94 @@ def trailing_mean(a: np.ndarray, width: int) -> np.ndarray:
     return _window(p, 0, width) / np.minimum(np.arange(1, a.shape[1] + 1), width)[None, :]
 
 
-def seasonal_profile(x: np.ndarray, period: int, cycles: int = 3) -> np.ndarray:
-    """The seasonal part of every (series, time), from the past only.
+NEIGHBOUR_REACH = max(abs(o) for o in SEASON_NEIGHBOURS)
 
-    The median of the values ``period``, ``2·period``, … ``cycles·period`` points
-    ago and of their neighbours (a step keeps its edge, noise averages out), minus
-    the mean level of those periods: it sums to about zero over a period, so
-    removing it keeps the series' level (and units). NaN where not even one period
-    of history exists.
+
+def past_slices(x: np.ndarray, period: int, cycles: int) -> np.ndarray:
+    """The values ``j`` periods before every time of ``x`` (j = 1 … cycles), from ``x``.
+
+    Shape (cycles, n_series, n_times + 2·reach): ``out[j-1][:, c]`` is the value at
+    time index ``c - reach - j·period`` (NaN before the start), so each slice also
+    covers the neighbours the profile takes. The live detector fetches the same
+    slices from Prometheus (the lookback window shifted back by j periods).
     """
     n, T = x.shape
-    lags = []
+    r = NEIGHBOUR_REACH
+    out = np.full((cycles, n, T + 2 * r), np.nan)
     for j in range(1, cycles + 1):
-        for d in (j * period + o for o in SEASON_NEIGHBOURS):
-            lag = np.full((n, T), np.nan)
-            if 0 < d < T:
-                lag[:, d:] = x[:, : T - d]
-            lags.append(lag)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        phase = np.nanmedian(np.stack(lags), axis=0)
-    finite = np.isfinite(x)
-    pc, p1 = _prefix(finite.astype(np.float64)), _prefix(np.where(finite, x, 0.0))
-    have = np.clip(np.arange(T) // period, 0, cycles)[None, :]  # whole periods behind t
-    span = np.maximum(have * period, 1)
-    cnt = np.zeros((n, T))
-    tot = np.zeros((n, T))
-    for j in range(1, cycles + 1):
-        sel = have == j
-        if sel.any():
-            c = _window(pc, 1, j * period)
-            s = _window(p1, 1, j * period)
-            cnt = np.where(sel, c, cnt)
-            tot = np.where(sel, s, tot)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        level = np.where(cnt >= span / 2, tot / cnt, np.nan)
-    return phase - level
+        first = j * period + r  # the first column whose time index is >= 0
+        if first < T + 2 * r:
+            out[j - 1][:, first:] = x[:, : T + 2 * r - first]
+    return out
 
 
-def seasonal_helps(
-    x: np.ndarray, profile: np.ndarray, period: int, lag: int, gain: float
-) -> np.ndarray:
-    """Where the residuals of the last period (ending ``lag`` points ago) spread less
-    than ``gain`` times the values themselves."""
+def _phase_median(past: np.ndarray, T: int) -> np.ndarray:
+    """Median over the slices of ``past`` and their neighbours at each of ``T`` times."""
+    r = NEIGHBOUR_REACH
+    lags = np.concatenate([past[:, :, r + o : r + o + T] for o in SEASON_NEIGHBOURS], axis=0)
+    # nanmedian without its Python-level overhead: NaNs sort last, pick the middle
+    lags = np.sort(lags, axis=0)
+    cnt = np.isfinite(lags).sum(axis=0)
+    lo = np.take_along_axis(lags, np.maximum((cnt - 1) // 2, 0)[None], axis=0)[0]
+    hi = np.take_along_axis(lags, np.maximum(cnt // 2, 0)[None], axis=0)[0]
+    return np.where(cnt > 0, (lo + hi) / 2.0, np.nan)
+
+
+def seasonal_profile(x: np.ndarray, past: np.ndarray) -> np.ndarray:
+    """The expected value of every (series, time) from the same phase of past periods.
+
+    The median of the values one, two, … periods ago and of their neighbours (a
+    step keeps its edge, noise averages out), taken from ``past`` (``past_slices``).
+    NaN where no past period has a value.
+    """
+    return _phase_median(past, x.shape[1])
+
+
+def seasonal_fit(past: np.ndarray, horizon: int) -> np.ndarray:
+    """How well the seasonal profile explains the series, judged on the last period.
+
+    The last period's values (``past[0]``) over the ``horizon`` points ending one
+    period ago are compared with what the periods before it predicted for them (the
+    same median as the profile): the sd of the residuals over the sd of the values
+    (below 1: the profile explains part of the movement; NaN: too little history).
+    Judging the past period keeps the choice out of the hands of an ongoing
+    incident (a day that misses its peak still meets the seasonal yardstick).
+    """
+    T = past.shape[2] - 2 * NEIGHBOUR_REACH
+    if past.shape[0] < 2:
+        return np.full((*past.shape[1:2], T), np.nan)
+    r = NEIGHBOUR_REACH
+    last = past[0][:, r : r + T]
+    resid = last - _phase_median(past[1:], T)
 
     def spread(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ok = np.isfinite(a)
-        a0 = np.where(ok, a, 0.0)
-        n = _window(_prefix(ok.astype(np.float64)), lag, period)
-        s1 = _window(_prefix(a0), lag, period)
-        s2 = _window(_prefix(a0 * a0), lag, period)
+        # shift by each row's first finite value: spreads are shift-free, sums stay small
+        first = np.nan_to_num(a[np.arange(len(a)), np.argmax(ok, axis=1)])[:, None]
+        a0 = np.where(ok, a - first, 0.0)
+        n = _window(_prefix(ok.astype(np.float64)), 0, horizon)
+        s1 = _window(_prefix(a0), 0, horizon)
+        s2 = _window(_prefix(a0 * a0), 0, horizon)
         with np.errstate(divide="ignore", invalid="ignore"):
             var = np.maximum(s2 / n - (s1 / n) ** 2, 0.0)
         return var, n
 
-    # shift by each row's first finite value: spreads are shift-free, sums stay small
-    finite = np.isfinite(x)
-    shift = np.nan_to_num(x[np.arange(len(x)), np.argmax(finite, axis=1)])[:, None]
-    var_x, _ = spread(x - shift)
-    var_r, n_r = spread(x - profile - shift)
-    with np.errstate(invalid="ignore"):
-        return (n_r >= period / 2) & (var_r < gain * gain * var_x)
+    var_x, _ = spread(last)
+    var_r, n_r = spread(resid)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n_r >= horizon / 2, np.sqrt(var_r / var_x), np.nan)
 
 
 def _merge(use: np.ndarray, a: Features, b: Features) -> Features:
-    """``a`` where ``use``, else ``b``, field by field."""
+    """``a`` where ``use`` is 1, ``b`` where 0, the weighted mean between (flags: the
+    majority), field by field: no jump where a series moves from one to the other."""
+    whole, none = use >= 1.0, use <= 0.0
 
     def pick(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return np.where(use, u, v)
+        if u.dtype == bool:
+            return np.where(use >= 0.5, u, v)
+        with np.errstate(invalid="ignore"):
+            return np.where(whole, u, np.where(none, v, use * u + (1.0 - use) * v))
 
     out = {}
     for fld in fields(Features):
@@ -423,7 +461,9 @@ def _past_median(a: np.ndarray, lag: int, horizon: int = 2000) -> np.ndarray:
     return np.nan_to_num(med, nan=0.0)
 
 
-def _compute(x: np.ndarray, spec: FeatureSpec) -> Features:
+def _compute(x: np.ndarray, spec: FeatureSpec, ref: np.ndarray | None = None) -> Features:
+    """Features of ``x``; ``ref`` (seasonal residuals) is the expected value removed from
+    ``x``, added back wherever a feature is relative to the level (scale floor, percent)."""
     n_series, n_times = x.shape
     finite = np.isfinite(x)
     # Shift each row by its first finite value: sums stay small and exact enough;
@@ -482,7 +522,8 @@ def _compute(x: np.ndarray, spec: FeatureSpec) -> Features:
         return b_mean0 + trend * (pos - b_center)
 
     baseline = level_at(k) + offset
-    floor = np.maximum(spec.rel_scale_floor * np.abs(baseline), max(spec.min_scale, 1e-12))
+    expected = baseline if ref is None else baseline + ref
+    floor = np.maximum(spec.rel_scale_floor * np.abs(expected), max(spec.min_scale, 1e-12))
     if spec.scale_memory > 0:
         # A baseline quieter than the series usually is (a flat stretch) must not turn
         # the next ordinary wiggle into a huge z: the scale never drops below a share
@@ -559,7 +600,10 @@ def _compute(x: np.ndarray, spec: FeatureSpec) -> Features:
         for name, w in wpts.items()
     }
 
-    base_abs = np.abs(level_at(k - (wpts[pct_name] - 1) / 2.0) + offset)
+    base_abs = level_at(k - (wpts[pct_name] - 1) / 2.0) + offset
+    if ref is not None:
+        base_abs = base_abs + trailing_mean(ref, wpts[pct_name])
+    base_abs = np.abs(base_abs)
     with np.errstate(divide="ignore", invalid="ignore"):
         pct = np.where(base_abs > 1e-12, delta[pct_name] / base_abs, np.nan)
 

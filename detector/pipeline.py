@@ -135,8 +135,12 @@ def detect_batch(
     now: float,
     thresholds: Thresholds | None = None,
     active: set[tuple[tuple[str, str], ...]] | None = None,
+    past: np.ndarray | None = None,
 ) -> list[SeriesResult]:
     """Score and explain the newest point of every series in ``batch``.
+
+    ``past`` holds the seasonal history of the window (``detector.season``) when the
+    query is seasonal and the window shorter than its periods.
 
     ``active`` holds the label keys (sorted label items) of series that were
     anomalous at the previous cycle: they stay anomalous until their reasons fall
@@ -146,7 +150,7 @@ def detect_batch(
     if len(batch) == 0:
         return []
     spec = feature_spec(query, settings, batch.step)
-    feats = compute_features(batch.values, spec)
+    feats = compute_features(batch.values, spec, past)
     last = feats.take(slice(-1, None))
     shortest = spec.window_points[feats.windows[0]]
     alive = np.isfinite(batch.values[:, -shortest:]).any(axis=1)

@@ -51,7 +51,6 @@ from scipy.special import ndtr
 
 from detector.catalogue import DEFAULT_QUERIES, Query
 from detector.explain import REASONS
-from detector.pipeline import feature_spec
 from detector.settings import Settings, load_settings
 from training.runner import SeriesInput, backtest_series
 
@@ -59,6 +58,8 @@ STEP = 60.0  # seconds between rows (the detector's default step)
 SCRAPE = 15.0  # seconds between scrapes of the simulated targets
 RATE_WINDOW = 120.0  # rate(...[2m])
 N_POINTS = 600  # 10 hours: the 6 h lookback, then the incidents
+HISTORY_DAYS = 3  # quiet days before them: what Prometheus holds for the seasonal profile
+HISTORY = HISTORY_DAYS * 1440  # their rows
 TOLERANCE = 5  # rows after a window's end that still count as detecting it
 ORIGIN = pd.Timestamp("2024-03-04")  # a Monday; each case starts at its own clock time
 
@@ -205,10 +206,16 @@ class IncidentCase:
     seed: int
     story: str = ""
     effects: tuple[Effect, ...] = field(default=(), repr=False)
+    history: int = HISTORY  # leading rows of quiet days; windows count from the row after
 
     @property
     def positive(self) -> bool:
         return self.expected is not None
+
+    @property
+    def judged(self) -> np.ndarray:
+        """The values of the judged part (the last ``N_POINTS`` rows)."""
+        return self.values[self.history :]
 
 
 _DEFAULT_LEVEL = {
@@ -294,10 +301,11 @@ def histogram_quantile(q: float, rates: np.ndarray, bounds: Sequence[float]) -> 
 
 
 def _simulate(spec: CaseSpec, rng: np.random.Generator) -> np.ndarray:
-    n = N_POINTS
+    n = HISTORY + N_POINTS
     n_sub = (n - 1) * _PER_STEP + _PER_WINDOW
-    # scrape j happens (j - _PER_WINDOW + 1) scrapes after row 0, in minutes:
-    t = (np.arange(n_sub) - (_PER_WINDOW - 1)) * SCRAPE / 60.0
+    # scrape j happens (j - _PER_WINDOW + 1) scrapes after the first row, in minutes
+    # from the first row of the judged part (the history days are negative):
+    t = (np.arange(n_sub) - (_PER_WINDOW - 1)) * SCRAPE / 60.0 - HISTORY
     hours = spec.start_hour + t / 60.0
     kind = {"success_rate": "error", "error_budget_burn": "error", "latency_p99": "latency"}
     driver_kind = kind.get(spec.metric, "kpi")
@@ -349,7 +357,7 @@ def _simulate(spec: CaseSpec, rng: np.random.Generator) -> np.ndarray:
             values = prometheus_rate(counter_values(events[None, :], resets, rng), up, n)[0]
     for eff in spec.effects:
         if isinstance(eff, Outlier):
-            values[eff.at] *= eff.factor
+            values[HISTORY + eff.at] *= eff.factor
     return values
 
 
@@ -366,8 +374,8 @@ def generate(spec: CaseSpec) -> IncidentCase:
     """The case's series, from its own seed only."""
     rng = np.random.default_rng(spec.seed)
     values = _simulate(spec, rng)
-    start = ORIGIN + pd.Timedelta(hours=spec.start_hour)
-    timestamps = pd.date_range(start, periods=N_POINTS, freq=pd.Timedelta(seconds=STEP))
+    start = ORIGIN + pd.Timedelta(hours=spec.start_hour) - pd.Timedelta(days=HISTORY_DAYS)
+    timestamps = pd.date_range(start, periods=len(values), freq=pd.Timedelta(seconds=STEP))
     return IncidentCase(
         name=spec.name,
         metric=spec.metric,
@@ -514,8 +522,10 @@ def _reasons(cells: pd.Series) -> set[str]:
     return out
 
 
-def score_case(case: IncidentCase, frame: pd.DataFrame, warmup: int) -> dict[str, object]:
-    """One row of ``case_results``."""
+def score_case(case: IncidentCase, frame: pd.DataFrame, warmup: int = 0) -> dict[str, object]:
+    """One row of ``case_results``: the judged part of ``frame`` (after the history days),
+    alarms in its first ``warmup`` rows not counted."""
+    frame = frame.iloc[case.history :].reset_index(drop=True)
     anomalous = frame["anomalous"].to_numpy() > 0
     reasons = frame["reasons"]
     detected, right, seen, delay = False, False, set(), math.nan
@@ -576,16 +586,13 @@ def case_results(
 ) -> pd.DataFrame:
     """One row per case: what the detector made of it (see the module docstring).
 
-    ``warmup``: rows whose alarms are not counted (default: the detector's own warm-up,
-    one longest window plus the minimum baseline, 80 rows at a 60 s step).
+    Each case is replayed whole, its history days included; alarms count in the judged
+    part, after its first ``warmup`` rows (default 0: the history days are the warm-up).
     """
     settings = settings or load_settings(metrics=None, config=None)
     rows = []
     for case in cases:
-        skip = warmup
-        if skip is None:
-            skip = feature_spec(query_for(case), settings, STEP).warmup_points
-        rows.append(score_case(case, run_case(case, settings), skip))
+        rows.append(score_case(case, run_case(case, settings), warmup or 0))
     return pd.DataFrame(rows, columns=CASE_COLUMNS)
 
 

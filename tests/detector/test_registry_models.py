@@ -41,6 +41,11 @@ class ScriptedSource:
         self.rows: dict[str, tuple[list[dict[str, str]], np.ndarray]] = {}
 
     def fetch(self, query: Query, *, end: float, lookback: float, step: float) -> SeriesBatch:
+        # a Prometheus started just now: the windows of earlier days (the seasonal
+        # history, see detector.season) hold nothing
+        self.latest = max(getattr(self, "latest", end), end)
+        if end < self.latest - 3600:
+            return SeriesBatch(query.name, end - lookback, step, [], np.empty((0, 0)))
         labels, values = self.rows[query.name]
         start = align_end(end, step) - step * (values.shape[1] - 1)
         return SeriesBatch(query.name, start, step, list(labels), values.copy())
