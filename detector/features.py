@@ -144,6 +144,7 @@ class Features:
     step_resid_ratio: np.ndarray  # residual sd of the best two-level step there / scale
     vol_ratio: np.ndarray  # recent / baseline dispersion of first differences
     point_z: np.ndarray  # each point against its own time's baseline, in baseline sds
+    return_z: np.ndarray  # shortest window against the older half of the baseline, in sds
     vol_se: np.ndarray  # standard error of vol_ratio under "no change" (fewer points: larger)
     trend_se: np.ndarray  # standard error of trend_z under "no change"
     vol_recent: np.ndarray
@@ -221,6 +222,7 @@ class Features:
             step_resid_ratio=t(self.step_resid_ratio),
             vol_ratio=t(self.vol_ratio),
             point_z=t(self.point_z),
+            return_z=t(self.return_z),
             vol_se=t(self.vol_se),
             trend_se=t(self.trend_se),
             vol_recent=t(self.vol_recent),
@@ -548,6 +550,21 @@ def _compute(x: np.ndarray, spec: FeatureSpec, ref: np.ndarray | None = None) ->
             z[name] = delta[name] / scale
         ready &= np.isfinite(mu)
 
+    # Return: the shortest window against the level of the older half of the baseline
+    # (before anything in its newer half, e.g. an incident that just ended).
+    half = base_w // 2
+    shortest_w = min(wpts.values())
+    e_cnt = _window(pc, longest + half, base_w - half)
+    s_cnt = _window(pc, 0, shortest_w)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        early = np.where(
+            e_cnt >= (base_w - half) / 2, _window(p1, longest + half, base_w - half) / e_cnt, np.nan
+        )
+        recent = np.where(
+            s_cnt >= math.ceil(shortest_w / 2), _window(p1, 0, shortest_w) / s_cnt, np.nan
+        )
+        return_z = (recent - early) / scale
+
     # Trend: slope of the longest recent window against the baseline's slope.
     rn, rk, rkk, ry, rky, ryy = sums(0, longest)
     r_slope, r_resid, _ = _line_stats(rn, rk, rkk, ry, rky, ryy)
@@ -621,6 +638,7 @@ def _compute(x: np.ndarray, spec: FeatureSpec, ref: np.ndarray | None = None) ->
         step_resid_ratio=step_resid_ratio,
         vol_ratio=vol_ratio,
         point_z=point_z,
+        return_z=return_z,
         vol_se=vol_se,
         trend_se=trend_se,
         vol_recent=vol_recent,

@@ -29,6 +29,9 @@ class Thresholds:
     resolve_ratio: float = 0.75
     novelty: float = 1.0  # a reason counts only this many times stronger than its recent max
     history: int = 400  # points of each reason's strength history behind the novelty
+    #: a change of level back to within this share of z_thresh of the older half of the
+    #: baseline is a return to normal, not an onset (see detector.verdict)
+    return_ratio: float = 0.5
 
     @classmethod
     def from_settings(cls, s: Settings) -> Thresholds:

@@ -8,7 +8,12 @@ For every (series, time):
    ``AIOPS_NOVELTY`` times over). A pattern that recurs — a daily batch job, a
    ramp the baseline cannot follow — stops being news after its first time;
 2. the IsolationForest score must reach ``AIOPS_SCORE_THRESH`` (when a forest exists);
-3. hysteresis: a series anomalous at the previous step stays anomalous while any
+3. a change of level (level_shift, percent_change, trend_break) that brings the
+   series back to the level of the older half of its baseline (within
+   ``return_ratio`` × the z threshold) is a *return*, not
+   news (the end of an incident whose newer half still drags the baseline): it
+   does not start an anomaly (it may continue one);
+4. hysteresis: a series anomalous at the previous step stays anomalous while any
    reason fires at the relaxed thresholds (``AIOPS_RESOLVE_RATIO``), novel or not.
 
 The event score of an onset (what a detection "weighs") is the novelty of its
@@ -24,6 +29,9 @@ import numpy as np
 
 from detector.explain import Evidence, any_fired, evaluate, novelty
 from detector.features import Features
+
+#: Reasons that are a change of level: a return to the earlier level does not start them.
+LEVEL_REASONS = frozenset({"level_shift", "percent_change", "trend_break"})
 
 if TYPE_CHECKING:
     from detector.pipeline import Thresholds
@@ -45,7 +53,11 @@ def judge(
     strict_ev = evaluate(thresholds.explainers(direction), f)
     relaxed_ev = evaluate(thresholds.relaxed().explainers(direction), f)
     weight = np.zeros(f.ready.shape)
+    with np.errstate(invalid="ignore"):
+        back = np.abs(f.return_z) < thresholds.z_thresh * thresholds.return_ratio
     for ev in strict_ev:
+        if ev.reason in LEVEL_REASONS:
+            ev.fired = ev.fired & ~back
         if thresholds.novelty > 0 and ev.strength is not None:
             # young baselines give noisy strengths: they do not set the bar
             past = np.where(f.mature, ev.strength, 0.0)

@@ -32,13 +32,13 @@ from training.incidents import (
 
 #: reason → (recall floor, precision floor)
 FLOORS: dict[str, tuple[float, float]] = {
-    "level_shift": (0.85, 0.6),
+    "level_shift": (0.85, 0.75),
     "volatility_spike": (0.85, 0.8),
-    "trend_break": (0.85, 0.5),
+    "trend_break": (0.85, 0.8),
     "percent_change": (0.85, 0.8),
 }
 OVERALL_RECALL = 0.95  # any reason, inside the window
-OVERALL_PRECISION = 0.75
+OVERALL_PRECISION = 0.8
 #: Look-alikes allowed to fire, of 12 (a 3-minute 5xx blip fires as volatility today).
 MAX_LOOKALIKES_FIRING = 1
 LOOKBACK_ROWS = 360  # the live detector's default 6 h at a 60 s step
