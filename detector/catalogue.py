@@ -8,6 +8,7 @@ the exported gauges (``None`` keeps every label but ``__name__``).
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from detector.durations import parse_duration
 from detector.errors import ConfigError
+from detector.features import DEFAULT_WINDOWS, FeatureSpec
 from detector.settings import Settings
 
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -37,6 +39,9 @@ class Query(BaseModel):
     seasonality: Literal["daily", "weekly", "none"] | None = None
     lookback: str | None = None
     step: str | None = None
+    #: the three recent windows compared with the baseline, shortest first (durations);
+    #: unset: 5m, 15m, 1h. Shorter windows notice and clear an incident sooner and are noisier
+    windows: tuple[str, ...] | None = None
     min_scale: float = Field(0.0, ge=0)
     #: share of training points the trained model calls outliers (IsolationForest
     #: ``contamination``); it also bounds the anomaly rate a candidate may show on
@@ -66,6 +71,26 @@ class Query(BaseModel):
         if v is not None:
             parse_duration(v)
         return v
+
+    @field_validator("windows")
+    @classmethod
+    def _check_windows(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is not None:
+            if len(v) != len(DEFAULT_WINDOWS):
+                raise ValueError(f"three durations, shortest first, are needed; got {list(v)}")
+            seconds = [parse_duration(w) for w in v]
+            if any(b <= a for a, b in itertools.pairwise(seconds)):
+                raise ValueError(f"must grow, shortest first; got {list(v)}")
+        return v
+
+    def window_seconds(self) -> tuple[tuple[float, int], ...]:
+        """Feature windows: (seconds, at least this many points), as FeatureSpec takes them."""
+        if self.windows is None:
+            return DEFAULT_WINDOWS
+        return tuple(
+            (parse_duration(w), points)
+            for w, (_, points) in zip(self.windows, DEFAULT_WINDOWS, strict=True)
+        )
 
     def lookback_seconds(self, settings: Settings) -> float:
         return parse_duration(self.lookback or settings.lookback)
@@ -213,6 +238,19 @@ def resolve_catalogue(settings: Settings) -> list[Query]:
             raise ConfigError(
                 f"query {q.name!r}: lookback {lookback:g}s must hold at least 30 steps of {step:g}s"
             )
+        if q.windows is not None:
+            points = FeatureSpec(step=step, windows=q.window_seconds()).window_points
+            if len(points) < len(q.windows):
+                raise ConfigError(
+                    f"query {q.name!r}: windows {list(q.windows)} are not distinct at a step of"
+                    f" {step:g}s (they become {', '.join(points)}); space them further apart"
+                )
+            longest = max(points.values()) * step
+            if lookback < longest + 30 * step:
+                raise ConfigError(
+                    f"query {q.name!r}: lookback {lookback:g}s must hold the longest window"
+                    f" ({longest:g}s) and a baseline of at least 30 steps of {step:g}s"
+                )
         if lookback / step > 11000:
             raise ConfigError(
                 f"query {q.name!r}: lookback/step = {lookback / step:.0f} points exceeds"

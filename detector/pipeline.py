@@ -102,12 +102,18 @@ class SeriesResult:
 
 
 def feature_spec(query: Query, settings: Settings, step: float) -> FeatureSpec:
-    """The feature configuration of a query: its baseline is the lookback before the last hour."""
-    spec = FeatureSpec(step=step, min_scale=query.min_scale)
+    """The feature configuration of a query: its windows (``windows:``, default 5m/15m/1h)
+    and a baseline that is the lookback before the longest window."""
+    windows = query.window_seconds()
+    spec = FeatureSpec(step=step, windows=windows, min_scale=query.min_scale)
     lookback = query.lookback_seconds(settings)
     baseline = max(lookback - spec.longest * step, spec.min_baseline_points * step)
     return FeatureSpec(
-        step=step, min_scale=query.min_scale, baseline=baseline, season=query.season_seconds()
+        step=step,
+        windows=windows,
+        min_scale=query.min_scale,
+        baseline=baseline,
+        season=query.season_seconds(),
     )
 
 

@@ -123,6 +123,26 @@ queries:
         ),
         ("queries: [{name: x, promql: up, colour: red}]", "AIOPS_CONFIG: query 'x': colour"),
         ("queries: [{name: x, promql: up, step: 1h, lookback: 2h}]", "query 'x': lookback 7200s"),
+        (
+            "queries: [{name: x, promql: up, windows: [1m, 5m]}]",
+            "AIOPS_CONFIG: query 'x': windows: three durations, shortest first, are needed",
+        ),
+        (
+            "queries: [{name: x, promql: up, windows: [5m, 1m, 1h]}]",
+            "AIOPS_CONFIG: query 'x': windows: must grow, shortest first",
+        ),
+        (
+            "queries: [{name: x, promql: up, windows: [30s, 1m, soon]}]",
+            "AIOPS_CONFIG: query 'x': windows: not a duration: 'soon'",
+        ),
+        (
+            "queries: [{name: x, promql: up, step: 60s, windows: [10m, 610s, 1h]}]",
+            "query 'x': windows ['10m', '610s', '1h'] are not distinct at a step of 60s",
+        ),
+        (
+            "queries: [{name: x, promql: up, step: 5s, lookback: 5m, windows: [30s, 1m, 3m]}]",
+            "query 'x': lookback 300s must hold the longest window (180s)",
+        ),
         ("bogus_key: 1", "AIOPS_CONFIG: "),
         ("queries: [", "AIOPS_CONFIG: "),
     ],
@@ -172,3 +192,41 @@ def test_the_config_override_reads_its_file(tmp_path, monkeypatch):
     s = load_settings(config=path)
     assert s.z_thresh == 4.5
     assert [q.name for q in resolve_catalogue(s)] == ["only_this"]
+
+
+def test_query_windows_set_the_detector_windows(tmp_path, monkeypatch):
+    """``windows:`` replaces 5m/15m/1h: the features, the verdict and the gauges' labels."""
+    import numpy as np
+
+    from detector.pipeline import detect_batch, feature_spec
+    from detector.scoring import BaselineModelProvider
+    from detector.source import SeriesBatch
+
+    cfg = tmp_path / "aiops.yaml"
+    cfg.write_text(
+        "queries:\n"
+        "  - {name: fast, promql: up, direction: up, step: 5s, lookback: 1h,"
+        " windows: [30s, 1m, 3m]}\n"
+    )
+    monkeypatch.setenv("AIOPS_CONFIG", str(cfg))
+    s = load_settings()
+    (q,) = resolve_catalogue(s)
+    spec = feature_spec(q, s, 5.0)
+    assert spec.window_points == {"30s": 6, "1m": 12, "3m": 36}
+    assert spec.baseline == 3600 - 180  # the lookback before the longest window
+    default = feature_spec(DEFAULT_QUERIES[0], s, 60.0)
+    assert default.window_points == {"5m": 5, "15m": 15, "1h": 60}
+
+    # an hour of noise at 5 s steps, then the level triples for the last 40 seconds
+    rng = np.random.default_rng(3)
+    values = 1.0 + 0.05 * rng.standard_normal((1, 721))
+    values[0, -8:] += 2.0
+    batch = SeriesBatch("fast", 1_000_000.0, 5.0, [{"app": "a"}], values)
+    (r,) = detect_batch(batch, q, s, BaselineModelProvider(), now=batch.end)
+    assert r.status == "ok" and r.anomalous, r.as_dict()
+    assert set(r.zscores) == {"30s", "1m", "3m"}
+    assert "level_shift" in {x.reason for x in r.reasons}
+    # the default windows need an hour plus a baseline: this hour is still warming up
+    slow = q.model_copy(update={"windows": None})
+    (r,) = detect_batch(batch, slow, s, BaselineModelProvider(), now=batch.end)
+    assert r.status == "warming_up" and not r.anomalous
