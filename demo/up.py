@@ -6,6 +6,11 @@ serving live metrics, the detector (scraped by Prometheus, posting signed
 events to the webhook), a real Alertmanager routing the alerts to the webhook,
 and the runbook webhook, whose policy "restarts" a misbehaving demo app (ends
 its fault) — as a dry run unless ``--autofix``. Ctrl-C stops everything.
+
+The loop runs at a demo's pace: 5-second scrapes and steps, the detector's
+windows 30s/1m/3m instead of 5m/15m/1h (the catalogue's ``windows:``, written to
+``<workdir>/aiops.yaml``), the shipped rules with ``for`` cut to 15 s, so an
+incident is flagged, healed, recovered, verified and resolved within minutes.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import shutil
 import sys
 import threading
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +41,22 @@ from demo.prometheus import (
 from demo.server import serve
 from demo.workload import Workload
 
+#: the demo's pace: Prometheus scrapes (and the backfill is written) every 5 s, the
+#: detector looks at 5 s steps over the last hour with short windows, the alert rules
+#: wait 15 s, and a fix has 3 minutes to bring the resolve before it is not_recovered
+SCRAPE_SECONDS = 5.0
+STEP = "5s"
+LOOKBACK = "1h"
+WINDOWS = ("30s", "1m", "3m")
+RULE_FOR = "15s"
+VERIFY_SECONDS = 180.0
+
+
+class Via(str, Enum):
+    both = "both"
+    detector = "detector"
+    alertmanager = "alertmanager"
+
 
 def up(
     workdir: Annotated[Path, typer.Option(help="Prometheus data and config go here")] = Path(
@@ -49,7 +71,14 @@ def up(
         bool, typer.Option(help="let the webhook really restart (heal) the demo app")
     ] = False,
     hours: Annotated[float, typer.Option(help="hours of history to backfill", min=1.0)] = 6.0,
-    interval: Annotated[float, typer.Option(help="detection cycle, seconds", min=1.0)] = 30.0,
+    interval: Annotated[float, typer.Option(help="detection cycle, seconds", min=1.0)] = 10.0,
+    via: Annotated[
+        Via,
+        typer.Option(
+            help="how anomalies reach the webhook: the detector's signed events,"
+            " Alertmanager's notifications, or both"
+        ),
+    ] = Via.both,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     fault: Annotated[
         list[str] | None,
@@ -88,13 +117,15 @@ def up(
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
+    direct = via in (Via.both, Via.detector)
     settings = load(
+        config=write_catalogue(workdir),
         prom_url=f"http://127.0.0.1:{prom_port}",
         interval_seconds=interval,
         http_host="127.0.0.1",
         http_port=detector_port,
         database_url=f"sqlite:///{workdir.resolve()}/aiops.db",
-        webhook_url=f"http://127.0.0.1:{webhook_port}/anomalies",
+        webhook_url=f"http://127.0.0.1:{webhook_port}/anomalies" if direct else None,
         webhook_secret=secret,
     )
     setup_logging(settings.log_level)
@@ -105,22 +136,29 @@ def up(
         workload.inject(app, kind, start=now + offset, duration=duration)
     history = workdir / "history.om"
     typer.echo(f"writing {hours:g}h of demo history and backfilling Prometheus ...")
-    workload.write_openmetrics(history, end=now)
+    # the job and instance labels live scrapes get: the live samples continue these series
+    workload.write_openmetrics(
+        history,
+        end=now,
+        interval=SCRAPE_SECONDS,
+        labels={"job": "demo", "instance": f"127.0.0.1:{workload_port}"},
+    )
     backfill(history, workdir / "data", promtool=promtool)
     history.unlink()
 
     wl_server, _ = serve(workload, host="127.0.0.1", port=workload_port)
     wl = wl_server.url
-    rules = sorted(str(p) for p in RULES.glob("*.rules.yml"))
+    alerting = via in (Via.both, Via.alertmanager)
+    rules = write_rules(workdir / "rules")
     config = scrape_config(
         {
             "demo": [f"127.0.0.1:{workload_port}"],
             "aiops-detector": [f"127.0.0.1:{detector_port}"],
             "aiops-webhook": [f"127.0.0.1:{webhook_port}"],
         },
-        interval="15s",
+        interval=f"{SCRAPE_SECONDS:g}s",
         rule_files=rules,
-        alertmanagers=[f"127.0.0.1:{alertmanager_port}"],
+        alertmanagers=[f"127.0.0.1:{alertmanager_port}"] if alerting else None,
     )
     hook_settings = load(
         database_url=settings.database_url,
@@ -133,51 +171,122 @@ def up(
         public_url=f"http://127.0.0.1:{webhook_port}",
         approval_secret=secrets.token_hex(16),
         cooldown_seconds=600,
+        verify_seconds=VERIFY_SECONDS,
     )
-    started: list[object] = []
+    started: list[tuple[str, object]] = []
     try:
         prom = PrometheusProcess(workdir, config, port=prom_port, binary=prometheus).start()
-        started.append(prom)
-        am = AlertmanagerProcess(
-            workdir / "alertmanager",
-            f"http://127.0.0.1:{webhook_port}/alertmanager",
-            token,
-            port=alertmanager_port,
-        ).start()
-        started.append(am)
+        started.append(("prometheus", prom))
+        am = None
+        if alerting:
+            am = AlertmanagerProcess(
+                workdir / "alertmanager",
+                f"http://127.0.0.1:{webhook_port}/alertmanager",
+                token,
+                port=alertmanager_port,
+            ).start()
+            started.append(("alertmanager", am))
         hook = start_webhook(hook_settings, webhook_port)
-        started.append(hook)
+        started.append(("webhook", hook))
         detector = build_detector(settings)
         server = make_server(create_app(detector), host="127.0.0.1", port=detector_port)
         mode = "REALLY heals the demo app (--autofix)" if autofix else "dry run (add --autofix)"
+        paths = {
+            Via.both: "the detector's signed events and Alertmanager",
+            Via.detector: "the detector's signed events only (no Alertmanager)",
+            Via.alertmanager: "Alertmanager only (the detector posts no events)",
+        }[via]
+        am_line = f"{am.url}" if am is not None else "(not started: --via detector)"
+        heal = (
+            'ends the app\'s fault (a "restart": executed); the metric recovers, the anomaly\n'
+            "clears, and the resolve makes the fix `verified` and closes the incident with its\n"
+            "time to resolve (GET /audit?kind=resolved)."
+            if autofix
+            else "audits what it would do (dry_run); the fault runs its course, and when it\n"
+            "ends the anomaly clears and the incident is resolved."
+        )
         typer.echo(
             f"""
 The whole loop is running (Ctrl-C stops it):
-  Prometheus          {prom.url}/alerts   (rules loaded: {len(rules)} file(s))
-  Alertmanager        {am.url}
+  Prometheus          {prom.url}/alerts   (rules: {len(rules)} file(s), `for` cut to {RULE_FOR})
+  Alertmanager        {am_line}
   webhook console     http://127.0.0.1:{webhook_port}/console   ({mode})
   webhook audit       http://127.0.0.1:{webhook_port}/audit
   detector metrics    http://127.0.0.1:{detector_port}/metrics
   detector health     http://127.0.0.1:{detector_port}/healthz
+  detector catalogue  {workdir / "aiops.yaml"}   (windows {", ".join(WINDOWS)}, step {STEP})
   demo workload       {wl}/metrics
+Anomalies reach the webhook through {paths}.
 
 Make an app misbehave (kinds: error_burst, latency_shift, latency_jitter, traffic_drop):
   curl -X POST '{wl}/fault?app=checkout&kind=latency_shift&duration=1800'
-Within a few minutes the detector flags it and posts an event to the webhook,
-Prometheus fires AIOpsAnomalyDetected to Alertmanager, and the webhook's policy
-ends the app's fault (a "restart"); watch it on the console.
-End it by hand:  curl -X DELETE '{wl}/fault?app=checkout'
+Within a minute the detector flags it (Prometheus fires AIOpsAnomalyDetected 15 s
+later), the webhook opens an incident, and its policy
+{heal}
+End a fault by hand:  curl -X DELETE '{wl}/fault?app=checkout'
 """
         )
         server.run()  # returns on SIGINT/SIGTERM
     finally:
-        for thing in reversed(started):
+        for _, thing in reversed(started):
             thing.stop()  # type: ignore[attr-defined]
         wl_server.stop()
-        typer.echo("stopped: webhook, alertmanager, prometheus, demo workload, detector")
+        names = [name for name, _ in reversed(started)]
+        typer.echo(f"stopped: {', '.join([*names, 'demo workload', 'detector'])}")
 
 
 RULES = Path(__file__).resolve().parents[1] / "dashboards" / "rules"
+
+
+def demo_queries() -> list[dict[str, object]]:
+    """The default catalogue at the demo's pace: 30 s rates, 5 s steps, short windows."""
+    from detector.catalogue import DEFAULT_QUERIES
+
+    out = []
+    for q in DEFAULT_QUERIES:
+        q = q.model_copy(
+            update={
+                "promql": q.promql.replace("[2m]", "[30s]"),
+                "step": STEP,
+                "lookback": LOOKBACK,
+                "windows": WINDOWS,
+            }
+        )
+        entry = q.model_dump(exclude_none=True, exclude={"description"})
+        entry["labels"] = list(entry["labels"])
+        entry["windows"] = list(entry["windows"])
+        out.append(entry)
+    return out
+
+
+def write_catalogue(workdir: Path) -> Path:
+    """``<workdir>/aiops.yaml``: the detector's catalogue in the demo (an AIOPS_CONFIG file)."""
+    path = workdir / "aiops.yaml"
+    header = (
+        "# The demo's catalogue (aiops demo up): the default queries at the demo's pace.\n"
+        "# Use it with: aiops detect --once --config THIS_FILE --prom-url ...\n"
+    )
+    path.write_text(header + yaml.safe_dump({"queries": demo_queries()}, sort_keys=False))
+    return path
+
+
+def write_rules(outdir: Path) -> list[str]:
+    """The shipped rule files with every ``for`` cut to RULE_FOR (the demo's pace)."""
+    from detector.durations import parse_duration
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    limit = parse_duration(RULE_FOR)
+    paths = []
+    for src in sorted(RULES.glob("*.rules.yml")):
+        doc = yaml.safe_load(src.read_text())
+        for group in doc.get("groups", []):
+            for rule in group.get("rules", []):
+                if "for" in rule and parse_duration(str(rule["for"])) > limit:
+                    rule["for"] = RULE_FOR
+        dst = outdir / src.name
+        dst.write_text(yaml.safe_dump(doc, sort_keys=False))
+        paths.append(str(dst))
+    return paths
 
 
 def write_policy(workdir: Path, workload_url: str) -> Path:

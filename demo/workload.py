@@ -341,11 +341,20 @@ class Workload:
         return registry
 
     # -------------------------------------------------------------- backfill
-    def write_openmetrics(self, path: str | Path, end: float, interval: float = 15.0) -> Path:
+    def write_openmetrics(
+        self,
+        path: str | Path,
+        end: float,
+        interval: float = 15.0,
+        labels: dict[str, str] | None = None,
+    ) -> Path:
         """Simulate up to ``end`` and write every series every ``interval`` s as OpenMetrics.
 
         The first sample is the state at the current state time, the last one the state at
-        ``floor(end)``, which is also the live state afterwards.
+        ``floor(end)``, which is also the live state afterwards. ``labels`` are added to
+        every series: give the ``job`` and ``instance`` Prometheus will attach when it
+        scrapes the live workload, and the live samples continue the backfilled series
+        (otherwise, for one rate window after the switch, a sum counts both).
         """
         if not (math.isfinite(interval) and interval >= 1.0):
             raise ValueError(f"interval must be >= 1 second, got {interval}")
@@ -362,7 +371,7 @@ class Workload:
         per_time = [self._metrics(st, active) for st, active in snapshots]
         out = Path(path)
         with out.open("w", encoding="utf-8") as fh:
-            fh.writelines(_openmetrics_lines(per_time, times))
+            fh.writelines(_openmetrics_lines(per_time, times, labels or {}))
         return out
 
 
@@ -395,7 +404,9 @@ def _format_value(value: float) -> str:
     return str(value) if isinstance(value, int) else repr(float(value))
 
 
-def _openmetrics_lines(per_time: list[list[Metric]], times: list[int]) -> Iterator[str]:
+def _openmetrics_lines(
+    per_time: list[list[Metric]], times: list[int], extra: dict[str, str]
+) -> Iterator[str]:
     """Family by family; within a family label set by label set; within it time-ordered points
     (a histogram point = all its buckets, _count and _sum at one timestamp)."""
     for f, family in enumerate(per_time[0]):
@@ -410,5 +421,6 @@ def _openmetrics_lines(per_time: list[list[Metric]], times: list[int]) -> Iterat
                 samples = metrics[f].samples
                 for i in indices:
                     s = samples[i]
-                    yield f"{_series_key(s.name, s.labels)} {_format_value(s.value)} {t}\n"
+                    key = _series_key(s.name, {**extra, **s.labels})
+                    yield f"{key} {_format_value(s.value)} {t}\n"
     yield "# EOF\n"

@@ -127,17 +127,31 @@ def from_anomaly(event: AnomalyEvent) -> Signal:
 
 
 def from_alerts(payload: AlertmanagerPayload) -> list[Signal]:
+    """One signal per alert. A resolved alert whose series still has another alert firing
+    in the same notification (AIOpsAnomalyDetected fires once per reason, and reasons end
+    one by one) resolves only itself: the series' incident stays open until its last
+    alert resolves (or the detector's own resolved event arrives)."""
     out = []
+    firing = {
+        _alert_subject(dict(a.labels), a.fingerprint)
+        for a in payload.alerts
+        if a.status == "firing"
+    }
     for alert in payload.alerts:
         labels = dict(alert.labels)
         starts = alert.starts_at.timestamp()
         reason = labels.get("reason")
         ends = alert.ends_at.timestamp() if alert.ends_at and alert.status == "resolved" else None
+        subject = _alert_subject(labels, alert.fingerprint)
+        extra: dict[str, Any] = {}
+        if alert.status == "resolved" and subject in firing:
+            extra["incident_kept_open"] = f"another alert of {subject} is still firing"
+            subject = f"{labels['alertname']}:{alert.fingerprint}"
         out.append(
             Signal(
                 source="alertmanager",
                 dedup_key=f"am:{alert.fingerprint}:{alert.starts_at.isoformat()}:{alert.status}",
-                subject=_alert_subject(labels, alert.fingerprint),
+                subject=subject,
                 status=alert.status,
                 alertname=labels["alertname"],
                 metric=labels.get("metric"),
@@ -151,6 +165,7 @@ def from_alerts(payload: AlertmanagerPayload) -> list[Signal]:
                     "starts_at": starts,
                     "receiver": payload.receiver,
                     "summary": alert.annotations.get("summary"),
+                    **extra,
                 },
             )
         )

@@ -79,6 +79,25 @@ def promtool() -> str:
 
 
 # ------------------------------------------------------------------------------ model
+def test_backfill_labels_let_live_scrapes_continue_the_same_series(tmp_path: Path) -> None:
+    """``labels`` (the job and instance a scrape adds) go on every backfilled series, so the
+    live samples continue them instead of starting twins that a sum would count twice."""
+    scrape = 'job="demo",instance="127.0.0.1:9101",'
+    path = Workload(seed=3, start=T0).write_openmetrics(
+        tmp_path / "h.om",
+        end=T0 + 60,
+        interval=5,
+        labels={"job": "demo", "instance": "127.0.0.1:9101"},
+    )
+    _, series = parse_openmetrics(path)
+    plain = Workload(seed=3, start=T0).write_openmetrics(tmp_path / "p.om", end=T0 + 60, interval=5)
+    _, plain_series = parse_openmetrics(plain)
+    assert series and all(scrape in k for k in series)
+    # the same series and samples, each with the scrape's labels in front of its own
+    assert {k.replace(scrape, ""): v for k, v in series.items()} == plain_series
+    assert len(series[req_key("checkout", "200").replace("{", "{" + scrape)]) == 13
+
+
 def test_counters_monotonic_and_continuous_across_backfill_junction(tmp_path: Path) -> None:
     end = T0 + 3 * 3600
     wl = Workload(seed=3, start=T0)

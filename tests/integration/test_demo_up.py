@@ -1,20 +1,32 @@
-"""``aiops demo up``: the whole loop on real processes, healed by the webhook, stopped by Ctrl-C.
+"""``aiops demo up``: the whole loop on real processes, from the fault to the closed incident.
 
-The demo workload's checkout app has had its latency tripled for 15 minutes (in
-the backfilled history), so the loop has work at once: the detector flags it and
-posts a signed event, the webhook's policy "restarts" the app (ends its fault,
-``--autofix``), and Prometheus, with the shipped rules, fires AIOpsAnomalyDetected
-to the real Alertmanager, which delivers it to the webhook too — the same
-incident, so the cooldown holds. Then every dashboard panel is proven against
-this run's data: each PromQL target must return series from the run's
-Prometheus, each SQL target must run on the audit database it filled. SIGINT
-stops every process it started.
+Two demos run side by side (real Prometheus, Alertmanager, detector, webhook and
+demo workload each), both with ``--autofix`` and the checkout app's latency
+tripled from the start:
+
+- ``--via both`` (the README's demo): the detector flags the series and posts a
+  signed event; the webhook opens an incident and its policy "restarts" checkout
+  (ends its fault). Prometheus' AIOpsAnomalyDetected reaches the webhook through
+  Alertmanager and joins the same incident (the cooldown holds). The latency
+  recovers, the detector's anomaly clears and it posts a signed ``resolved``
+  event, which makes the fix ``verified`` and closes the incident with its time
+  to resolve; Alertmanager's resolved notifications follow. Then every
+  dashboard panel is proven against this run's data.
+- ``--via alertmanager``: the detector posts nothing; the alert alone opens the
+  incident and triggers the fix, and Alertmanager's resolved notification, once
+  the detector's anomaly cleared and the rule stopped firing, verifies and closes it.
+
+The demo runs at its own pace (5 s steps, windows 30s/1m/3m, rules' ``for`` 15 s),
+so each loop ends within about two minutes. SIGINT stops every process a demo started.
 """
 
 from __future__ import annotations
 
 import signal
 import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -27,91 +39,270 @@ from tests.integration.conftest import aiops_command, detector_env, poll
 
 pytestmark = pytest.mark.integration
 
+#: the fault every demo starts with; long enough never to end by itself during the test
+FAULT = "checkout:latency_shift:1800:0"
+#: from the start: the fix ran (detection, and for the alert path its 15 s `for`)
+HEAL_DEADLINE = 150.0
+#: from the start: the metric recovered, the anomaly cleared, the incident closed
+CLOSE_DEADLINE = 300.0
 
-@pytest.mark.timeout(300)
-def test_demo_up_runs_the_whole_loop_and_stops_cleanly(binaries, tmp_path):
+
+class DemoRun:
+    """One ``aiops demo up`` process on free ports, with its audit and its Ctrl-C."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.ports = {n: free_port() for n in ("prom", "workload", "detector", "am", "webhook")}
+        self.workdir = tmp_path / "demo"
+        self.log = tmp_path / "demo-up.log"
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [
+                *aiops_command(),
+                "demo",
+                "up",
+                "--workdir",
+                str(self.workdir),
+                "--prom-port",
+                str(self.ports["prom"]),
+                "--workload-port",
+                str(self.ports["workload"]),
+                "--detector-port",
+                str(self.ports["detector"]),
+                "--alertmanager-port",
+                str(self.ports["am"]),
+                "--webhook-port",
+                str(self.ports["webhook"]),
+                "--hours",
+                "2",
+                "--interval",
+                "5",
+                "--autofix",
+                "--fault",
+                FAULT,
+                *args,
+            ],
+            env=detector_env(),
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        self.output = ""
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def left(self, deadline: float) -> float:
+        """Seconds left until ``deadline`` seconds after the start (at least 1)."""
+        return max(1.0, deadline - (time.monotonic() - self.started))
+
+    def audit(self) -> list[dict]:
+        """The whole audit, oldest first."""
+        if self.proc.poll() is not None:
+            pytest.fail(f"aiops demo up exited {self.proc.returncode}: {self.tail()}")
+        r = httpx.get(f"{self.url('webhook')}/audit", params={"n": 5000}, timeout=5)
+        return list(reversed(r.json()["rows"]))
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if not self.output:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(60)
+            self.output = self.log.read_text(errors="replace")
+
+    def assert_stopped_cleanly(self, *names: str) -> None:
+        self.stop()
+        assert self.proc.returncode == 0, self.output[-2000:]
+        assert f"stopped: {', '.join(names)}, demo workload, detector" in self.output
+        assert all(port_is_free(p) for p in self.ports.values()), self.output[-1000:]
+
+
+@pytest.fixture(scope="module")
+def demos(binaries, tmp_path_factory) -> Iterator[dict[str, DemoRun]]:
+    """Both demos, started together so that their loops run at the same time."""
     require_binary("/usr/bin/prometheus-alertmanager")
-    ports = {name: free_port() for name in ("prom", "workload", "detector", "am", "webhook")}
-    log = tmp_path / "demo-up.log"
-    proc = subprocess.Popen(
-        [
-            *aiops_command(),
-            "demo",
-            "up",
-            "--workdir",
-            str(tmp_path / "demo"),
-            "--prom-port",
-            str(ports["prom"]),
-            "--workload-port",
-            str(ports["workload"]),
-            "--detector-port",
-            str(ports["detector"]),
-            "--alertmanager-port",
-            str(ports["am"]),
-            "--webhook-port",
-            str(ports["webhook"]),
-            "--hours",
-            "4",
-            "--interval",
-            "5",
-            "--autofix",
-            "--fault",
-            "checkout:latency_shift:3600:-900",
-        ],
-        env=detector_env(),
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    hook = f"http://127.0.0.1:{ports['webhook']}"
-    workload = f"http://127.0.0.1:{ports['workload']}"
-
-    def audit() -> list[dict]:
-        if proc.poll() is not None:
-            pytest.fail(f"aiops demo up exited {proc.returncode}: {log.read_text()[-2000:]}")
-        rows = httpx.get(f"{hook}/audit", params={"n": 500}, timeout=5).json()["rows"]
-        return list(reversed(rows))
-
+    runs = {
+        via: DemoRun(tmp_path_factory.mktemp(f"demo-{via}"), "--via", via)
+        for via in ("both", "alertmanager")
+    }
     try:
-        poll(
-            lambda: any(r["kind"] == "executed" for r in audit()),
-            timeout=120,
-            what="the webhook healing checkout",
-        )
-        executed = [r for r in audit() if r["kind"] == "executed"]
-        assert len(executed) == 1 and executed[0]["app"] == "checkout"
-        assert executed[0]["metric"] == "latency_p99"
-        assert httpx.get(f"{workload}/faults", timeout=5).json() == []  # the fault was ended
-        # Prometheus' rule fires and Alertmanager delivers the alert to the webhook
-        poll(
-            lambda: any(r["alertname"] == "AIOpsAnomalyDetected" for r in audit()),
-            timeout=150,
-            what="AIOpsAnomalyDetected through Alertmanager",
-        )
-        from_alert = [r for r in audit() if r["alertname"] == "AIOpsAnomalyDetected"]
-        # the alert joins the detector's incident (rows without one: duplicates, late resolves)
-        assert {r["incident_id"] for r in from_alert if r["incident_id"]} == {
-            executed[0]["incident_id"]
-        }
-        assert sum(r["kind"] == "executed" for r in audit()) == 1  # the cooldown held
-        # every PromQL panel of every dashboard shows data from this run
-        assert _empty_panels(f"http://127.0.0.1:{ports['prom']}") == []
-        # every SQL panel runs on the audit database the run filled
-        engine = make_engine(f"sqlite:///{tmp_path / 'demo' / 'aiops.db'}")
-        try:
-            with engine.connect() as conn:
-                for path in dashboard_paths():
-                    for title, sql in sql_targets(path, "sqlite"):
-                        conn.exec_driver_sql(sql).fetchall()  # raises on a broken query
-                        assert title
-        finally:
-            engine.dispose()
+        yield runs
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(60)
-    out = log.read_text()
-    assert proc.returncode == 0, out[-2000:]
-    assert "stopped: webhook, alertmanager, prometheus" in out
-    assert all(port_is_free(p) for p in ports.values()), out[-1000:]
+        for run in runs.values():
+            run.stop()
+
+
+def checkout_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["app"] == "checkout" and r["metric"] == "latency_p99"]
+
+
+def healed_incident(run: DemoRun) -> str:
+    """The incident whose fix ended checkout's fault (exactly one fix ran for it)."""
+    poll(
+        lambda: any(r["kind"] == "executed" for r in checkout_rows(run.audit())),
+        timeout=run.left(HEAL_DEADLINE),
+        what="the webhook healing checkout",
+    )
+    executed = [r for r in run.audit() if r["kind"] == "executed" and r["app"] == "checkout"]
+    assert len(executed) == 1, executed
+    assert executed[0]["metric"] == "latency_p99"
+    assert executed[0]["action"] == "command" and executed[0]["result"] == "executed"
+    # the "restart" ended the fault: nothing else would before 30 minutes
+    assert httpx.get(f"{run.url('workload')}/faults", timeout=5).json() == []
+    return executed[0]["incident_id"]
+
+
+def closed_loop(run: DemoRun, incident: str) -> list[dict]:
+    """Wait for the incident's resolve; return its rows and the request of each, in order:
+    request → incident_opened → policy_match → executed → ... → request → verified → resolved.
+    """
+
+    def resolved() -> bool:
+        return any(r["kind"] == "resolved" and r["incident_id"] == incident for r in run.audit())
+
+    poll(
+        resolved,
+        timeout=run.left(CLOSE_DEADLINE),
+        what=f"incident {incident} to be resolved (metric recovered, anomaly cleared)",
+    )
+    rows = run.audit()
+    # a decision's rows directly follow its signal's `request` row (which names no incident)
+    loop: list[dict] = []
+    for i, row in enumerate(rows):
+        if row["incident_id"] == incident:
+            before = rows[i - 1] if i else None
+            if before and before["kind"] == "request" and before in checkout_rows([before]):
+                loop.append(before)
+            loop.append(row)
+    kinds = [r["kind"] for r in loop]
+    assert kinds[:4] == ["request", "incident_opened", "policy_match", "executed"], kinds
+    assert kinds[-3:] == ["request", "verified", "resolved"], kinds
+    assert "not_recovered" not in kinds and "escalated" not in kinds, kinds
+    assert kinds.count("executed") == 1
+    verified, resolved_row = loop[-2], loop[-1]
+    assert verified["result"] == "recovered"
+    assert resolved_row["details"]["self_healed"] is True
+    ttr = resolved_row["details"]["time_to_resolve_seconds"]
+    assert 0 < ttr < CLOSE_DEADLINE
+    assert loop[-3]["details"]["status"] == "resolved"
+    # the incident table agrees, and so does the webhook's MTTR gauge
+    engine = make_engine(f"sqlite:///{run.workdir / 'aiops.db'}")
+    try:
+        with engine.connect() as conn:
+            row = conn.exec_driver_sql(
+                "SELECT status, resolved_at - opened_at, self_healed, actions"
+                " FROM runbooks_incidents WHERE id = ?",
+                (incident,),
+            ).one()
+    finally:
+        engine.dispose()
+    assert row[0] == "resolved" and row[2] == 1 and row[3] == 1, row
+    assert row[1] == pytest.approx(ttr, abs=0.01)
+    metrics = httpx.get(f"{run.url('webhook')}/metrics", timeout=5).text
+    mttr = [
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("runbooks_mean_time_to_resolve_seconds ")
+    ]
+    assert mttr and mttr[0] > 0, metrics[-1500:]
+    # the detector agrees that checkout's latency is back to normal
+    current = _detector_gauge(run, "aiops_anomaly_current", 'app="checkout"', "latency_p99")
+    assert current == 0.0
+    return loop
+
+
+def _detector_gauge(run: DemoRun, name: str, label: str, metric: str) -> float | None:
+    text = httpx.get(f"{run.url('detector')}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith(name + "{") and label in line and f'metric="{metric}"' in line:
+            return float(line.split()[-1])
+    return None
+
+
+@pytest.mark.timeout(420)
+def test_demo_up_heals_through_the_detector_events_recovers_and_stops_cleanly(demos):
+    run = demos["both"]
+    incident = healed_incident(run)
+    rows = run.audit()
+    opened = next(
+        r for r in rows if r["kind"] == "incident_opened" and r["incident_id"] == incident
+    )
+    first = rows[rows.index(opened) - 1]
+    # the detector's signed event opened the incident and triggered the fix
+    assert first["kind"] == "request" and first["details"]["source"] == "anomalies"
+    assert first["details"]["status"] == "firing" and first["details"]["event_id"]
+    assert not [r for r in rows if r["kind"] == "unauthorized"]
+
+    # Prometheus' rule fires and Alertmanager delivers the alert, which joins the incident
+    poll(
+        lambda: any(r["alertname"] == "AIOpsAnomalyDetected" for r in checkout_rows(run.audit())),
+        timeout=run.left(HEAL_DEADLINE),
+        what="AIOpsAnomalyDetected through Alertmanager",
+    )
+    loop = closed_loop(run, incident)
+    # the resolve that verified the fix is the detector's own signed `resolved` event
+    closing = loop[-3]
+    assert closing["details"]["source"] == "anomalies", closing
+    assert closing["details"]["event_id"] == first["details"]["event_id"]  # same onset, same id
+    from_alert = [r for r in checkout_rows(run.audit()) if r["alertname"] == "AIOpsAnomalyDetected"]
+    # rows without an incident: duplicates, and resolves of alerts whose incident was closed
+    assert {r["incident_id"] for r in from_alert if r["incident_id"]} == {incident}
+    assert any(r["kind"] == "skipped_cooldown" for r in from_alert)  # the cooldown held
+    # Alertmanager's resolved notification reaches the webhook too, once the rule stops
+    poll(
+        lambda: any(
+            r["kind"] == "request"
+            and r["details"]["source"] == "alertmanager"
+            and r["details"]["status"] == "resolved"
+            for r in checkout_rows(run.audit())
+        ),
+        timeout=run.left(CLOSE_DEADLINE),
+        what="Alertmanager's resolved notification",
+    )
+    assert sum(r["kind"] == "executed" for r in checkout_rows(run.audit())) == 1
+
+    # every PromQL panel of every dashboard shows data from this run
+    assert _empty_panels(run.url("prom")) == []
+    # every SQL panel runs on the audit database the run filled
+    engine = make_engine(f"sqlite:///{run.workdir / 'aiops.db'}")
+    try:
+        with engine.connect() as conn:
+            for path in dashboard_paths():
+                for title, sql in sql_targets(path, "sqlite"):
+                    conn.exec_driver_sql(sql).fetchall()  # raises on a broken query
+                    assert title
+    finally:
+        engine.dispose()
+    run.assert_stopped_cleanly("webhook", "alertmanager", "prometheus")
+
+
+@pytest.mark.timeout(420)
+def test_demo_up_via_alertmanager_alone_heals_verifies_and_resolves(demos):
+    run = demos["alertmanager"]
+    incident = healed_incident(run)
+    loop = closed_loop(run, incident)
+    # the alert opened the incident and triggered the fix; its resolve verified it
+    assert loop[0]["alertname"] == "AIOpsAnomalyDetected"
+    assert loop[0]["details"]["source"] == "alertmanager"
+    assert loop[0]["details"]["status"] == "firing"
+    closing = loop[-3]
+    assert closing["details"]["source"] == "alertmanager", closing
+    assert closing["alertname"] == "AIOpsAnomalyDetected"
+    # ... and no other alert of the series was still firing
+    assert "incident_kept_open" not in closing["details"]
+    # the detector posted nothing on this path
+    assert not [r for r in run.audit() if (r["details"] or {}).get("source") == "anomalies"]
+    # the rule stopped firing in Prometheus
+    alerts = httpx.get(f"{run.url('prom')}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+    assert not [
+        a
+        for a in alerts
+        if a["labels"].get("app") == "checkout"
+        and a["labels"].get("metric") == "latency_p99"
+        and a["state"] == "firing"
+    ], alerts
+    run.assert_stopped_cleanly("webhook", "alertmanager", "prometheus")
 
 
 def _empty_panels(prom_url: str) -> list[tuple[str, str, str]]:

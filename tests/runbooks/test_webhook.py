@@ -257,3 +257,44 @@ def test_an_aiops_alert_and_the_detector_event_of_one_series_are_one_incident(ma
     incidents = {r["incident_id"] for r in hook.audit() if r["incident_id"]}
     assert len(incidents) == 1
     assert hook.kinds().count("incident_opened") == 1
+
+
+def _aiops_alert(status: str, reason: str, fingerprint: str) -> dict:
+    one = alerts(status, alertname="AIOpsAnomalyDetected", fingerprint=fingerprint)["alerts"][0]
+    one["labels"].update(metric="latency_p99", reason=reason)
+    del one["labels"]["severity"]
+    return one
+
+
+def test_the_incident_of_a_series_closes_with_its_last_firing_alert(make_hook):
+    """AIOpsAnomalyDetected fires once per reason; reasons end one by one. The series'
+    incident (and the verification of its fix) waits for the last one."""
+    hook = make_hook()
+    payload = alerts(alertname="AIOpsAnomalyDetected")
+    payload["alerts"] = [
+        _aiops_alert("firing", "level_shift", "fp-shift"),
+        _aiops_alert("firing", "percent_change", "fp-pct"),
+    ]
+    decisions = [a["decision"] for a in hook.post_alerts(payload).json()["alerts"]]
+    assert decisions == ["executed", "no_policy"]  # one incident; the rule wants level_shift
+    # one reason ends, the other still fires (Alertmanager sends the whole group)
+    payload["alerts"] = [
+        _aiops_alert("resolved", "percent_change", "fp-pct"),
+        _aiops_alert("firing", "level_shift", "fp-shift"),
+    ]
+    payload["status"] = "firing"
+    first = [a["decision"] for a in hook.post_alerts(payload).json()["alerts"]]
+    assert first == ["resolved", "duplicate"]
+    assert "verified" not in hook.kinds()
+    assert hook.metric("runbooks_incidents_open") == 1.0
+    kept = hook.audit(kind="request")[-1]
+    assert "still firing" in kept["details"]["incident_kept_open"]
+    # the last reason ends: the incident closes and the fix is verified
+    payload["alerts"] = [_aiops_alert("resolved", "level_shift", "fp-shift")]
+    payload["status"] = "resolved"
+    assert hook.post_alerts(payload).json()["alerts"][0]["decision"] == "resolved"
+    assert hook.kinds()[-2:] == ["verified", "resolved"]
+    resolved = hook.audit(kind="resolved")[-1]
+    assert resolved["details"]["self_healed"] is True
+    assert resolved["details"]["time_to_resolve_seconds"] >= 0
+    assert hook.metric("runbooks_incidents_open") == 0.0
