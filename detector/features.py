@@ -64,6 +64,8 @@ def calendar_columns(times: np.ndarray, names: tuple[str, ...]) -> list[np.ndarr
         raise ValueError(f"unknown calendar feature {exc.args[0]!r}") from None
 
 
+#: values beyond this magnitude count as missing (their squares would overflow float64)
+MAX_ABS = 1e150
 #: |d| of first differences is capped at this many baseline standard deviations
 #: before averaging, so one jump (a level shift) does not read as volatility.
 VOL_CAP_SIGMAS = 4.0
@@ -321,6 +323,8 @@ def compute_features(
     x = np.asarray(values, dtype=np.float64)
     if x.ndim == 1:
         x = x[None, :]
+    if x.shape[1] == 0:  # no point yet: the features of one missing point, without it
+        return _compute(np.full((x.shape[0], 1), np.nan), spec).take(slice(0, 0))
     plain = _compute(x, spec)
     period = spec.season_points
     if period == 0:
@@ -467,7 +471,8 @@ def _compute(x: np.ndarray, spec: FeatureSpec, ref: np.ndarray | None = None) ->
     """Features of ``x``; ``ref`` (seasonal residuals) is the expected value removed from
     ``x``, added back wherever a feature is relative to the level (scale floor, percent)."""
     n_series, n_times = x.shape
-    finite = np.isfinite(x)
+    # beyond ±MAX_ABS a value's square (the variance sums) would overflow: missing
+    finite = np.isfinite(x) & (np.abs(x) <= MAX_ABS)
     # Shift each row by its first finite value: sums stay small and exact enough;
     # every feature is shift-invariant except the levels, which add it back.
     first = np.argmax(finite, axis=1)

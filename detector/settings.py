@@ -160,6 +160,11 @@ class Settings(BaseSettings):
     rate_limit: float = Field(
         100.0, gt=0, validation_alias=AliasChoices("RUNBOOK_RATE_LIMIT", "rate_limit")
     )
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        validation_alias=AliasChoices("RUNBOOK_MAX_BODY_BYTES", "max_body_bytes"),
+    )
     action_timeout_seconds: float = Field(
         60.0,
         gt=0,

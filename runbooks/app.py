@@ -8,6 +8,11 @@ Answers:
 - ``POST /alertmanager``: never 429 (Alertmanager drops every non-2xx but 5xx);
   401 for a wrong bearer token, 400/422 for a bad payload, 503 (retried by
   Alertmanager) when the database fails before the commit, else 200.
+
+Every route: 413 for a body over ``RUNBOOK_MAX_BODY_BYTES`` (before it is read),
+422 for JSON nested too deeply, and errors as ``{"error": "..."}`` — FastAPI's own
+parameter validation included. ``runbooks.schemas`` documents every answer in the
+OpenAPI (``/openapi.json``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -53,7 +59,17 @@ from runbooks.engine import (
 )
 from runbooks.events import AlertmanagerPayload, AnomalyEvent, from_alerts, from_anomaly
 from runbooks.guards import make_guards
+from runbooks.limits import BadBody, BodyLimit, parse_json
 from runbooks.policy import Policy
+from runbooks.schemas import (
+    AckOut,
+    AlertsOut,
+    AuditOut,
+    DecisionOut,
+    HealthOut,
+    install_openapi,
+    ok,
+)
 from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_event
 
 log = logging.getLogger("aiops.webhook")
@@ -227,6 +243,20 @@ def _error(status: int, reason: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status, headers=headers or None)
 
 
+class EventStreamResponse(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's parameter validation, answered like every other error of the webhook."""
+    errs = exc.errors() if isinstance(exc, RequestValidationError) else []
+    if not errs:
+        return _error(422, "invalid request")
+    err = errs[0]
+    where = ".".join(str(p) for p in err["loc"]) or "request"
+    return _error(422, f"{where}: {err['msg']}")
+
+
 def _db_error(exc: Exception) -> JSONResponse:
     msg = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
     log.error("database error, nothing executed: %s", msg)
@@ -288,6 +318,9 @@ def create_app(
             rem.writer.close()
 
     app = FastAPI(title="aiops runbook webhook", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    install_openapi(app, alertmanager_token=bool(am_token))
     app.state.remediator = rem
     app.state.metrics = metrics
     app.state.settings = settings
@@ -296,7 +329,7 @@ def create_app(
     app.include_router(slack.router)
     app.include_router(console.router)
 
-    @app.post("/anomalies")
+    @app.post("/anomalies", responses=ok(DecisionOut, 400, 401, 413, 422, 429, 503))
     async def anomalies(request: Request) -> Response:
         body = await request.body()
         now = time.time()
@@ -328,8 +361,8 @@ def create_app(
             metrics.requests.labels("anomalies", "429").inc()
             return _error(429, "rate limit exceeded", **{"Retry-After": str(max(1, round(wait)))})
         try:
-            data = json.loads(body)
-            event = AnomalyEvent.model_validate(data)
+            parse_json(body)  # 400 malformed, 422 nested too deeply
+            event = AnomalyEvent.model_validate_json(body, strict=True)
         except ValueError as exc:
             return _bad(metrics, "anomalies", exc)
         try:
@@ -340,7 +373,7 @@ def create_app(
         metrics.requests.labels("anomalies", "200").inc()
         return JSONResponse(decision.as_dict())
 
-    @app.post("/alertmanager")
+    @app.post("/alertmanager", responses=ok(AlertsOut, 400, 401, 413, 422, 503))
     async def alertmanager(request: Request) -> Response:
         body = await request.body()
         if am_token:
@@ -359,7 +392,9 @@ def create_app(
                     )
                 return _error(401, "missing or wrong bearer token")
         try:
-            payload = AlertmanagerPayload.model_validate(json.loads(body))
+            parse_json(body)
+            # strict: a number is no time and a boolean no number (as the OpenAPI says)
+            payload = AlertmanagerPayload.model_validate_json(body, strict=True)
         except ValueError as exc:
             return _bad(metrics, "alertmanager", exc)
         out = []
@@ -381,7 +416,7 @@ def create_app(
             return _db_error(exc)
         return JSONResponse(d.as_dict())
 
-    @app.get("/approve")
+    @app.get("/approve", responses=ok(DecisionOut, 403, 404, 409, 410, 422, 503))
     def approve(
         request: Request,
         id: str = Query(min_length=1, max_length=64),
@@ -389,7 +424,7 @@ def create_app(
     ) -> Response:
         return _approval("approve", id, token, request)
 
-    @app.get("/reject")
+    @app.get("/reject", responses=ok(DecisionOut, 403, 404, 409, 410, 422, 503))
     def reject(
         request: Request,
         id: str = Query(min_length=1, max_length=64),
@@ -397,7 +432,7 @@ def create_app(
     ) -> Response:
         return _approval("reject", id, token, request)
 
-    @app.get("/ack")
+    @app.get("/ack", responses=ok(AckOut, 409, 422, 429, 502))
     async def ack(
         request: Request,
         alertname: str = Query(
@@ -441,7 +476,7 @@ def create_app(
             )
         return JSONResponse({"silence_id": silence, "alertname": alertname, "minutes": minutes})
 
-    @app.get("/audit")
+    @app.get("/audit", responses=ok(AuditOut, 422, 503))
     def audit(
         n: int = Query(100, ge=1, le=5000),
         since: float | None = Query(None, ge=0),
@@ -467,7 +502,7 @@ def create_app(
             rows = [r for r in rows if needle in json.dumps(r, default=str).lower()]
         return JSONResponse({"rows": rows, "count": len(rows)})
 
-    @app.get("/events")
+    @app.get("/events", response_class=EventStreamResponse)
     async def stream(request: Request) -> StreamingResponse:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
         events.queues.add(queue)
@@ -485,9 +520,9 @@ def create_app(
             finally:
                 events.queues.discard(queue)
 
-        return StreamingResponse(gen(), media_type="text/event-stream")
+        return EventStreamResponse(gen())
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={**ok(HealthOut), 503: {"model": HealthOut}})
     def healthz() -> Response:
         db = ping(engine)
         body = {
@@ -506,7 +541,7 @@ def create_app(
                 db = False
         return JSONResponse(body, status_code=200 if db else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     def prom() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -518,6 +553,9 @@ def _peer(request: Request) -> str:
 
 
 def _bad(metrics: RunbookMetrics, route: str, exc: Exception) -> JSONResponse:
+    if isinstance(exc, BadBody):
+        metrics.requests.labels(route, str(exc.status)).inc()
+        return _error(exc.status, str(exc))
     if isinstance(exc, ValidationError):
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "body"

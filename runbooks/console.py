@@ -23,6 +23,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from feature_store import tables
+from runbooks.schemas import PendingOut, ok
 from runbooks.signing import approval_binding, make_approval_token
 
 router = APIRouter()
@@ -61,7 +62,7 @@ def pending_approvals(engine: Any, secret: str | None, now: float) -> list[dict[
     return out
 
 
-@router.get("/console/pending")
+@router.get("/console/pending", responses=ok(PendingOut, 503))
 async def pending(request: Request) -> Response:
     settings = request.app.state.settings
     secret = settings.approval_secret.get_secret_value() if settings.approval_secret else None
@@ -77,7 +78,7 @@ async def pending(request: Request) -> Response:
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
-@router.get("/console")
+@router.get("/console", response_class=HTMLResponse)
 def console() -> HTMLResponse:
     return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
 

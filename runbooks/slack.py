@@ -46,6 +46,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from runbooks.engine import ApprovalError, decide_approval
+from runbooks.schemas import SlackReplyOut, ok
 from runbooks.signing import verify_slack
 
 log = logging.getLogger("aiops.slack")
@@ -254,7 +255,7 @@ def _reply(text: str, response_url: str | None, *, ok: bool) -> JSONResponse:
     return JSONResponse(body)
 
 
-@router.post("/slack/interactive")
+@router.post("/slack/interactive", responses=ok(SlackReplyOut, 400, 401, 403, 413))
 async def interactive(request: Request) -> Response:
     body = await request.body()  # the raw bytes, as signed: nothing is parsed before the check
     settings = request.app.state.settings
@@ -287,7 +288,7 @@ async def interactive(request: Request) -> Response:
             raise ValueError(f"unknown action_id {decision!r}")
         value = json.loads(action["value"])
         approval_id, token = str(value["id"]), str(value["token"])
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError) as exc:
         return JSONResponse({"error": f"malformed Slack payload: {exc}"}, status_code=400)
     who = str(user.get("username") or user.get("name") or user.get("id") or "unknown")
     actor = f"slack:{who}"

@@ -1,0 +1,184 @@
+"""The webhook's OpenAPI: response bodies, request bodies read raw, and authentication.
+
+The routes answer with ``JSONResponse`` objects they build themselves (the error
+paths must not depend on FastAPI's validation), so the answers are documented
+here, per status, with the pydantic models below. ``POST /anomalies`` and
+``POST /alertmanager`` read their body raw (the signature covers the bytes, and
+it is checked before anything is parsed): their request bodies are documented
+from the input models of ``runbooks.events`` by ``install_openapi``, which also
+declares how each input authenticates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict, Field
+
+from runbooks.events import AlertmanagerPayload, AnomalyEvent
+from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="what was wrong, for a person")
+
+
+class DecisionOut(BaseModel):
+    decision: str = Field(description="the last audit kind: executed, duplicate, dry_run, ...")
+    incident_id: str | None
+    action: str | None
+    detail: str | None = None
+    approval_id: str | None = None
+
+
+class AlertsOut(BaseModel):
+    alerts: list[DecisionOut] = Field(description="one decision per alert, in payload order")
+
+
+class AuditRowOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    ts: float
+    kind: str
+    incident_id: str | None
+    alertname: str | None
+    metric: str | None
+    namespace: str | None
+    app: str | None
+    action: str | None
+    result: str | None
+    actor: str | None
+    details: dict[str, Any] | None
+
+
+class AuditOut(BaseModel):
+    rows: list[AuditRowOut]
+    count: int
+
+
+class HealthOut(BaseModel):
+    status: str
+    database: bool
+    enabled: bool
+    dry_run: bool
+    rules: int
+    verifications_pending: int
+    guard_state: str
+    redis: bool | None = None
+
+
+class AckOut(BaseModel):
+    silence_id: str | None
+    alertname: str
+    minutes: int
+
+
+class PendingOut(BaseModel):
+    pending: list[dict[str, Any]]
+    count: int
+    note: str | None = None
+
+
+class SlackReplyOut(BaseModel):
+    ok: bool
+    replace_original: bool
+    response_type: str
+    text: str
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries: each status answers an ``ErrorOut``."""
+    return {status: {"model": ErrorOut} for status in statuses}
+
+
+def ok(model: type[BaseModel], *more: int) -> dict[int | str, dict[str, Any]]:
+    return {200: {"model": model}, **errors(*more)}
+
+
+#: OpenAPI security scheme names
+DETECTOR_SCHEME = "detectorSignature"
+ALERTMANAGER_SCHEME = "alertmanagerBearer"
+SLACK_SCHEME = "slackSignature"
+
+
+def _body(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(schema.pop("$defs", {}))
+    components[model.__name__] = schema
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+        },
+    }
+
+
+def install_openapi(app: FastAPI, *, alertmanager_token: bool) -> None:
+    """Document the raw request bodies and the authentication of the inputs."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        components = spec.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
+        components["securitySchemes"] = {
+            DETECTOR_SCHEME: {
+                "type": "apiKey",
+                "in": "header",
+                "name": SIGNATURE_HEADER,
+                "description": (
+                    f"sha256=<hex HMAC-SHA256 of '<{TIMESTAMP_HEADER}>.<raw body>'> keyed with"
+                    f" RUNBOOK_WEBHOOK_SECRET; {TIMESTAMP_HEADER} (Unix seconds) must be within"
+                    " 300 s of the webhook's clock"
+                ),
+            },
+            ALERTMANAGER_SCHEME: {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "RUNBOOK_ALERTMANAGER_TOKEN (required only when it is set)",
+            },
+            SLACK_SCHEME: {
+                "type": "apiKey",
+                "in": "header",
+                "name": "X-Slack-Signature",
+                "description": "Slack's v0 request signature (SLACK_SIGNING_SECRET)",
+            },
+        }
+        paths = spec["paths"]
+        anomalies = paths["/anomalies"]["post"]
+        anomalies["requestBody"] = _body(AnomalyEvent, schemas)
+        anomalies["security"] = [{DETECTOR_SCHEME: []}]
+        am = paths["/alertmanager"]["post"]
+        am["requestBody"] = _body(AlertmanagerPayload, schemas)
+        # Alert's validator wants an alertname label: say so in the schema too
+        labels = schemas["Alert"]["properties"]["labels"]
+        labels["properties"] = {"alertname": {"type": "string", "minLength": 1}}
+        labels["required"] = ["alertname"]
+        am["security"] = [{ALERTMANAGER_SCHEME: []}] if alertmanager_token else []
+        slack = paths["/slack/interactive"]["post"]
+        slack["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "payload": {
+                                "type": "string",
+                                "description": "Slack's block_actions payload (JSON)",
+                            }
+                        },
+                        "required": ["payload"],
+                    }
+                }
+            },
+        }
+        slack["security"] = [{SLACK_SCHEME: []}]
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,101 @@
+"""Helpers of the adversarial suite: the webhook harness of tests/runbooks, real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from demo.prometheus import free_port, stop_process
+from runbooks.signing import signed_headers
+from tests.integration.conftest import aiops_command, poll
+from tests.runbooks.conftest import RECORDER, SECRET, TOKEN, make_hook  # noqa: F401
+
+
+@contextmanager
+def served(app: Any) -> Iterator[str]:
+    """``app`` on a real uvicorn server on a free loopback port (in a thread)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        poll(lambda: server.started, timeout=20, what="webhook")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def command_policy(path: Path, trace: Path, *, match: str = "latency_p99") -> Path:
+    """A policy whose action appends the app to ``trace`` (one line per execution)."""
+    argv = [sys.executable, "-c", RECORDER, str(trace), "{app}"]
+    path.write_text(
+        f"default:\n  - match: {match}\n    action: command\n"
+        f"    params: {{argv: {json.dumps(argv)}}}\n"
+    )
+    return path
+
+
+class WebhookProcess:
+    """``aiops webhook`` as its own process (so it can be killed -9 or run twice)."""
+
+    def __init__(self, workdir: Path, **env: str) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("AIOPS_", "RUNBOOK_"))}
+        base.update(
+            RUNBOOK_WEBHOOK_SECRET=SECRET,
+            RUNBOOK_ALERTMANAGER_TOKEN=TOKEN,
+            RUNBOOK_RATE_LIMIT="100000",
+            AIOPS_LOG_LEVEL="WARNING",
+        )
+        base.update(env)
+        self.env = base
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> WebhookProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = (self.workdir / "webhook.log").open("ab")
+        cmd = [*aiops_command(), "webhook", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"webhook exited: {self.log()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"webhook not healthy after {timeout:g}s: {self.log()[-2000:]}")
+
+    def log(self) -> str:
+        path = self.workdir / "webhook.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        stop_process(self.proc, 20)
+
+
+def post_signed(client: httpx.Client, url: str, event: dict[str, Any]) -> httpx.Response:
+    body = json.dumps(event).encode()
+    return client.post(f"{url}/anomalies", content=body, headers=signed_headers(SECRET, body))
