@@ -137,7 +137,9 @@ def check_guards(
     last = conn.execute(
         select(func.max(a.c.ts)).where(and_(a.c.target == target, a.c.action == action))
     ).scalar()
-    if last is not None and now - last < cooldown:
+    # cooldown 0 is off: a replica's reservation may carry a later time than this
+    # decision's ``now`` (taken before the lock), which is no reason to refuse
+    if last is not None and cooldown > 0 and now - last < cooldown:
         left = cooldown - (now - last)
         return (
             "skipped_cooldown",

@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +292,17 @@ class PostgresProcess:
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
+
+    def restart(self, timeout: float = 60.0, *, down: Callable[[], None] | None = None) -> None:
+        """Stop the local server (fast shutdown: clients are cut off) and start it again on
+        the same port and data; ``down`` runs while it is stopped."""
+        if self.external is not None:
+            raise PostgresError(f"cannot restart the server of {URL_ENV}")
+        self._stop_server(timeout)
+        if down is not None:
+            down()
+        self._launch(_as_system_user())
+        self._wait_ready(timeout)
 
     def _stop_server(self, timeout: float = 30.0) -> None:
         if self.root is None or not (self.data_dir / "postmaster.pid").exists():
