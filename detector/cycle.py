@@ -21,13 +21,14 @@ from detector.catalogue import Query, resolve_catalogue
 from detector.errors import QueryError
 from detector.exporter import AnomalyCollector, DetectorMetrics
 from detector.pipeline import SeriesResult, Thresholds, detect_batch, feature_spec
+from detector.redact import redact
 from detector.scoring import BaselineModelProvider, ModelProvider
 from detector.season import SeasonalHistory, fetch_failed
 from detector.settings import Settings
 
 if TYPE_CHECKING:
     from feature_store.store import FeatureStore
-from detector.source import PrometheusSource, keep_shard, series_key
+from detector.source import PrometheusSource, cap_series, keep_shard, series_key
 
 log = logging.getLogger("aiops.detector")
 
@@ -103,6 +104,9 @@ class Detector:
         for q in self.queries:  # every error series exists from the start, at 0
             for kind in QUERY_ERROR_KINDS:
                 self.metrics.query_errors.labels(q.name, kind)
+            self.metrics.series_dropped.labels(q.name)
+        #: label keys each query exported at its last cycle (kept first under the cap)
+        self._exported: dict[str, set[tuple[tuple[str, str], ...]]] = {}
         self.prometheus_up: bool | None = None
         self.last_success: float | None = None
         self.last_cycle: float | None = None
@@ -170,6 +174,17 @@ class Detector:
                 self.metrics.query_seconds.labels(q.name).set(took)
             answered = True
             batch = keep_shard(batch, self.settings.shard_index)
+            batch, dropped = cap_series(
+                batch, self.settings.max_series_per_query, self._exported.get(q.name, set())
+            )
+            if dropped:
+                self.metrics.series_dropped.labels(q.name).inc(dropped)
+                log.warning(
+                    "query=%s returned %d series over AIOPS_MAX_SERIES_PER_QUERY=%d: dropped",
+                    q.name,
+                    dropped,
+                    self.settings.max_series_per_query,
+                )
             for warning in batch.warnings:
                 log.warning("query=%s %s", q.name, warning)
             t1 = time.perf_counter()
@@ -194,6 +209,7 @@ class Detector:
             )
             detect_s += time.perf_counter() - t2
             self._track_onsets(q.name, results)
+            self._exported[q.name] = {tuple(sorted(r.labels.items())) for r in results}
             self.collector.update(q.name, results)
             report.results[q.name] = results
             self._query_ok(q, st, results, now)
@@ -374,7 +390,7 @@ class Detector:
         healthy = age is not None and age <= self.settings.stale_after
         body = {
             "status": "ok" if healthy else ("starting" if self.cycles == 0 else "stale"),
-            "prometheus": {"url": self.settings.prom_url, "up": self.prometheus_up},
+            "prometheus": {"url": redact(self.settings.prom_url), "up": self.prometheus_up},
             "last_success_age_seconds": None if age is None else round(age, 3),
             "stale_after_seconds": self.settings.stale_after,
             "cycles": self.cycles,

@@ -188,6 +188,13 @@ class DetectorMetrics:
             ["table"],
             registry=registry,
         )
+        self.series_dropped = Counter(
+            "aiops_detector_series_dropped",
+            "Series a query returned over AIOPS_MAX_SERIES_PER_QUERY, left unscored and"
+            " unexported (label cardinality cap)",
+            ["query"],
+            registry=registry,
+        )
         self.model_load_failures = Counter(
             "aiops_detector_model_load_failures",
             "Promoted models refused at load (the baseline model scores instead), by reason",

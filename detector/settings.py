@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from detector.durations import parse_duration
 from detector.errors import ConfigError
+from detector.redact import redact
 
 
 class Settings(BaseSettings):
@@ -108,6 +109,11 @@ class Settings(BaseSettings):
     )
     dask_address: str | None = Field(
         None, validation_alias=AliasChoices("AIOPS_DASK_ADDRESS", "dask_address")
+    )
+    max_series_per_query: int = Field(
+        1000,
+        ge=1,
+        validation_alias=AliasChoices("AIOPS_MAX_SERIES_PER_QUERY", "max_series_per_query"),
     )
     # -- the runbook webhook ---------------------------------------------------------
     webhook_url: str | None = Field(
@@ -385,5 +391,9 @@ def load_settings(**overrides: Any) -> Settings:
         name = _alias_of(field)
         got = err.get("input")
         msg = err["msg"].removeprefix("Value error, ")
-        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
-        raise ConfigError(f"{name}: {msg}{shown}") from None
+        secret = Settings.model_fields.get(field) is not None and "SecretStr" in str(
+            Settings.model_fields[field].annotation
+        )
+        shown = "" if isinstance(got, dict) or got is None or secret else f" (got {got!r})"
+        # a URL's password never reaches the message (nor the log it ends up in)
+        raise ConfigError(redact(f"{name}: {msg}{shown}")) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -22,6 +23,7 @@ from urllib3.util.retry import Retry
 
 from detector.catalogue import Query
 from detector.errors import QueryError
+from detector.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,31 @@ def keep_shard(batch: SeriesBatch, shard: tuple[int, int] | None) -> SeriesBatch
         batch.values[rows],
         batch.warnings,
     )
+
+
+def cap_series(
+    batch: SeriesBatch, limit: int, known: Collection[tuple[tuple[str, str], ...]] = ()
+) -> tuple[SeriesBatch, int]:
+    """At most ``limit`` series of ``batch``, and how many were dropped.
+
+    The series exported before (``known``: sorted label items) are kept first, then the
+    others in label order, so a query that suddenly returns many more series keeps the
+    gauges it had and the choice is the same at every cycle.
+    """
+    if len(batch) <= limit:
+        return batch, 0
+    keys = [tuple(sorted(lb.items())) for lb in batch.labels]
+    rows = sorted(range(len(batch)), key=lambda r: (keys[r] not in known, keys[r]))[:limit]
+    rows.sort()
+    kept = SeriesBatch(
+        batch.query,
+        batch.start,
+        batch.step,
+        [batch.labels[r] for r in rows],
+        batch.values[rows],
+        batch.warnings,
+    )
+    return kept, len(batch) - limit
 
 
 def concat_batches(parts: list[SeriesBatch]) -> SeriesBatch:
@@ -215,7 +242,8 @@ class PrometheusSource:
         except requests.exceptions.RetryError as exc:
             raise QueryError(query_name, "server_error", _short(str(exc))) from None
         except requests.exceptions.ConnectionError:
-            raise QueryError(query_name, "unreachable", f"cannot connect to {self.url}") from None
+            where = redact(self.url)
+            raise QueryError(query_name, "unreachable", f"cannot connect to {where}") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise QueryError(query_name, "bad_response", _short(str(exc))) from None
 
@@ -287,5 +315,5 @@ def _step_param(step: float) -> str:
 
 
 def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
+    text = redact(" ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -46,6 +46,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, and_, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from detector.redact import redact
 from detector.settings import Settings
 from feature_store import tables
 from runbooks import console, slack
@@ -258,7 +259,7 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _db_error(exc: Exception) -> JSONResponse:
-    msg = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
+    msg = redact(" ".join(str(getattr(exc, "orig", exc)).split())[:200])
     log.error("database error, nothing executed: %s", msg)
     return _error(503, f"database unavailable, nothing was executed: {msg}")
 
