@@ -1,120 +1,245 @@
-"""Benchmark: wall time of one detection cycle, and peak memory.
+"""Benchmark: the detection cycle at 100 / 1,000 / 10,000 series, phase by phase, and the
+naive per-series detector beside it (same run, same data).
 
-    python bench/cycle.py                 # synthetic series: 100 and 1,000 (add --sizes)
-    python bench/cycle.py --prometheus    # also the demo catalogue against a real Prometheus
+    python bench/cycle.py                          # sizes 100,1000,10000
+    python bench/cycle.py --sizes 1000 --cycles 8 --naive-max 200
+    python bench/cycle.py --json var/bench/cycle.json
 
-Synthetic series skip the fetch (they are handed to the same detect_batch the service
-uses: features, IsolationForest fit/score, explainers, export). The Prometheus run is a
-full cycle of the service, range queries included, on 4 hours of backfilled demo history.
+Each size runs in a fresh process (so its peak RSS is its own). The detector is the
+service's own ``Detector.run_cycle`` on one seasonal (daily) query of 6 h at 1-minute
+steps, fed by an in-memory stand-in for Prometheus (``bench/synthetic.py``), so the
+fetch costs next to nothing and every other phase is the real one:
+
+- **cold**: the first cycle: the whole window of the three seasonal slices (one, two,
+  three days back) is fetched, and the forest is fitted;
+- **steady**: later cycles, one minute apart: the slices come from the cache plus
+  their newest points, the forest is reused (``AIOPS_MODEL_REFIT_SECONDS``);
+- **refit**: a steady cycle that refits the forest (once an hour by default).
+
+The naive detector (``bench/naive.py``) then runs one cycle over the same window and
+slices: a separate IsolationForest fitted per series, explainers per series in a Python
+loop. Above ``--naive-max`` series it runs on the first ``--naive-max`` and its time is
+scaled to all of them (it is linear: one independent fit per series).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import resource
+import statistics
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from prometheus_client import CollectorRegistry, generate_latest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.catalogue import Query
-from detector.cycle import Detector
-from detector.exporter import AnomalyCollector
-from detector.pipeline import detect_batch
-from detector.scoring import BaselineModelProvider
-from detector.settings import load_settings
-from detector.source import SeriesBatch
+PHASES = ("fetch", "features", "scoring", "explanation", "export")
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def synthetic(n: int, points: int = 361, seed: int = 0) -> SeriesBatch:
-    rng = np.random.default_rng(seed)
-    level = rng.uniform(0.05, 500, n)[:, None]
-    x = level * (1 + rng.normal(0, 0.02, (n, points)))
-    x[: n // 50, -20:] *= 1.5  # 2% of the series have an incident
-    labels = [{"namespace": f"ns{i % 10}", "app": f"app{i}"} for i in range(n)]
-    return SeriesBatch("bench", time.time() - 60 * (points - 1), 60.0, labels, x)
+def run_one(n: int, cycles: int, naive_max: int) -> dict:
+    """Everything measured for one size (in this process)."""
+    import numpy as np
+    from prometheus_client import CollectorRegistry, generate_latest
 
+    from bench.naive import naive_cycle
+    from bench.synthetic import EPOCH, SyntheticSource
+    from detector.catalogue import Query
+    from detector.cycle import Detector
+    from detector.pipeline import feature_spec
+    from detector.settings import load_settings
 
-def bench_synthetic(n: int, repeat: int) -> dict[str, float]:
-    settings = load_settings(metrics=None, config=None)
-    query = Query(name="bench", promql="x", direction="both", labels=("namespace", "app"))
-    batch = synthetic(n)
-    provider = BaselineModelProvider(refit_seconds=0)  # refit every cycle: the worst case
+    rss_start = peak_rss_mb()
+    settings = load_settings(metrics=None, config=None, max_series_per_query=max(n, 1000))
+    query = Query(name="bench", promql="bench_value", direction="both", labels=("namespace", "app"))
+    source = SyntheticSource(n)
     registry = CollectorRegistry()
-    collector = AnomalyCollector(registry)
-    times = []
-    for _ in range(repeat):
+    det = Detector(settings, queries=[query], source=source, registry=registry)  # type: ignore[arg-type]
+
+    reports = []
+
+    def cycle(now: float) -> dict:
+        report = det.run_cycle(now)
+        assert not report.errors, report.errors
+        reports.append(report)
         t0 = time.perf_counter()
-        results = detect_batch(batch, query, settings, provider, now=time.time())
-        collector.update("bench", results)
-        generate_latest(registry)
-        times.append(time.perf_counter() - t0)
+        body = generate_latest(registry)
+        phases = {p: report.phases.get(p, 0.0) for p in PHASES}
+        return {
+            "total": report.duration,
+            **phases,
+            "detect": sum(phases[p] for p in ("features", "scoring", "explanation", "export")),
+            "scrape": time.perf_counter() - t0,
+            "scrape_bytes": len(body),
+            "series": sum(len(r) for r in report.results.values()),
+            "anomalous": sum(r.anomalous for r in report.all_results()),
+        }
+
+    start = EPOCH - 60.0 * cycles
+    cold = cycle(start)
+    steady = [cycle(start + 60.0 * k) for k in range(1, cycles)]
+    det.provider.forget(query.name)  # type: ignore[attr-defined]
+    refit = cycle(EPOCH)
+    assert refit["series"] == n, refit
+    rss_ours = peak_rss_mb()
+
+    # the naive detector on the same window and seasonal slices as the refit cycle
+    batch = source.fetch(
+        query,
+        end=EPOCH,
+        lookback=query.lookback_seconds(settings),
+        step=query.step_seconds(settings),
+    )
+    spec = feature_spec(query, settings, batch.step)
+    past = det.seasons.slices(query, batch, spec)
+    ours = {tuple(sorted(r.labels.items())): r for r in reports[-1].results[query.name]}
+    k = min(n, naive_max)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    naive = naive_cycle(batch, query, settings, past=past, rows=range(k), timings=timings)
+    naive_s = time.perf_counter() - t0
+    scale = n / k
+
+    agree = differ = gate_only = reasons_same = 0
+    z_max_diff = 0.0
+    for i, nv in enumerate(naive):
+        r = ours[tuple(sorted(batch.labels[i].items()))]
+        if nv.status == "ok":
+            z_max_diff = max(
+                z_max_diff,
+                max(
+                    abs(nv.zscores[w] - r.zscores[w])
+                    for w in r.zscores
+                    if np.isfinite(r.zscores[w])
+                )
+                if r.zscores
+                else 0.0,
+            )
+        if nv.anomalous == r.anomalous:
+            agree += 1
+            if r.anomalous and nv.reasons == tuple(x.reason for x in r.reasons):
+                reasons_same += 1
+        else:
+            differ += 1
+            gate_only += int(nv.explained)  # the same reasons fired; the forests disagreed
     return {
         "series": n,
-        "cycle_s_median": float(np.median(times)),
-        "anomalous": sum(r.anomalous for r in results),
+        "cycles": cycles,
+        "rss_start_mb": rss_start,
+        "peak_rss_mb": rss_ours,
+        "cold": cold,
+        "steady": {
+            key: statistics.median(c[key] for c in steady) for key in steady[0] if key != "series"
+        }
+        | {"series": steady[0]["series"]},
+        "refit": refit,
+        "naive": {
+            "series_run": k,
+            "seconds": naive_s * scale,
+            "measured_seconds": naive_s,
+            **{p: v * scale for p, v in timings.items()},
+            "agree": agree,
+            "differ": differ,
+            "differ_forest_only": gate_only,
+            "anomalous_both_same_reasons": reasons_same,
+            "anomalous_naive": sum(x.anomalous for x in naive),
+            "anomalous_ours": sum(
+                ours[tuple(sorted(batch.labels[i].items()))].anomalous for i in range(k)
+            ),
+            "z_max_abs_diff": z_max_diff,
+        },
     }
 
 
-def bench_prometheus(repeat: int) -> dict[str, float]:
-    from demo.prometheus import PrometheusProcess, backfill, scrape_config
-    from demo.server import serve
-    from demo.workload import Workload
+def measure(sizes: list[int], cycles: int, naive_max: int) -> list[dict]:
+    """Each size in a fresh process."""
+    out = []
+    for n in sizes:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                str(n),
+                "--cycles",
+                str(cycles),
+                "--naive-max",
+                str(naive_max),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
+        if proc.returncode != 0:
+            sys.exit(f"bench/cycle.py: size {n} failed:\n{proc.stderr[-3000:]}")
+        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return out
 
-    now = time.time()
-    workload = Workload(seed=1, start=now - 4 * 3600)
-    workload.inject("checkout", "latency_shift", start=now - 1200, duration=3600)
-    with tempfile.TemporaryDirectory() as tmp:
-        history = Path(tmp) / "history.om"
-        workload.write_openmetrics(history, end=now)
-        backfill(history, Path(tmp) / "prom" / "data")
-        server, _ = serve(workload)
-        host, port = server.server_address[:2]
-        prom = PrometheusProcess(Path(tmp) / "prom", scrape_config({"demo": [f"{host}:{port}"]}))
-        prom.start()
-        try:
-            det = Detector(load_settings(prom_url=prom.url, metrics=None, config=None))
-            times, series = [], 0
-            for _ in range(repeat):
-                report = det.run_cycle()
-                times.append(report.duration)
-                series = len(report.all_results())
-        finally:
-            prom.stop()
-            server.stop()
-    return {"series": series, "cycle_s_median": float(np.median(times)), "queries": 6}
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "| series | cycle | total | fetch | features | scoring | explanation | export "
+        "| detect (no fetch) | per 1k series | peak RSS |\n"
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    )
+    lines = []
+    for r in rows:
+        for kind in ("steady", "cold", "refit"):
+            c = r[kind]
+            lines.append(
+                f"| {r['series']:,} | {kind} | {c['total']:.2f} s | {c['fetch']:.2f} | "
+                f"{c['features']:.2f} | {c['scoring']:.2f} | {c['explanation']:.2f} | "
+                f"{c['export']:.2f} | {c['detect']:.2f} s | "
+                f"{c['detect'] / r['series'] * 1000:.2f} s | "
+                f"{r['peak_rss_mb']:.0f} MB |"
+            )
+    return head + "\n".join(lines) + "\n"
+
+
+def naive_table(rows: list[dict]) -> str:
+    head = (
+        "| series | ours: steady cycle | ours: refit cycle | naive per-series cycle "
+        "| naive / steady | naive / refit | verdicts agree | differ (forest only) |\n"
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    )
+    lines = []
+    for r in rows:
+        nv = r["naive"]
+        scaled = "" if nv["series_run"] == r["series"] else " ¹"
+        lines.append(
+            f"| {r['series']:,} | {r['steady']['detect']:.2f} s | {r['refit']['detect']:.2f} s | "
+            f"{nv['seconds']:.1f} s{scaled} | {nv['seconds'] / r['steady']['detect']:.0f}× | "
+            f"{nv['seconds'] / r['refit']['detect']:.0f}× | "
+            f"{nv['agree']}/{nv['series_run']} | {nv['differ']} ({nv['differ_forest_only']}) |"
+        )
+    return head + "\n".join(lines) + "\n"
 
 
 def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="100,1000")
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--prometheus", action="store_true")
+    ap.add_argument("--sizes", default="100,1000,10000")
+    ap.add_argument("--cycles", type=int, default=6, help="cycles per size (1 cold + steady)")
+    ap.add_argument("--naive-max", type=int, default=1000)
+    ap.add_argument("--json", type=Path, help="also write the measurements here")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    print(f"{'what':<40} {'series':>7} {'cycle s (median)':>17} {'peak RSS MB':>12}")
-    if args.prometheus:
-        r = bench_prometheus(args.repeat)
-        print(
-            f"{'demo catalogue, real Prometheus':<40} {r['series']:>7} "
-            f"{r['cycle_s_median']:>17.3f} {peak_rss_mb():>12.0f}"
-        )
-    for n in (int(s) for s in args.sizes.split(",")):
-        r = bench_synthetic(n, args.repeat)
-        print(
-            f"{'synthetic, 6h at 1m, no fetch':<40} {n:>7} "
-            f"{r['cycle_s_median']:>17.3f} {peak_rss_mb():>12.0f}"
-        )
+    if args.one:
+        print(json.dumps(run_one(args.one, args.cycles, args.naive_max)))
+        return
+    rows = measure([int(s) for s in args.sizes.split(",")], args.cycles, args.naive_max)
+    print(table(rows))
+    print(naive_table(rows))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from detector.catalogue import Query, resolve_catalogue
 from detector.errors import QueryError
 from detector.exporter import AnomalyCollector, DetectorMetrics
-from detector.pipeline import SeriesResult, Thresholds, detect_batch, feature_spec
+from detector.pipeline import SeriesResult, Thresholds, detect_batch, feature_spec, usable_cpus
 from detector.redact import redact
 from detector.scoring import BaselineModelProvider, ModelProvider
 from detector.season import SeasonalHistory, fetch_failed
@@ -34,6 +34,8 @@ log = logging.getLogger("aiops.detector")
 
 #: Every kind of query error (the ``kind`` label of aiops_detector_query_errors_total).
 QUERY_ERROR_KINDS = ("unreachable", "timeout", "bad_query", "server_error", "bad_response")
+#: Phases of a cycle (the ``phase`` label of aiops_detector_phase_seconds).
+PHASES = ("fetch", "features", "scoring", "explanation", "export", "store")
 #: Errors that mean Prometheus itself did not answer.
 _DOWN_KINDS = frozenset({"unreachable", "timeout", "server_error"})
 
@@ -55,6 +57,9 @@ class CycleReport:
     duration: float
     results: dict[str, list[SeriesResult]] = field(default_factory=dict)
     errors: dict[str, QueryError] = field(default_factory=dict)
+    #: wall time per phase: fetch (range queries, seasonal history), features, scoring,
+    #: explanation, export (the anomaly gauges), store (feature store and anomalies)
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def outcome(self) -> str:
@@ -100,6 +105,7 @@ class Detector:
         self._pruned_at = 0.0
         self.database_up: bool | None = None
         self.thresholds = Thresholds.from_settings(settings)
+        self.threads = settings.detect_threads or min(4, usable_cpus())
         self.state = {q.name: QueryState() for q in self.queries}
         for q in self.queries:  # every error series exists from the start, at 0
             for kind in QUERY_ERROR_KINDS:
@@ -154,7 +160,9 @@ class Detector:
         t0 = time.perf_counter()
         report = CycleReport(started=now, duration=0.0)
         answered = False
-        fetch_s = detect_s = store_s = 0.0
+        phases = report.phases
+        for phase in PHASES:
+            phases[phase] = 0.0
         self._refresh_models()
         for q in self.queries:
             st = self.state[q.name]
@@ -170,7 +178,7 @@ class Detector:
                 continue
             finally:
                 took = time.perf_counter() - t1
-                fetch_s += took
+                phases["fetch"] += took
                 self.metrics.query_seconds.labels(q.name).set(took)
             answered = True
             batch = keep_shard(batch, self.settings.shard_index)
@@ -194,8 +202,7 @@ class Detector:
                 past = None
                 fetch_failed(q, exc)
                 self.metrics.query_errors.labels(q.name, exc.kind).inc()
-            fetch_s += time.perf_counter() - t1
-            t2 = time.perf_counter()
+            phases["fetch"] += time.perf_counter() - t1
             active = {key for (name, key) in self._onsets if name == q.name}
             results = detect_batch(
                 batch,
@@ -206,16 +213,19 @@ class Detector:
                 thresholds=self.thresholds,
                 active=active,
                 past=past,
+                timings=phases,
+                threads=self.threads,
             )
-            detect_s += time.perf_counter() - t2
+            t2 = time.perf_counter()
             self._track_onsets(q.name, results)
             self._exported[q.name] = {tuple(sorted(r.labels.items())) for r in results}
             self.collector.update(q.name, results)
             report.results[q.name] = results
             self._query_ok(q, st, results, now)
             t3 = time.perf_counter()
+            phases["export"] += t3 - t2
             self._store(q.name, results)
-            store_s += time.perf_counter() - t3
+            phases["store"] += time.perf_counter() - t3
         self.prometheus_up = answered
         self.metrics.prometheus_up.set(1 if answered else 0)
         if answered:
@@ -224,9 +234,8 @@ class Detector:
         report.duration = time.perf_counter() - t0
         self.metrics.cycle_seconds.observe(report.duration)
         self.metrics.cycles.labels(report.outcome).inc()
-        self.metrics.phase_seconds.labels("fetch").set(fetch_s)
-        self.metrics.phase_seconds.labels("detect").set(detect_s)
-        self.metrics.phase_seconds.labels("store").set(store_s)
+        for phase, seconds in phases.items():
+            self.metrics.phase_seconds.labels(phase).set(seconds)
         self.last_cycle = now
         self.cycles += 1
         log.info(

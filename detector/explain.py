@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from detector.features import Features, trailing_mean
+from detector.rolling import trailing_max
 
 REASONS: tuple[str, ...] = ("level_shift", "volatility_spike", "trend_break", "percent_change")
 
@@ -251,12 +252,9 @@ def novelty(
     nothing this strong happened recently. A pattern that recurs (a daily ramp the
     baseline cannot follow) stops being news; a first-of-its-kind change is.
     """
-    import pandas as pd
-
     s = np.maximum(np.nan_to_num(strength, nan=0.0), 0.0)
     p = s if past is None else np.maximum(np.nan_to_num(past, nan=0.0), 0.0)
-    frame = pd.DataFrame(p.T)
-    past = frame.shift(gap + 1).rolling(history, min_periods=min_count).max().to_numpy().T
+    past = trailing_max(p, gap + 1, history, min_count)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = s / np.maximum(past, 1e-9)
     return np.where(np.isfinite(past), out, np.inf)

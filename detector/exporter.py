@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from detector.pipeline import SeriesResult
 
@@ -25,17 +26,50 @@ CYCLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
 
 class AnomalyCollector(Collector):
-    """``aiops_anomaly_*`` gauges from the latest results of every query."""
+    """``aiops_anomaly_*`` gauges from the latest results of every query.
+
+    ``update`` turns a query's results into samples once per cycle; a scrape only
+    gathers the samples of every query (nothing is rebuilt per scrape).
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self._lock = threading.Lock()
-        self._snapshots: dict[str, list[SeriesResult]] = {}
+        self._snapshots: dict[str, list[list[Sample]]] = {}
         if registry is not None:
             registry.register(self)
 
     def update(self, query: str, results: Iterable[SeriesResult]) -> None:
         """Replace everything exported for ``query`` with ``results``."""
-        snapshot = list(results)
+        families = self._families()
+        current, score, info, zscore, delta, model, model_age = families
+        for r in results:
+            labels = {"metric": r.metric, **r.labels}
+            current.add_sample("aiops_anomaly_current", labels, 1.0 if r.anomalous else 0.0)
+            if r.status != "ok":
+                continue
+            if r.model_version:
+                trained = "baseline" if r.model_version.startswith("baseline") else "registry"
+                model.add_sample(
+                    "aiops_model_info",
+                    {**labels, "version": r.model_version, "source": trained},
+                    1.0,
+                )
+                if r.model_fitted_at is not None:
+                    model_age.add_sample(
+                        "aiops_model_age_seconds",
+                        labels,
+                        max(r.observed_at - r.model_fitted_at, 0.0),
+                    )
+            if math.isfinite(r.score):
+                score.add_sample("aiops_anomaly_score", labels, r.score)
+            if math.isfinite(r.delta):
+                delta.add_sample("aiops_anomaly_delta", labels, r.delta)
+            for window, z in r.zscores.items():
+                if math.isfinite(z):
+                    zscore.add_sample("aiops_anomaly_zscore", {**labels, "window": window}, z)
+            for reason in r.reasons:
+                info.add_sample("aiops_anomaly_info", {**labels, "reason": reason.reason}, 1.0)
+        snapshot = [f.samples for f in families]
         with self._lock:
             self._snapshots[query] = snapshot
 
@@ -54,36 +88,11 @@ class AnomalyCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             snapshots = list(self._snapshots.values())
-        current, score, info, zscore, delta, model, model_age = self._families()
-        for results in snapshots:
-            for r in results:
-                labels = {"metric": r.metric, **r.labels}
-                current.add_sample("aiops_anomaly_current", labels, 1.0 if r.anomalous else 0.0)
-                if r.status != "ok":
-                    continue
-                if r.model_version:
-                    trained = "baseline" if r.model_version.startswith("baseline") else "registry"
-                    model.add_sample(
-                        "aiops_model_info",
-                        {**labels, "version": r.model_version, "source": trained},
-                        1.0,
-                    )
-                    if r.model_fitted_at is not None:
-                        model_age.add_sample(
-                            "aiops_model_age_seconds",
-                            labels,
-                            max(r.observed_at - r.model_fitted_at, 0.0),
-                        )
-                if math.isfinite(r.score):
-                    score.add_sample("aiops_anomaly_score", labels, r.score)
-                if math.isfinite(r.delta):
-                    delta.add_sample("aiops_anomaly_delta", labels, r.delta)
-                for window, z in r.zscores.items():
-                    if math.isfinite(z):
-                        zscore.add_sample("aiops_anomaly_zscore", {**labels, "window": window}, z)
-                for reason in r.reasons:
-                    info.add_sample("aiops_anomaly_info", {**labels, "reason": reason.reason}, 1.0)
-        yield from (current, score, info, zscore, delta, model, model_age)
+        families = self._families()
+        for samples in snapshots:
+            for family, part in zip(families, samples, strict=True):
+                family.samples.extend(part)
+        yield from families
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, ...]:

@@ -21,9 +21,9 @@ import math
 from dataclasses import dataclass, field, fields
 
 import numpy as np
-import pandas as pd
 
 from detector.durations import format_duration
+from detector.rolling import trailing_median
 
 #: Recent windows, shortest first: (seconds, at least this many points). At a 1-minute
 #: step they are 5m, 15m and 1h; at coarser steps they keep enough points to mean
@@ -255,8 +255,22 @@ def _lagged(p: np.ndarray, lag: int) -> np.ndarray:
 
 
 def _window(p: np.ndarray, lag: int, width: int) -> np.ndarray:
-    """For every t: the sum over columns [t + 1 - lag - width, t + 1 - lag), clipped at 0."""
-    return _lagged(p, lag) - _lagged(p, lag + width)
+    """For every t: the sum over columns [t + 1 - lag - width, t + 1 - lag), clipped at 0.
+
+    ``_lagged(p, lag) - _lagged(p, lag + width)``, without building either.
+    """
+    n_times = p.shape[1] - 1
+    out = np.empty((p.shape[0], n_times))
+    a = min(max(lag - 1, 0), n_times)  # before a: both terms are 0
+    b = min(max(lag + width - 1, a), n_times)  # before b: only the first is not
+    out[:, :a] = 0.0
+    out[:, a:b] = p[:, a + 1 - lag : b + 1 - lag]
+    np.subtract(
+        p[:, b + 1 - lag : n_times + 1 - lag],
+        p[:, b + 1 - lag - width : n_times + 1 - lag - width],
+        out=out[:, b:],
+    )
+    return out
 
 
 def _line_stats(
@@ -440,13 +454,17 @@ def seasonal_fit(past: np.ndarray, horizon: int) -> np.ndarray:
 def _merge(use: np.ndarray, a: Features, b: Features) -> Features:
     """``a`` where ``use`` is 1, ``b`` where 0, the weighted mean between (flags: the
     majority), field by field: no jump where a series moves from one to the other."""
-    whole, none = use >= 1.0, use <= 0.0
+    whole, none, most = use >= 1.0, use <= 0.0, use >= 0.5
+    between = ~whole & ~none
+    w = use[between]
 
     def pick(u: np.ndarray, v: np.ndarray) -> np.ndarray:
         if u.dtype == bool:
-            return np.where(use >= 0.5, u, v)
+            return np.where(most, u, v)
+        out = np.where(whole, u, v)
         with np.errstate(invalid="ignore"):
-            return np.where(whole, u, np.where(none, v, use * u + (1.0 - use) * v))
+            out[between] = w * u[between] + (1.0 - w) * v[between]
+        return out
 
     out = {}
     for fld in fields(Features):
@@ -462,8 +480,7 @@ def _merge(use: np.ndarray, a: Features, b: Features) -> Features:
 
 def _past_median(a: np.ndarray, lag: int, horizon: int = 2000) -> np.ndarray:
     """Median of each series' values over the ``horizon`` points ending ``lag`` points ago."""
-    frame = pd.DataFrame(np.where(np.isfinite(a), a, np.nan).T)
-    med = frame.shift(lag).rolling(horizon, min_periods=1).median().to_numpy().T
+    med = trailing_median(np.where(np.isfinite(a), a, np.nan), lag, horizon)
     return np.nan_to_num(med, nan=0.0)
 
 

@@ -79,6 +79,9 @@ class RegistryModelProvider:
     def model_for(self, query: str, train: np.ndarray, *, now: float) -> Model:
         return self.fallback.model_for(query, train, now=now)
 
+    def reusable(self, query: str, n_features: int, *, now: float) -> Model | None:
+        return self.fallback.reusable(query, n_features, now=now)
+
     def current(self, query: str) -> Model | None:
         return self.fallback.current(query)
 

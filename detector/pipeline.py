@@ -6,18 +6,22 @@ built only for the results handed to the exporter and the CLI.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from detector.catalogue import Query
 from detector.explain import Evidence, Explainer, Reason, default_explainers, reasons_at
-from detector.features import Features, FeatureSpec, compute_features
+from detector.features import Features, FeatureSpec, compute_features, feature_names
 from detector.scoring import ModelProvider
 from detector.settings import Settings
 from detector.source import SeriesBatch, series_key
-from detector.verdict import hysteresis, judge, reasons_behind
+from detector.verdict import Judgement, hysteresis, judge, reasons_behind
 
 
 @dataclass
@@ -117,22 +121,171 @@ def feature_spec(query: Query, settings: Settings, step: float) -> FeatureSpec:
     )
 
 
+#: Series per chunk. A chunk's features are a few dozen (series × time) arrays: chunks
+#: bound the memory of a cycle whatever the number of series, keep the arrays small
+#: enough for the CPU caches, and are what the threads share out. Results do not depend
+#: on it (every series is computed alone).
+CHUNK_SERIES = 500
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+#: The forest is fitted on at most this many baseline rows, sampled over all series.
+MAX_TRAIN_ROWS = 20000
+
+
 def training_rows(
-    f: Features, spec: FeatureSpec, *, max_rows: int = 20000, seed: int = 0
+    f: Features, spec: FeatureSpec, *, max_rows: int = MAX_TRAIN_ROWS, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(series, time) pairs of the baseline part that may train the forest.
 
     The newest ``longest window`` is left out so the incident being scored now is
     never part of the model it is scored with.
     """
-    n_times = f.ready.shape[1]
-    upto = max(n_times - spec.longest, 0)
-    mask = f.ready[:, :upto]
-    ii, tt = np.nonzero(mask)
-    if len(ii) > max_rows:
-        pick = np.random.default_rng(seed).choice(len(ii), max_rows, replace=False)
-        ii, tt = ii[pick], tt[pick]
-    return ii, tt
+    ii, tt = _candidate_rows(f, spec)
+    pick = _sample(len(ii), max_rows, seed)
+    return (ii, tt) if pick is None else (ii[pick], tt[pick])
+
+
+def _candidate_rows(f: Features, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    upto = max(f.ready.shape[1] - spec.longest, 0)
+    return np.nonzero(f.ready[:, :upto])
+
+
+def _sample(n: int, max_rows: int, seed: int = 0) -> np.ndarray | None:
+    """Indices of ``max_rows`` of ``n`` candidate rows (None: take them all)."""
+    if n <= max_rows:
+        return None
+    return np.random.default_rng(seed).choice(n, max_rows, replace=False)
+
+
+class _Clock:
+    """Adds the wall time of each phase to ``timings`` (when given)."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.t = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[phase] = self.timings.get(phase, 0.0) + now - self.t
+        self.t = now
+
+    def share(self, spent: list[dict[str, float]]) -> None:
+        """Add the wall time since the last lap to the phases of ``spent`` (one dict of
+        seconds per phase for each piece of work done meanwhile), pro rata."""
+        now = time.perf_counter()
+        total: dict[str, float] = {}
+        for own in spent:
+            for phase, seconds in own.items():
+                total[phase] = total.get(phase, 0.0) + seconds
+        whole = sum(total.values())
+        if self.timings is not None and whole > 0:
+            for phase, seconds in total.items():
+                self.timings[phase] = (
+                    self.timings.get(phase, 0.0) + (now - self.t) * seconds / whole
+                )
+        self.t = now
+
+
+@dataclass
+class _Part:
+    """What one chunk of series leaves for the rest of the cycle: its newest column."""
+
+    last: Features
+    strict: np.ndarray  # (m,) strict verdict before the forest's gate
+    relaxed: np.ndarray  # (m,)
+    strict_evidence: list[Evidence]
+    relaxed_evidence: list[Evidence]
+    finite: np.ndarray  # per candidate training row: complete
+    candidates: np.ndarray | None  # the candidate training rows (when the forest is refitted)
+
+
+def _newest(ev: Evidence) -> Evidence:
+    def col(a: Any) -> Any:  # a copy: a view would keep the whole array alive
+        return a[:, [-1]] if isinstance(a, np.ndarray) else a
+
+    return Evidence(
+        ev.reason,
+        col(ev.fired),
+        col(ev.window),
+        col(ev.zscore),
+        col(ev.delta),
+        col(ev.threshold),
+        col(ev.strength),
+    )
+
+
+def _detect_chunk(
+    values: np.ndarray,
+    past: np.ndarray | None,
+    spec: FeatureSpec,
+    th: Thresholds,
+    direction: str,
+    keep_candidates: bool,
+    clock: _Clock,
+) -> _Part:
+    feats = compute_features(values, spec, past)
+    clock.lap("features")
+    candidates = feats.matrix(direction, _candidate_rows(feats, spec))
+    finite = np.isfinite(candidates).all(axis=1)
+    clock.lap("scoring")
+    # The forest scores (and gates) only the newest column, and may be fitted on the
+    # rows of every chunk: judge without it here, the gate is applied in detect_batch.
+    j = judge(feats, th, direction, np.full(feats.ready.shape, np.nan), spec.longest)
+    part = _Part(
+        last=feats.take(np.array([feats.ready.shape[1] - 1])),  # a copy, not a view
+        strict=j.strict[:, -1],
+        relaxed=j.relaxed[:, -1],
+        strict_evidence=[_newest(ev) for ev in j.strict_evidence],
+        relaxed_evidence=[_newest(ev) for ev in j.relaxed_evidence],
+        finite=finite,
+        candidates=candidates if keep_candidates else None,
+    )
+    clock.lap("explanation")
+    return part
+
+
+def _concat_features(parts: list[Features]) -> Features:
+    """Features of consecutive chunks of series as one (series along axis 0)."""
+    if len(parts) == 1:
+        return parts[0]
+    out: dict[str, Any] = {}
+    for fld in fields(Features):
+        vals = [getattr(p, fld.name) for p in parts]
+        if fld.name in ("windows", "short_points"):
+            out[fld.name] = vals[0]
+        elif fld.name == "extra":  # a chunk without a key had none of it: zeros
+            keys = {k for v in vals for k in v}
+            out[fld.name] = {
+                k: np.concatenate(
+                    [v.get(k, np.zeros(p.ready.shape)) for v, p in zip(vals, parts, strict=True)]
+                )
+                for k in keys
+            }
+        elif isinstance(vals[0], dict):
+            out[fld.name] = {k: np.concatenate([v[k] for v in vals]) for k in vals[0]}
+        else:
+            out[fld.name] = np.concatenate(vals)
+    return Features(**out)
+
+
+def _concat_evidence(parts: list[list[Evidence]]) -> list[Evidence]:
+    def cat(a: list[Any]) -> Any:
+        if a[0] is None or not isinstance(a[0], np.ndarray):
+            return a[0]
+        return np.concatenate(a)
+
+    return [
+        Evidence(*(cat([getattr(ev, f.name) for ev in evs]) for f in fields(Evidence)))
+        for evs in zip(*parts, strict=True)
+    ]
 
 
 def detect_batch(
@@ -145,6 +298,8 @@ def detect_batch(
     thresholds: Thresholds | None = None,
     active: set[tuple[tuple[str, str], ...]] | None = None,
     past: np.ndarray | None = None,
+    timings: dict[str, float] | None = None,
+    threads: int = 1,
 ) -> list[SeriesResult]:
     """Score and explain the newest point of every series in ``batch``.
 
@@ -154,68 +309,112 @@ def detect_batch(
     ``active`` holds the label keys (sorted label items) of series that were
     anomalous at the previous cycle: they stay anomalous until their reasons fall
     below the relaxed thresholds (``AIOPS_RESOLVE_RATIO``).
+
+    Series are processed in chunks of ``CHUNK_SERIES`` (features and explainers of
+    every time column, as the verdict needs the series' history), keeping only their
+    newest column, ``threads`` chunks at a time (numpy works outside the GIL); the forest
+    then scores all series at once. ``timings`` (if given) receives the wall time of the
+    ``features``, ``scoring`` and ``explanation`` phases (with several threads, the
+    chunks' wall time shared out in proportion of the time each thread spent per phase).
     """
     th = thresholds or Thresholds.from_settings(settings)
     if len(batch) == 0:
         return []
+    clock = _Clock(timings)
     spec = feature_spec(query, settings, batch.step)
-    feats = compute_features(batch.values, spec, past)
-    last = feats.take(slice(-1, None))
-    shortest = spec.window_points[feats.windows[0]]
-    alive = np.isfinite(batch.values[:, -shortest:]).any(axis=1)
+    reusable = getattr(provider, "reusable", None)
+    n_columns = len(feature_names(tuple(spec.window_points)))
+    model = reusable(query.name, n_columns, now=now) if reusable else None
+    spent: list[dict[str, float]] = []
 
+    def chunk(s: int) -> _Part:
+        own: dict[str, float] = {}
+        spent.append(own)
+        return _detect_chunk(
+            batch.values[s : s + CHUNK_SERIES],
+            None if past is None else past[:, s : s + CHUNK_SERIES],
+            spec,
+            th,
+            query.direction,
+            model is None,
+            _Clock(own),
+        )
+
+    starts = range(0, len(batch), CHUNK_SERIES)
+    if threads > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+            parts = list(pool.map(chunk, starts))
+    else:
+        parts = [chunk(s) for s in starts]
+    clock.share(spent)
+    last = _concat_features([p.last for p in parts])
+    windows = last.windows
+
+    # The forest: fitted on baseline rows sampled over all series (or reused).
     scores = np.full(len(batch), np.nan)
     versions = np.full(len(batch), "", dtype=object)
     fitted_at = np.full(len(batch), np.nan)
-    ii, tt = training_rows(feats, spec)
-    train = feats.matrix(query.direction, (ii, tt))
-    train = train[np.isfinite(train).all(axis=1)]
-    if len(train) >= 8:
-        model = provider.model_for(query.name, train, now=now)
+    finite = np.concatenate([p.finite for p in parts])
+    pick = _sample(len(finite), MAX_TRAIN_ROWS)
+    complete = finite if pick is None else finite[pick]
+    if complete.sum() >= 8:
+        if model is None:
+            train = np.concatenate([p.candidates for p in parts])  # type: ignore[misc]
+            train = (train if pick is None else train[pick])[complete]
+            model = provider.model_for(query.name, train, now=now)
         versions[:] = model.version
         fitted_at[:] = model.fitted_at
         scores = model.scorer.score(last.matrix(query.direction))
     _score_trained(provider, query, batch, last, scores, versions, fitted_at)
+    clock.lap("scoring")
 
-    # Verdicts need every column (novelty compares with the series' own history);
-    # the forest scores only the newest one.
-    all_scores = np.full(feats.ready.shape, np.nan)
-    all_scores[:, -1] = scores
-    j = judge(feats, th, query.direction, all_scores, spec.longest)
-    ready = last.ready[:, 0]
-    was_active = np.array([tuple(sorted(lb.items())) in (active or ()) for lb in batch.labels])
-    verdict = hysteresis(j.strict[:, -1:], j.relaxed[:, -1:], was_active)
-    anomalous = verdict[:, 0]
-    evidence = [
-        Evidence(
-            ev.reason,
-            ev.fired[:, -1:],
-            ev.window[:, -1:],
-            ev.zscore[:, -1:],
-            ev.delta[:, -1:],
-            ev.threshold[:, -1:],
-            None,
-        )
-        for ev in reasons_behind(j, np.pad(verdict, ((0, 0), (j.strict.shape[1] - 1, 0))))
-    ]
+    # The verdict on the newest column: the forest's gate (as in ``judge``), then hysteresis.
+    gate = np.where(np.isfinite(scores), scores >= th.score_thresh, True)
+    strict = np.concatenate([p.strict for p in parts]) & gate
+    relaxed = np.concatenate([p.relaxed for p in parts])
+    newest = Judgement(
+        strict[:, None],
+        relaxed[:, None],
+        _concat_evidence([p.strict_evidence for p in parts]),
+        _concat_evidence([p.relaxed_evidence for p in parts]),
+        np.zeros((len(batch), 1)),
+    )
+    if active:
+        was_active = np.array([tuple(sorted(lb.items())) in active for lb in batch.labels])
+    else:
+        was_active = np.zeros(len(batch), dtype=bool)
+    verdict = hysteresis(newest.strict, newest.relaxed, was_active)
+    anomalous = verdict[:, 0].tolist()
+    evidence = reasons_behind(newest, verdict)
 
     # the newest finite value of each series (the grid's last point may be a gap)
-    finite = np.isfinite(batch.values)
-    last_idx = batch.values.shape[1] - 1 - np.argmax(finite[:, ::-1], axis=1)
-    latest = batch.values[np.arange(len(batch)), last_idx]
+    values = batch.values
+    finite_v = np.isfinite(values)
+    last_idx = values.shape[1] - 1 - np.argmax(finite_v[:, ::-1], axis=1)
+    latest = values[np.arange(len(batch)), last_idx].tolist()
+    shortest = spec.window_points[windows[0]]
+    alive = np.nonzero(finite_v[:, -shortest:].any(axis=1))[0].tolist()
 
-    results: list[SeriesResult] = []
-    short = feats.windows[0]
+    # Python objects for the exporter, the events and the CLI: from plain lists
+    ready = last.ready[:, 0].tolist()
+    baseline = last.baseline[:, 0].tolist()
+    score_l = scores.tolist()
+    zs = {w: last.z[w][:, 0].tolist() for w in windows}
+    delta = last.delta[windows[0]][:, 0].tolist()
+    scale = last.scale[:, 0].tolist()
+    version_l = [str(v) for v in versions]
+    fitted_l = fitted_at.tolist()
     names = last.names()
-    rows = last.matrix(query.direction)
-    for i in np.nonzero(alive)[0]:
+    rows = last.matrix(query.direction).tolist()
+    results: list[SeriesResult] = []
+    for i in alive:
         if not ready[i]:
             results.append(
                 SeriesResult(
                     query.name,
                     batch.labels[i],
                     "warming_up",
-                    value=float(latest[i]),
+                    value=latest[i],
                     observed_at=batch.end,
                 )
             )
@@ -225,20 +424,21 @@ def detect_batch(
                 metric=query.name,
                 labels=batch.labels[i],
                 status="ok",
-                value=float(latest[i]),
-                baseline=float(last.baseline[i, 0]),
-                score=float(scores[i]),
-                anomalous=bool(anomalous[i]),
-                reasons=reasons_at(evidence, feats.windows, i, 0) if anomalous[i] else [],
-                zscores={w: float(last.z[w][i, 0]) for w in feats.windows},
-                delta=float(last.delta[short][i, 0]),
-                model_version=str(versions[i]),
+                value=latest[i],
+                baseline=baseline[i],
+                score=score_l[i],
+                anomalous=anomalous[i],
+                reasons=reasons_at(evidence, windows, i, 0) if anomalous[i] else [],
+                zscores={w: zs[w][i] for w in windows},
+                delta=delta[i],
+                model_version=version_l[i],
                 observed_at=batch.end,
-                model_fitted_at=float(fitted_at[i]) if np.isfinite(fitted_at[i]) else None,
-                scale=float(last.scale[i, 0]),
-                features=dict(zip(names, rows[i].tolist(), strict=True)),
+                model_fitted_at=fitted_l[i] if math.isfinite(fitted_l[i]) else None,
+                scale=scale[i],
+                features=dict(zip(names, rows[i], strict=True)),
             )
         )
+    clock.lap("explanation")
     return results
 
 

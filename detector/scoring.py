@@ -97,10 +97,16 @@ class BaselineModelProvider:
         self.random_state = random_state
         self._models: dict[str, Model] = {}
 
-    def model_for(self, query: str, train: np.ndarray, *, now: float) -> Model:
+    def reusable(self, query: str, n_features: int, *, now: float) -> Model | None:
+        """The query's model if it is fresh enough to score ``n_features`` columns now:
+        what ``model_for`` would return without fitting (the caller then needs no rows)."""
         model = self._models.get(query)
         fresh = model is not None and now - model.fitted_at < self.refit_seconds
-        if fresh and train.shape[1] == model.scorer.n_features_:
+        return model if fresh and n_features == model.scorer.n_features_ else None
+
+    def model_for(self, query: str, train: np.ndarray, *, now: float) -> Model:
+        model = self.reusable(query, train.shape[1], now=now)
+        if model is not None:
             return model
         scorer = IsolationForestScorer(random_state=self.random_state).fit(train)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("AIOPS_DATABASE_URL", "database_url"),
     )
     shard: str | None = Field(None, validation_alias=AliasChoices("AIOPS_SHARD", "shard"))
+    #: threads computing the chunks of series of a cycle (0: one per usable CPU, at most 4)
+    detect_threads: int = Field(
+        0, ge=0, le=64, validation_alias=AliasChoices("AIOPS_DETECT_THREADS", "detect_threads")
+    )
     auto_migrate: bool = Field(
         True, validation_alias=AliasChoices("AIOPS_AUTO_MIGRATE", "auto_migrate")
     )
