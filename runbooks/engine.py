@@ -107,6 +107,7 @@ class Remediator:
         self.guard_store = guard_store if guard_store is not None else SqlGuards()
         self._verify: dict[str, float] = {}  # incident id -> deadline
         self._lock = threading.Lock()
+        self._started = 0  # actions that passed the kill switch and started
         #: decisions and lone audit rows are group-committed by one writer thread
         self.writer = GroupCommitter(engine)
 
@@ -424,7 +425,34 @@ class Remediator:
         return Decision("resolved", inc.id, detail=f"after {now - inc.opened_at:.0f}s")
 
     # -- acting ---------------------------------------------------------------------------
+    def disable(self) -> int:
+        """Flip the kill switch off now: no action that has not started will start (each
+        checks it again, under the same lock, right before it runs). Returns how many
+        actions had started."""
+        with self._lock:
+            self.config.enabled = False
+            started = self._started
+        if self.metrics:
+            self.metrics.enabled.set(0)
+        return started
+
     def _execute(self, sig: Signal, rule: Rule, iid: str, target: Target) -> Decision:
+        with self._lock:  # the kill switch may have been flipped since the decision
+            go = self.config.enabled
+            self._started += go
+        if not go:
+            why = "the kill switch was turned off before the action started"
+            with self.engine.begin() as conn:
+                row = self._audit(
+                    conn,
+                    "skipped_disabled",
+                    sig,
+                    incident_id=iid,
+                    action=rule.action,
+                    details={"why": why},
+                )
+            self._published([row])
+            return Decision("skipped_disabled", iid, rule.action, why)
         action = make_action(
             rule.action, rule.params, timeout=self.config.action_timeout, clients=self.kube
         )
