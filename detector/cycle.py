@@ -92,6 +92,7 @@ class Detector:
             token=token,
             timeout=settings.prom_timeout_seconds,
             retries=settings.prom_retries,
+            compress=settings.prom_gzip,
         )
         self.seasons = SeasonalHistory(self.source)
         self.provider = provider or BaselineModelProvider(

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
         gt=0,
         validation_alias=AliasChoices("AIOPS_PROM_TIMEOUT_SECONDS", "prom_timeout_seconds"),
     )
+    prom_gzip: bool = Field(False, validation_alias=AliasChoices("AIOPS_PROM_GZIP", "prom_gzip"))
     prom_retries: int = Field(
         2, ge=0, le=10, validation_alias=AliasChoices("AIOPS_PROM_RETRIES", "prom_retries")
     )
