@@ -49,6 +49,7 @@ STEP = "5s"
 LOOKBACK = "1h"
 WINDOWS = ("30s", "1m", "3m")
 RULE_FOR = "15s"
+RULE_KEEP_FIRING_FOR = "30s"
 VERIFY_SECONDS = 180.0
 
 
@@ -271,7 +272,8 @@ def write_catalogue(workdir: Path) -> Path:
 
 
 def write_rules(outdir: Path) -> list[str]:
-    """The shipped rule files with every ``for`` cut to RULE_FOR (the demo's pace)."""
+    """The shipped rule files with every ``for`` cut to RULE_FOR and ``keep_firing_for``
+    to RULE_KEEP_FIRING_FOR (the demo's pace)."""
     from detector.durations import parse_duration
 
     outdir.mkdir(parents=True, exist_ok=True)
@@ -283,6 +285,8 @@ def write_rules(outdir: Path) -> list[str]:
             for rule in group.get("rules", []):
                 if "for" in rule and parse_duration(str(rule["for"])) > limit:
                     rule["for"] = RULE_FOR
+                if "keep_firing_for" in rule:  # still covers a pending sibling's `for`
+                    rule["keep_firing_for"] = RULE_KEEP_FIRING_FOR
         dst = outdir / src.name
         dst.write_text(yaml.safe_dump(doc, sort_keys=False))
         paths.append(str(dst))

@@ -306,11 +306,18 @@ def test_demo_up_via_alertmanager_alone_heals_verifies_and_resolves(demos):
 
 
 def _empty_panels(prom_url: str) -> list[tuple[str, str, str]]:
-    """(dashboard, panel, query) of every PromQL target that returns no series."""
+    """(dashboard, panel, query) of every PromQL target that returns no series over the
+    last 10 minutes of the run (a range query, as Grafana runs it over its time range:
+    "anomalous now" had its series while the incident was open)."""
     out = []
+    end = time.time()
     for path in dashboard_paths():
         for title, expr in promql_targets(path):
-            r = httpx.get(f"{prom_url}/api/v1/query", params={"query": expr}, timeout=10)
+            r = httpx.get(
+                f"{prom_url}/api/v1/query_range",
+                params={"query": expr, "start": end - 600, "end": end, "step": "15s"},
+                timeout=10,
+            )
             data = r.json()
             if data.get("status") != "success" or not data["data"]["result"]:
                 out.append((path.name, title, expr))
