@@ -135,6 +135,12 @@ def verdicts(data: dict) -> list[str]:
             f"our steady cycle at 1,000 / 10,000 series ({refit[0]:.0f}× / {refit[1]:.0f}× "
             f"against a cycle that refits our forest; target ≥ {TARGET_RATIO:g}×)."
         )
+    if 10000 in cyc:
+        st = cyc[10000]["steady"]
+        out.append(
+            f"A scrape of /metrics at 10,000 series: {st['scrape_bytes'] / 1e6:.1f} MB in "
+            f"{st['scrape']:.2f} s (the samples are built once per cycle, in *export*)."
+        )
     prom = {r["series"]: r for r in data.get("prometheus", {}).get("rows", [])}
     if 1000 in prom:
         b = prom[1000]["batched"]
@@ -144,6 +150,14 @@ def verdicts(data: dict) -> list[str]:
             f"**{s:.2f} s** steady, {b['cold']['total']:.2f} s cold (target < {TARGET_PROM_S:g} s: "
             f"{'met' if max(s, b['cold']['total']) < TARGET_PROM_S else 'missed'}); one request "
             f"per series instead: {prom[1000]['per_series']['steady']['total']:.1f} s steady."
+        )
+    if 10000 in prom:
+        b = prom[10000]["batched"]
+        out.append(
+            f"10,000 series against Prometheus: full cycle {b['steady']['total']:.1f} s steady "
+            f"({b['steady']['fetch']:.1f} s of it fetching ~120 MB of JSON), "
+            f"{b['cold']['total']:.1f} s cold (the three seasonal slices fetched whole); one "
+            f"request per series: {prom[10000]['per_series']['steady']['total']:.0f} s steady."
         )
     nab = data.get("nab", {}).get("result")
     if nab:

@@ -349,20 +349,23 @@ def compute_features(
         past = past_slices(x, period, spec.season_cycles)
     elif past.shape[1:] != (x.shape[0], x.shape[1] + 2 * NEIGHBOUR_REACH):
         raise ValueError(f"past slices have shape {past.shape}, values {x.shape}")
-    profile = seasonal_profile(x, past)
     ratio = seasonal_fit(past, spec.baseline_points + spec.longest)
     lo, hi = spec.season_gain - spec.season_band, spec.season_gain + spec.season_band
     with np.errstate(invalid="ignore"):
         use = np.nan_to_num(np.clip((hi - ratio) / max(hi - lo, 1e-9), 0.0, 1.0))
     if not use.any():
         return plain
+    # the seasonal variant only for the series that use it somewhere (the others: plain)
+    rows = np.nonzero(use.any(axis=1))[0]
+    x, past, u = x[rows], past[:, rows], use[rows]
+    profile = seasonal_profile(x, past)
     expected = np.nan_to_num(profile)
     seasonal = _compute(x - profile, spec, ref=expected)
-    seasonal.value = plain.value
+    seasonal.value = plain.value[rows]
     seasonal.baseline = seasonal.baseline + expected
     for name, w in spec.window_points.items():
         seasonal.mean[name] = seasonal.mean[name] + trailing_mean(expected, w)
-    merged = _merge(use, seasonal, plain)
+    merged = _merge(u, seasonal, _rows(plain, rows), into=plain, at=rows)
     merged.extra["seasonal"] = use
     return merged
 
@@ -451,9 +454,31 @@ def seasonal_fit(past: np.ndarray, horizon: int) -> np.ndarray:
         return np.where(n_r >= horizon / 2, np.sqrt(var_r / var_x), np.nan)
 
 
-def _merge(use: np.ndarray, a: Features, b: Features) -> Features:
+def _rows(f: Features, rows: np.ndarray) -> Features:
+    """The features of some series (rows) only."""
+    out = {}
+    for fld in fields(Features):
+        v = getattr(f, fld.name)
+        if fld.name in ("windows", "short_points"):
+            out[fld.name] = v
+        elif isinstance(v, dict):
+            out[fld.name] = {k: a[rows] for k, a in v.items()}
+        else:
+            out[fld.name] = v[rows]
+    return Features(**out)
+
+
+def _merge(
+    use: np.ndarray,
+    a: Features,
+    b: Features,
+    into: Features | None = None,
+    at: np.ndarray | None = None,
+) -> Features:
     """``a`` where ``use`` is 1, ``b`` where 0, the weighted mean between (flags: the
-    majority), field by field: no jump where a series moves from one to the other."""
+    majority), field by field: no jump where a series moves from one to the other.
+
+    With ``into``, the result is written into its rows ``at`` (and ``into`` returned)."""
     whole, none, most = use >= 1.0, use <= 0.0, use >= 0.5
     between = ~whole & ~none
     w = use[between]
@@ -475,7 +500,16 @@ def _merge(use: np.ndarray, a: Features, b: Features) -> Features:
             out[fld.name] = {k: pick(u[k], v[k]) for k in u if k in v}
         else:
             out[fld.name] = pick(u, v)
-    return Features(**out)
+    if into is None:
+        return Features(**out)
+    for name, merged in out.items():
+        target = getattr(into, name)
+        if isinstance(target, dict):
+            for k in merged:
+                target[k][at] = merged[k]
+        elif isinstance(target, np.ndarray):
+            target[at] = merged
+    return into
 
 
 def _past_median(a: np.ndarray, lag: int, horizon: int = 2000) -> np.ndarray:

@@ -238,7 +238,14 @@ def _detect_chunk(
     clock.lap("scoring")
     # The forest scores (and gates) only the newest column, and may be fitted on the
     # rows of every chunk: judge without it here, the gate is applied in detect_batch.
-    j = judge(feats, th, direction, np.full(feats.ready.shape, np.nan), spec.longest)
+    j = judge(
+        feats,
+        th,
+        direction,
+        np.full(feats.ready.shape, np.nan),
+        spec.longest,
+        relaxed_columns=max(feats.short_points, 1),
+    )
     part = _Part(
         last=feats.take(np.array([feats.ready.shape[1] - 1])),  # a copy, not a view
         strict=j.strict[:, -1],

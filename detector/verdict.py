@@ -47,11 +47,22 @@ class Judgement:
 
 
 def judge(
-    f: Features, thresholds: Thresholds, direction: str, scores: np.ndarray, gap: int
+    f: Features,
+    thresholds: Thresholds,
+    direction: str,
+    scores: np.ndarray,
+    gap: int,
+    *,
+    relaxed_columns: int | None = None,
 ) -> Judgement:
-    """Strict and relaxed verdicts for every column of ``f`` (scores: NaN = no forest)."""
+    """Strict and relaxed verdicts for every column of ``f`` (scores: NaN = no forest).
+
+    ``relaxed_columns``: the relaxed verdict and evidence only for that many newest
+    columns (the live cycle needs one; they look back no further than the shortest
+    window, while the strict ones need every column for the novelty)."""
     strict_ev = evaluate(thresholds.explainers(direction), f)
-    relaxed_ev = evaluate(thresholds.relaxed().explainers(direction), f)
+    fr = f if relaxed_columns is None else f.take(slice(-relaxed_columns, None))
+    relaxed_ev = evaluate(thresholds.relaxed().explainers(direction), fr)
     weight = np.zeros(f.ready.shape)
     with np.errstate(invalid="ignore"):
         back = np.abs(f.return_z) < thresholds.z_thresh * thresholds.return_ratio
@@ -68,7 +79,7 @@ def judge(
             weight = np.maximum(weight, np.where(ev.fired, ev.strength, 0.0))
     gate = np.where(np.isfinite(scores), scores >= thresholds.score_thresh, True)
     strict = f.mature & any_fired(strict_ev) & gate
-    relaxed = f.ready & any_fired(relaxed_ev)
+    relaxed = fr.ready & any_fired(relaxed_ev)
     return Judgement(strict, relaxed, strict_ev, relaxed_ev, weight)
 
 

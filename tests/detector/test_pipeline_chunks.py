@@ -106,3 +106,51 @@ def test_a_fresh_forest_is_reused_without_building_training_rows(batch_and_past,
     assert [r.score for r in first] == [r.score for r in again]
     detect_batch(batch, query, settings, provider, now=NOW + 3600, past=past)
     assert len(fits) == 2  # stale: refitted
+
+
+def test_features_of_a_series_do_not_depend_on_the_others(batch_and_past):
+    """Plain and seasonal series mixed in one call, or each alone: the same numbers."""
+    from dataclasses import fields
+
+    from detector.features import Features, compute_features
+    from detector.pipeline import feature_spec
+
+    batch, past = batch_and_past
+    settings = load_settings(metrics=None, config=None)
+    spec = feature_spec(Query(name="q", promql="x"), settings, batch.step)
+    together = compute_features(batch.values, spec, past)
+    seasonal = together.extra["seasonal"].any(axis=1)
+    assert 0 < seasonal.sum() < len(seasonal)  # both kinds are in the batch
+    for i in (0, 11, 30, int(np.argmax(seasonal)), int(np.argmin(seasonal))):
+        alone = compute_features(batch.values[i : i + 1], spec, past[:, i : i + 1])
+        for fld in fields(Features):
+            a, b = getattr(together, fld.name), getattr(alone, fld.name)
+            if fld.name == "extra":
+                a = {k: v for k, v in a.items() if v[i].any()}
+            if isinstance(a, dict):
+                assert a.keys() == b.keys(), (i, fld.name)
+                for k in a:
+                    np.testing.assert_array_equal(a[k][i], b[k][0])
+            elif isinstance(a, np.ndarray):
+                np.testing.assert_array_equal(a[i], b[0])
+
+
+def test_relaxed_verdict_of_the_newest_columns_only(batch_and_past):
+    from detector.features import compute_features
+    from detector.pipeline import Thresholds, feature_spec
+    from detector.verdict import judge
+
+    batch, past = batch_and_past
+    settings = load_settings(metrics=None, config=None)
+    spec = feature_spec(Query(name="q", promql="x"), settings, batch.step)
+    f = compute_features(batch.values, spec, past)
+    th = Thresholds(z_thresh=2.0)  # more reasons fire
+    scores = np.full(f.ready.shape, np.nan)
+    full = judge(f, th, "both", scores, spec.longest)
+    tail = judge(f, th, "both", scores, spec.longest, relaxed_columns=f.short_points)
+    assert full.relaxed[:, -1].any()
+    np.testing.assert_array_equal(full.strict, tail.strict)
+    np.testing.assert_array_equal(full.relaxed[:, -1], tail.relaxed[:, -1])
+    for a, b in zip(full.relaxed_evidence, tail.relaxed_evidence, strict=True):
+        np.testing.assert_array_equal(a.fired[:, -1], b.fired[:, -1])
+        np.testing.assert_array_equal(a.zscore[:, -1], b.zscore[:, -1])
