@@ -65,9 +65,12 @@ def machine() -> dict:
         return "?"
 
     mem_kb = first("/proc/meminfo", "MemTotal").split()[0]
-    prom = subprocess.run(
-        ["/usr/bin/prometheus", "--version"], capture_output=True, text=True
-    ).stdout.splitlines()
+    try:
+        prom = subprocess.run(
+            ["/usr/bin/prometheus", "--version"], capture_output=True, text=True
+        ).stdout.splitlines()
+    except OSError:
+        prom = []
     return {
         "cpu": first("/proc/cpuinfo", "model name"),
         "cores": os.cpu_count(),
