@@ -246,10 +246,15 @@ def _mount_subcommands() -> None:
     app.command()(train)
     app.add_typer(models_app, name="models", help="Inspect and manage model versions.")
 
-    from runbooks.cli import audit_app, webhook
+    from runbooks.cli import audit_app, killswitch_app, webhook
 
     app.command()(webhook)
     app.add_typer(audit_app, name="audit", help="The runbook audit log.")
+    app.add_typer(
+        killswitch_app,
+        name="killswitch",
+        help="Halt or resume actions at run time, for every webhook replica.",
+    )
 
 
 _mount_subcommands()

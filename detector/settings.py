@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     alertmanager_token: SecretStr | None = Field(
         None, validation_alias=AliasChoices("RUNBOOK_ALERTMANAGER_TOKEN", "alertmanager_token")
     )
+    admin_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("RUNBOOK_ADMIN_TOKEN", "admin_token")
+    )
     alertmanager_url: str | None = Field(
         None, validation_alias=AliasChoices("RUNBOOK_ALERTMANAGER_URL", "alertmanager_url")
     )

@@ -162,3 +162,12 @@ approvals = Table(
     Column("decided_by", Text),
     Column("decided_at", Float),
 )
+
+halts = Table(
+    "runbooks_halts",
+    metadata,
+    Column("scope", Text, primary_key=True),
+    Column("halted_at", Float, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+)

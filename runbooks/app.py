@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -49,7 +49,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from detector.redact import redact
 from detector.settings import Settings
 from feature_store import tables
-from runbooks import console, slack
+from runbooks import console, killswitch, slack
 from runbooks.engine import (
     ApprovalError,
     GuardConfig,
@@ -68,6 +68,8 @@ from runbooks.schemas import (
     AuditOut,
     DecisionOut,
     HealthOut,
+    KillSwitchIn,
+    KillSwitchOut,
     install_openapi,
     ok,
 )
@@ -79,11 +81,7 @@ ALERTNAME = r"^[A-Za-z_:][A-Za-z0-9_:.-]*$"
 
 class RunbookMetrics:
     def __init__(self, registry: CollectorRegistry, settings: Settings) -> None:
-        self.enabled = Gauge(
-            "runbooks_enabled", "1 if the kill switch allows actions", registry=registry
-        )
         self.dry_run = Gauge("runbooks_dry_run", "1 if actions are only audited", registry=registry)
-        self.enabled.set(1 if settings.autofix_enabled else 0)
         self.dry_run.set(1 if settings.autofix_dry_run else 0)
         self.actions = Counter(
             "runbooks_actions",
@@ -108,13 +106,25 @@ class RunbookMetrics:
         )
 
 
+ENABLED_HELP = (
+    "1 if the kill switch allows actions: RUNBOOK_AUTOFIX_ENABLED, no '*' halt, database up"
+)
+
+
 class StateCollector(Collector):
     """Gauges read from the database at scrape time (shared by every replica)."""
 
-    def __init__(self, engine: Engine, settings: Settings, guard_store: Any = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        guard_store: Any = None,
+        master: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.guard_store = guard_store
+        self.master = master  # RUNBOOK_AUTOFIX_ENABLED as the remediator holds it now
 
     def cooldowns(self) -> dict[tuple[str, str], float]:
         try:
@@ -141,12 +151,27 @@ class StateCollector(Collector):
                 from runbooks.state import circuit_counts
 
                 counts = circuit_counts(conn, now)
+                halts = killswitch.halts(conn)
         except SQLAlchemyError:
             up.add_metric([], 0.0)
             yield up
+            # no decision can be taken without the database: nothing runs
+            yield GaugeMetricFamily("runbooks_enabled", ENABLED_HELP, value=0.0)
             return
         up.add_metric([], 1.0)
         yield up
+        everything = any(h.scope == killswitch.ALL for h in halts)
+        yield GaugeMetricFamily(
+            "runbooks_enabled", ENABLED_HELP, value=float(self.master() and not everything)
+        )
+        halted = GaugeMetricFamily(
+            "runbooks_halted",
+            "1 per scope halted by the runtime kill switch (value: since, Unix seconds)",
+            labels=["scope"],
+        )
+        for h in halts:
+            halted.add_metric([h.scope], h.halted_at)
+        yield halted
         yield GaugeMetricFamily("runbooks_incidents_open", "Open incidents", value=stats["open"])
         yield GaugeMetricFamily(
             "runbooks_pending_approvals", "Actions waiting for a human", value=float(len(pending))
@@ -275,7 +300,6 @@ def create_app(
     registry = registry if registry is not None else CollectorRegistry()
     metrics = RunbookMetrics(registry, settings)
     guard_store = make_guards(settings.redis_url)
-    registry.register(StateCollector(engine, settings, guard_store))
     events = Broadcaster()
     rem = Remediator(
         engine,
@@ -286,11 +310,13 @@ def create_app(
         metrics=metrics,
         guard_store=guard_store,
     )
+    registry.register(StateCollector(engine, settings, guard_store, lambda: rem.config.enabled))
     limiter = RateLimiter(settings.rate_limit)
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     am_token = (
         settings.alertmanager_token.get_secret_value() if settings.alertmanager_token else None
     )
+    admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
     stop = threading.Event()
 
     def verifier() -> None:
@@ -523,13 +549,90 @@ def create_app(
 
         return EventStreamResponse(gen())
 
+    def switch_state(conn: Any) -> dict[str, Any]:
+        halts = killswitch.halts(conn)
+        return {
+            "enabled": rem.config.enabled and not any(h.scope == killswitch.ALL for h in halts),
+            "autofix_enabled": rem.config.enabled,
+            "halts": [h.as_dict() for h in halts],
+        }
+
+    @app.get("/killswitch", responses=ok(KillSwitchOut, 503))
+    def killswitch_get() -> Response:
+        """The kill switch: the master setting and the scopes halted at run time."""
+        try:
+            with engine.connect() as conn:
+                return JSONResponse(switch_state(conn))
+        except SQLAlchemyError as exc:
+            return _db_error(exc)
+
+    @app.post("/killswitch", responses=ok(KillSwitchOut, 400, 401, 403, 413, 422, 503))
+    async def killswitch_post(request: Request) -> Response:
+        """Halt (``enabled: false``) or resume a scope for every replica, at once."""
+        if not admin_token:
+            metrics.requests.labels("killswitch", "403").inc()
+            return _error(
+                403,
+                "RUNBOOK_ADMIN_TOKEN is not set: the kill switch cannot be changed over HTTP"
+                " (use `aiops killswitch` or RUNBOOK_AUTOFIX_ENABLED)",
+            )
+        import hmac
+
+        auth = request.headers.get("authorization", "")
+        if not hmac.compare_digest(auth.encode(), f"Bearer {admin_token}".encode()):
+            metrics.requests.labels("killswitch", "401").inc()
+            with contextlib.suppress(SQLAlchemyError):
+                await asyncio.to_thread(
+                    rem.audit_now,
+                    "unauthorized",
+                    None,
+                    actor=_peer(request),
+                    details={"route": "/killswitch", "why": "bad bearer token"},
+                )
+            return _error(401, "missing or wrong bearer token")
+        body = await request.body()
+        try:
+            parse_json(body)
+            change = KillSwitchIn.model_validate_json(body, strict=True)
+            killswitch.check_scope(change.scope)
+        except killswitch.ScopeError as exc:
+            metrics.requests.labels("killswitch", "422").inc()
+            return _error(422, f"scope: {exc}")
+        except ValueError as exc:
+            return _bad(metrics, "killswitch", exc)
+        who = " ".join(request.headers.get("x-actor", "").split())[:100]
+        actor = f"{_peer(request)} ({who})" if who else _peer(request)
+        try:
+            changed = await asyncio.to_thread(
+                rem.set_halt,
+                halt=not change.enabled,
+                scope=change.scope,
+                actor=actor,
+                reason=change.reason,
+            )
+            with engine.connect() as conn:
+                out = switch_state(conn)
+        except SQLAlchemyError as exc:
+            metrics.requests.labels("killswitch", "503").inc()
+            return _db_error(exc)
+        metrics.requests.labels("killswitch", "200").inc()
+        return JSONResponse({**out, "changed": changed})
+
     @app.get("/healthz", responses={**ok(HealthOut), 503: {"model": HealthOut}})
     def healthz() -> Response:
         db = ping(engine)
+        halted: list[str] = []
+        if db:
+            try:
+                with engine.connect() as conn:
+                    halted = [h.scope for h in killswitch.halts(conn)]
+            except SQLAlchemyError:
+                db = False
         body = {
             "status": "ok" if db else "database_down",
             "database": db,
-            "enabled": settings.autofix_enabled,
+            "enabled": rem.config.enabled and killswitch.ALL not in halted and db,
+            "halted": halted,
             "dry_run": settings.autofix_dry_run,
             "rules": len(policy),
             "verifications_pending": rem.pending_verifications(),

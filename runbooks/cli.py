@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -129,3 +129,103 @@ def audit_export(
     except Exception as exc:
         msg = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
         raise fail(f"audit export: {msg}", 1) from None
+
+
+killswitch_app = typer.Typer(
+    no_args_is_help=True,
+    help="The runtime kill switch: halt or resume actions for every webhook replica.",
+)
+
+ScopeOpt = Annotated[
+    str, typer.Option(help="'*' (everything), '<namespace>.<app>', '<namespace>.*' or '*.<app>'")
+]
+
+
+def _switch(config: Any, work: Any) -> Any:
+    """Run ``work(conn)`` in one transaction on the webhook's database (one line on error)."""
+    from feature_store.db import make_engine
+    from sql.migrate import require_current
+
+    settings = load(config=config)
+    engine = make_engine(settings.database_url)
+    try:
+        require_current(engine)
+        with engine.begin() as conn:
+            return work(conn)
+    except AiopsError as exc:
+        raise fail(f"database: {exc}") from None
+    except Exception as exc:
+        from detector.redact import redact
+
+        msg = redact(" ".join(str(getattr(exc, "orig", exc)).split())[:200])
+        raise fail(f"database unreachable: {msg}", 1) from None
+    finally:
+        engine.dispose()
+
+
+def _actor() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in a bare container
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def _change(halt: bool, scope: str, reason: str, config: Any) -> None:
+    import time
+
+    from runbooks import killswitch
+
+    try:
+        killswitch.check_scope(scope)
+    except killswitch.ScopeError as exc:
+        raise fail(f"--scope: {exc}") from None
+    changed, _ = _switch(
+        config,
+        lambda conn: killswitch.change(
+            conn, halt=halt, scope=scope, actor=_actor(), reason=reason, now=time.time()
+        ),
+    )
+    verb = "halted" if halt else "resumed"
+    print(f"{scope}: {verb}" if changed else f"{scope}: already {verb}, nothing changed")
+
+
+@killswitch_app.command("halt")
+def killswitch_halt(
+    reason: Annotated[str, typer.Option(help="why (audited, shown on /killswitch)")],
+    scope: ScopeOpt = "*",
+    config: ConfigOpt = None,
+) -> None:
+    """Stop actions now on every replica (those already running finish)."""
+    _change(True, scope, reason, config)
+
+
+@killswitch_app.command("resume")
+def killswitch_resume(
+    reason: Annotated[str, typer.Option(help="why (audited)")],
+    scope: ScopeOpt = "*",
+    config: ConfigOpt = None,
+) -> None:
+    """Lift a halt (RUNBOOK_AUTOFIX_ENABLED must still allow actions)."""
+    _change(False, scope, reason, config)
+
+
+@killswitch_app.command("status")
+def killswitch_status(config: ConfigOpt = None) -> None:
+    """The scopes halted now, and by whom."""
+    from datetime import datetime, timezone
+
+    from runbooks import killswitch
+
+    settings = load(config=config)
+    halts = _switch(config, killswitch.halts)
+    master = "on" if settings.autofix_enabled else "off (nothing runs)"
+    print(f"RUNBOOK_AUTOFIX_ENABLED: {master}")
+    if not halts:
+        print("no halts")
+    for h in halts:
+        since = datetime.fromtimestamp(h.halted_at, tz=timezone.utc).isoformat(timespec="seconds")
+        print(f"halted {h.scope} since {since} by {h.actor}: {h.reason}")

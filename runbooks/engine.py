@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, and_, func, insert, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from detector.redact import redact
 from feature_store import tables
-from runbooks import state
+from runbooks import killswitch, state
 from runbooks.actions import ActionError, ActionResult, Target, make_action
 from runbooks.events import Signal
 from runbooks.guards import GuardUnavailable, Limits, SqlGuards
@@ -284,7 +285,8 @@ class Remediator:
                 },
             )
         )
-        if not self.config.enabled:
+        off = self.switched_off(conn, sig.namespace, sig.app)
+        if off:
             rows.append(
                 self._audit(
                     conn,
@@ -292,10 +294,10 @@ class Remediator:
                     sig,
                     incident_id=iid,
                     action=rule.action,
-                    details={"would": what},
+                    details={"would": what, "why": off},
                 )
             )
-            return Decision("skipped_disabled", iid, rule.action, what), None
+            return Decision("skipped_disabled", iid, rule.action, off), None
         if incident.actions >= MAX_ATTEMPTS or incident.escalated:
             rows.append(
                 self._audit(
@@ -424,6 +426,28 @@ class Remediator:
         )
         return Decision("resolved", inc.id, detail=f"after {now - inc.opened_at:.0f}s")
 
+    # -- the kill switch --------------------------------------------------------------------
+    def switched_off(self, conn: Any, namespace: str | None, app: str | None) -> str | None:
+        """Why the kill switch stops actions on (namespace, app) now, or None."""
+        if not self.config.enabled:
+            return "the kill switch is off (RUNBOOK_AUTOFIX_ENABLED=false)"
+        halt = killswitch.halt_for(conn, namespace, app)
+        return None if halt is None else halt.why()
+
+    def set_halt(self, *, halt: bool, scope: str, actor: str, reason: str) -> bool:
+        """Halt or resume ``scope`` for every replica (committed before this returns)."""
+        changed, row = self.writer.run(
+            lambda conn: killswitch.change(
+                conn, halt=halt, scope=scope, actor=actor, reason=reason, now=time.time()
+            )
+        )
+        if row is not None:
+            log.warning("kill switch: %s %s by %s: %s", row["kind"], scope, actor, reason)
+            self._published([row])
+            if self.metrics:
+                self.metrics.events.labels(row["kind"]).inc()
+        return changed
+
     # -- acting ---------------------------------------------------------------------------
     def disable(self) -> int:
         """Flip the kill switch off now: no action that has not started will start (each
@@ -432,26 +456,37 @@ class Remediator:
         with self._lock:
             self.config.enabled = False
             started = self._started
-        if self.metrics:
-            self.metrics.enabled.set(0)
         return started
 
     def _execute(self, sig: Signal, rule: Rule, iid: str, target: Target) -> Decision:
-        with self._lock:  # the kill switch may have been flipped since the decision
-            go = self.config.enabled
+        # the kill switch may have been flipped (here or by a replica) since the decision
+        stop = None
+        try:
+            with self.engine.connect() as conn:
+                halt = killswitch.halt_for(conn, target.namespace, target.app)
+            if halt is not None:
+                stop = f"the kill switch was turned off before the action started ({halt.why()})"
+        except SQLAlchemyError as exc:  # cannot tell: fail closed
+            stop = f"the kill switch's state could not be read: {_short(exc)}"
+        with self._lock:
+            go = self.config.enabled and stop is None
             self._started += go
         if not go:
-            why = "the kill switch was turned off before the action started"
-            with self.engine.begin() as conn:
-                row = self._audit(
-                    conn,
-                    "skipped_disabled",
-                    sig,
-                    incident_id=iid,
-                    action=rule.action,
-                    details={"why": why},
-                )
-            self._published([row])
+            why = stop or "the kill switch was turned off before the action started"
+            log.warning("action not started: %s", why)
+            try:
+                with self.engine.begin() as conn:
+                    row = self._audit(
+                        conn,
+                        "skipped_disabled",
+                        sig,
+                        incident_id=iid,
+                        action=rule.action,
+                        details={"why": why},
+                    )
+                self._published([row])
+            except SQLAlchemyError as exc:  # the refusal stands; it is in the log
+                log.error("cannot audit the refused action: %s", _short(exc))
             return Decision("skipped_disabled", iid, rule.action, why)
         action = make_action(
             rule.action, rule.params, timeout=self.config.action_timeout, clients=self.kube
@@ -528,6 +563,10 @@ class Remediator:
     def pending_verifications(self) -> int:
         with self._lock:
             return len(self._verify)
+
+
+def _short(exc: Exception) -> str:
+    return redact(" ".join(str(getattr(exc, "orig", exc)).split())[:200])
 
 
 def ping(engine: Engine) -> bool:
@@ -670,7 +709,8 @@ def _run_approved(rem: Remediator, row: Any, sig: Signal, actor: str) -> Decisio
     now = time.time()
     job = None
     with rem.engine.begin() as conn:
-        if not rem.config.enabled:
+        off = rem.switched_off(conn, row.namespace, row.app)
+        if off:
             rows.append(
                 rem._audit(
                     conn,
@@ -679,9 +719,10 @@ def _run_approved(rem: Remediator, row: Any, sig: Signal, actor: str) -> Decisio
                     incident_id=row.incident_id,
                     action=row.action,
                     actor=actor,
+                    details={"why": off},
                 )
             )
-            decision = Decision("skipped_disabled", row.incident_id, row.action)
+            decision = Decision("skipped_disabled", row.incident_id, row.action, off)
         else:
             verdict = rem.guards(
                 conn, row.app or row.target, row.target, row.action, now, reserve=True

@@ -67,7 +67,43 @@ class HealthOut(BaseModel):
     rules: int
     verifications_pending: int
     guard_state: str
+    halted: list[str] = Field(
+        default_factory=list, description="scopes halted by the runtime kill switch"
+    )
     redis: bool | None = None
+
+
+class HaltOut(BaseModel):
+    scope: str = Field(description="'*', '<namespace>.<app>', '<namespace>.*' or '*.<app>'")
+    halted_at: float = Field(description="Unix seconds")
+    actor: str
+    reason: str
+
+
+class KillSwitchOut(BaseModel):
+    enabled: bool = Field(
+        description="actions may run somewhere: RUNBOOK_AUTOFIX_ENABLED and no '*' halt"
+    )
+    autofix_enabled: bool = Field(description="RUNBOOK_AUTOFIX_ENABLED, the master switch")
+    halts: list[HaltOut] = Field(description="the scopes halted now, oldest first")
+    changed: bool | None = Field(
+        None, description="POST only: whether this request changed anything"
+    )
+
+
+class KillSwitchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(description="false halts the scope, true resumes it")
+    scope: str = Field(
+        "*",
+        min_length=1,
+        max_length=512,
+        description="'*' (default), '<namespace>.<app>', '<namespace>.*' or '*.<app>'",
+    )
+    reason: str = Field(
+        min_length=1, max_length=1000, description="why, for the audit log and on-call"
+    )
 
 
 class AckOut(BaseModel):
@@ -102,6 +138,7 @@ def ok(model: type[BaseModel], *more: int) -> dict[int | str, dict[str, Any]]:
 DETECTOR_SCHEME = "detectorSignature"
 ALERTMANAGER_SCHEME = "alertmanagerBearer"
 SLACK_SCHEME = "slackSignature"
+ADMIN_SCHEME = "adminBearer"
 
 
 def _body(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
@@ -141,6 +178,12 @@ def install_openapi(app: FastAPI, *, alertmanager_token: bool) -> None:
                 "scheme": "bearer",
                 "description": "RUNBOOK_ALERTMANAGER_TOKEN (required only when it is set)",
             },
+            ADMIN_SCHEME: {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "RUNBOOK_ADMIN_TOKEN (without it the kill switch cannot be"
+                " changed over HTTP)",
+            },
             SLACK_SCHEME: {
                 "type": "apiKey",
                 "in": "header",
@@ -178,6 +221,9 @@ def install_openapi(app: FastAPI, *, alertmanager_token: bool) -> None:
             },
         }
         slack["security"] = [{SLACK_SCHEME: []}]
+        switch = paths["/killswitch"]["post"]
+        switch["requestBody"] = _body(KillSwitchIn, schemas)
+        switch["security"] = [{ADMIN_SCHEME: []}]
         app.openapi_schema = spec
         return spec
 

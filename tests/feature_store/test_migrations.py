@@ -33,6 +33,7 @@ EXPECTED_TABLES = {
     "aiops_anomalies",
     "runbooks_audit",
     "aiops_locks",
+    "runbooks_halts",
     TABLE,
 }
 
@@ -83,6 +84,7 @@ def test_migrate_creates_every_table_and_records_versions_with_checksums(engine)
         "001_init",
         "002_audit_append_only",
         "003_runbooks_state",
+        "004_runbooks_halts",
     ]
     assert set(sqlalchemy.inspect(engine).get_table_names()) >= EXPECTED_TABLES
     rows = recorded(engine)
@@ -90,9 +92,12 @@ def test_migrate_creates_every_table_and_records_versions_with_checksums(engine)
         (1, "init"),
         (2, "audit_append_only"),
         (3, "runbooks_state"),
+        (4, "runbooks_halts"),
     ]
     for (_, _, checksum, applied_at), stem in zip(
-        rows, ("001_init", "002_audit_append_only", "003_runbooks_state"), strict=True
+        rows,
+        ("001_init", "002_audit_append_only", "003_runbooks_state", "004_runbooks_halts"),
+        strict=True,
     ):
         assert checksum == hashlib.sha256(dialect_file(engine, stem).read_bytes()).hexdigest()
         assert abs(applied_at - time.time()) < 300
