@@ -3,6 +3,14 @@
 Both are validated with pydantic (a bad request gets a 422 with the reason, never
 a 500) and turned into ``Signal``s: one per anomaly event, one per alert of an
 Alertmanager notification.
+
+A NUL character (``\\u0000`` in the JSON) is valid JSON and SQLite stores it, but
+PostgreSQL's text and JSONB columns refuse it. So that a delivery is decided, audited
+and deduplicated the same way on both, every NUL of every string of the input (dict
+keys, extra fields and nested objects included) is replaced, right after validation,
+by the six characters of ``NUL_ESCAPE`` (``\\u0000`` written out): the audit shows where
+the NULs were, the same delivery always gives the same text (its replay is still a
+``duplicate``), and the length limits apply to the text as it was sent.
 """
 
 from __future__ import annotations
@@ -11,12 +19,49 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from detector.source import series_key
 
+NUL = "\x00"
+#: what a NUL of an incoming string becomes: backslash, "u", "0000" (six characters)
+NUL_ESCAPE = "\\u0000"
 
-class ReasonIn(BaseModel):
+
+def visible_nul(value: Any) -> Any:
+    """``value`` with every NUL of its strings (dict keys too, lists and tuples walked)
+    written as ``NUL_ESCAPE``; ``value`` itself, unchanged, when it holds no NUL."""
+    if isinstance(value, str):
+        return value.replace(NUL, NUL_ESCAPE) if NUL in value else value
+    if isinstance(value, dict):
+        items = [(visible_nul(k), visible_nul(v)) for k, v in value.items()]
+        if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(items, value.items(), strict=True)):
+            return value
+        return dict(items)
+    if isinstance(value, list | tuple):
+        seq = [visible_nul(v) for v in value]
+        if all(a is b for a, b in zip(seq, value, strict=True)):
+            return value
+        return type(value)(seq)
+    return value
+
+
+class _Incoming(BaseModel):
+    """A validated input whose strings hold no NUL (see the module doc)."""
+
+    @model_validator(mode="after")
+    def _visible_nul(self) -> _Incoming:
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            cleaned = visible_nul(value)
+            if cleaned is not value:
+                setattr(self, name, cleaned)
+        if self.__pydantic_extra__:
+            self.__pydantic_extra__ = visible_nul(self.__pydantic_extra__)
+        return self
+
+
+class ReasonIn(_Incoming):
     model_config = ConfigDict(extra="allow")
 
     reason: str = Field(min_length=1, max_length=64)
@@ -26,7 +71,7 @@ class ReasonIn(BaseModel):
     threshold: float | None = None
 
 
-class AnomalyEvent(BaseModel):
+class AnomalyEvent(_Incoming):
     """DESIGN 4.3: what the detector posts when an anomaly starts and when it ends."""
 
     model_config = ConfigDict(extra="allow")
@@ -44,7 +89,7 @@ class AnomalyEvent(BaseModel):
     status: Literal["firing", "resolved"]
 
 
-class Alert(BaseModel):
+class Alert(_Incoming):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     status: Literal["firing", "resolved"]
@@ -63,7 +108,7 @@ class Alert(BaseModel):
         return v
 
 
-class AlertmanagerPayload(BaseModel):
+class AlertmanagerPayload(_Incoming):
     """Alertmanager's webhook payload, version 4."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)

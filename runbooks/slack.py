@@ -46,6 +46,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from runbooks.engine import ApprovalError, decide_approval
+from runbooks.events import visible_nul
 from runbooks.schemas import SlackReplyOut, ok
 from runbooks.signing import verify_slack
 
@@ -276,7 +277,8 @@ async def interactive(request: Request) -> Response:
         return JSONResponse({"error": problem}, status_code=401)
     try:
         form = parse_qs(body.decode("utf-8"), strict_parsing=True)
-        payload = json.loads(form["payload"][0])
+        # NULs written out, as for the other inputs (PostgreSQL's text refuses them)
+        payload = visible_nul(json.loads(form["payload"][0]))
         if payload.get("type") != "block_actions":
             raise ValueError(f"unsupported payload type {payload.get('type')!r}")
         user = payload.get("user") or {}
@@ -286,7 +288,7 @@ async def interactive(request: Request) -> Response:
         decision = action["action_id"]
         if decision not in ("approve", "reject"):
             raise ValueError(f"unknown action_id {decision!r}")
-        value = json.loads(action["value"])
+        value = visible_nul(json.loads(action["value"]))
         approval_id, token = str(value["id"]), str(value["token"])
     except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError) as exc:
         return JSONResponse({"error": f"malformed Slack payload: {exc}"}, status_code=400)
