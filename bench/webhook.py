@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from demo.prometheus import free_port
+from demo.prometheus import free_port, wait_http_ok
 from runbooks.signing import signed_headers
 
 SECRET = "bench-secret"
@@ -71,16 +71,7 @@ def run(database_url: str, events: int, clients: int) -> dict[str, float]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("webhook did not start")
-            time.sleep(0.1)
+        wait_http_ok("webhook", f"{url}/healthz", proc, lambda: "its output is above", 60)
         bodies = [event(i) for i in range(events)]
         latencies: list[float] = []
         errors = 0

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
-from demo.prometheus import free_port, stop_process
+from demo.prometheus import free_port, stop_process, wait_http_ok
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 
@@ -67,17 +66,8 @@ class AlertmanagerProcess:
     def start(self, timeout: float = 30.0) -> AlertmanagerProcess:
         log = (self.workdir / "alertmanager.log").open("wb")
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"alertmanager exited: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"alertmanager not ready: {self.log_tail()}")
+        wait_http_ok("alertmanager", f"{self.url}/-/ready", self.proc, self.log_tail, timeout)
+        return self
 
     def log_tail(self) -> str:
         path = self.workdir / "alertmanager.log"

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,33 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout)
+
+
+def wait_http_ok(
+    what: str,
+    url: str,
+    proc: subprocess.Popen | None,
+    log_tail: Callable[[], str],
+    timeout: float,
+    *,
+    interval: float = 0.1,
+    probe_timeout: float = 1.0,
+) -> None:
+    """Poll ``url`` until it answers 200: for a server process a runner just started.
+
+    ``ProcessError`` (with ``log_tail()``) if ``proc`` exits first or ``timeout`` passes.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ProcessError(f"{what} exited with {proc.returncode}: {log_tail()}")
+        try:
+            if httpx.get(url, timeout=probe_timeout).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval)
+    raise ProcessError(f"{what} not ready after {timeout:g}s: {log_tail()}")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -144,19 +172,15 @@ class PrometheusProcess:
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise ProcessError(
-                    f"prometheus exited with {self.proc.returncode}: {self.log_tail()}"
-                )
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise ProcessError(f"prometheus not ready after {timeout:g}s: {self.log_tail()}")
+        wait_http_ok(
+            "prometheus",
+            f"{self.url}/-/ready",
+            self.proc,
+            self.log_tail,
+            timeout,
+            interval=0.2,
+            probe_timeout=2,
+        )
 
     def log_tail(self, lines: int = 5) -> str:
         try:

@@ -6,35 +6,15 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
-from demo.prometheus import free_port, stop_process
+from demo.prometheus import free_port, stop_process, wait_http_ok
 from runbooks.signing import signed_headers
-from tests.integration.conftest import aiops_command, poll
-from tests.runbooks.conftest import RECORDER, SECRET, TOKEN, make_hook  # noqa: F401
-
-
-@contextmanager
-def served(app: Any) -> Iterator[str]:
-    """``app`` on a real uvicorn server on a free loopback port (in a thread)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        poll(lambda: server.started, timeout=20, what="webhook")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+from tests.integration.conftest import aiops_command
+from tests.runbooks.conftest import RECORDER, SECRET, TOKEN, make_hook, served  # noqa: F401
 
 
 def command_policy(path: Path, trace: Path, *, match: str = "latency_p99") -> Path:
@@ -70,22 +50,17 @@ class WebhookProcess:
         log = (self.workdir / "webhook.log").open("ab")
         cmd = [*aiops_command(), "webhook", "--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"webhook exited: {self.log()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"webhook not healthy after {timeout:g}s: {self.log()[-2000:]}")
+        wait_http_ok(
+            "webhook", f"{self.url}/healthz", self.proc, self.log_tail, timeout, interval=0.05
+        )
+        return self
 
     def log(self) -> str:
         path = self.workdir / "webhook.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def log_tail(self) -> str:
+        return self.log()[-2000:]
 
     def kill9(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

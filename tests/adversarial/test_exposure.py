@@ -25,7 +25,7 @@ from detector.errors import ConfigError
 from detector.settings import load_settings
 from detector.source import PrometheusSource
 from runbooks.signing import signed_headers
-from tests.detector.test_exporter import ScriptedSource, series
+from tests.detector.test_exporter import scripted_detector, series
 from tests.runbooks.conftest import SECRET, anomaly
 
 # -- label cardinality -----------------------------------------------------------------------
@@ -45,13 +45,9 @@ def _exported(registry: CollectorRegistry) -> set[str]:
 
 
 def test_a_query_returning_10x_more_series_stays_within_the_cap(monkeypatch):
-    for k in ("AIOPS_METRICS", "AIOPS_CONFIG"):
-        monkeypatch.delenv(k, raising=False)
-    settings = load_settings(interval_seconds=60, max_series_per_query=20)
-    query = Query(name="latency_p99", promql="x", direction="up", labels=("app",))
-    source = ScriptedSource()
-    registry = CollectorRegistry()
-    det = Detector(settings, queries=[query], source=source, registry=registry)
+    det, source, registry = scripted_detector(
+        monkeypatch, interval_seconds=60, max_series_per_query=20
+    )
     dropped = {"query": "latency_p99"}
     assert registry.get_sample_value("aiops_detector_series_dropped_total", dropped) == 0
 

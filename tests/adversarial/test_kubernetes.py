@@ -14,15 +14,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from kubernetes import client
 
-from runbooks.actions import KubeClients
 from runbooks.app import create_app
 from runbooks.signing import signed_headers
 from tests.adversarial.conftest import command_policy, served
 from tests.integration.conftest import poll
 from tests.runbooks.conftest import SECRET, anomaly
-from tests.runbooks.kubeapi import MUTATING, KubeAPI
+from tests.runbooks.kubeapi import MUTATING, KubeAPI, kube_clients
 
 NS = "shop"
 PODS = f"/api/v1/namespaces/{NS}/pods"
@@ -47,12 +45,8 @@ def kubeapi():
 
 @pytest.fixture
 def kube(kubeapi):
-    cfg = client.Configuration()
-    cfg.no_proxy = "127.0.0.1"
-    cfg.host = kubeapi.url
-    api_client = client.ApiClient(cfg)
-    yield KubeClients(api_client)
-    api_client.close()
+    with kube_clients(kubeapi) as clients:
+        yield clients
 
 
 @pytest.fixture

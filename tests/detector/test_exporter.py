@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -46,16 +48,23 @@ def series(seed: int, shift: float = 0.0) -> np.ndarray:
     return x
 
 
-@pytest.fixture
-def setup(monkeypatch):
+def scripted_detector(
+    monkeypatch: pytest.MonkeyPatch, **settings: Any
+) -> tuple[Detector, ScriptedSource, CollectorRegistry]:
+    """A detector of one query, ``latency_p99`` by ``app``, reading a ``ScriptedSource``,
+    with its own registry; ``settings`` only (no metrics or config file of the environment)."""
     for k in ("AIOPS_METRICS", "AIOPS_CONFIG"):
         monkeypatch.delenv(k, raising=False)
-    settings = load_settings(interval_seconds=60, stale_after_seconds=300)
     query = Query(name="latency_p99", promql="x", direction="up", labels=("app",))
     source = ScriptedSource()
     registry = CollectorRegistry()
-    det = Detector(settings, queries=[query], source=source, registry=registry)
+    det = Detector(load_settings(**settings), queries=[query], source=source, registry=registry)
     return det, source, registry
+
+
+@pytest.fixture
+def setup(monkeypatch):
+    return scripted_detector(monkeypatch, interval_seconds=60, stale_after_seconds=300)
 
 
 def val(registry, name, **labels):

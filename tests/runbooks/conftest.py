@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from demo.prometheus import free_port
 from detector.settings import load_settings
 from feature_store.db import make_engine
 from runbooks.app import create_app
 from runbooks.policy import load_policy
 from runbooks.signing import signed_headers
 from sql.migrate import migrate
+from tests.integration.conftest import poll
 
 SECRET = "s3cret-for-tests"
 APPROVAL_SECRET = "approval-secret"
@@ -46,6 +52,21 @@ def policy_file(tmp_path: Path, trace: Path, *, risk: str = "low") -> Path:
         f"    params: {{argv: {json.dumps(argv)}}}\n"
     )
     return path
+
+
+@contextmanager
+def served(app: Any) -> Iterator[str]:
+    """``app`` on a real uvicorn server on a free loopback port (in a thread)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        poll(lambda: server.started, timeout=20, what="webhook")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 class Hook:

@@ -22,10 +22,16 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from kubernetes import client
+
+from runbooks.actions import KubeClients
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MERGE_PATCHES = ("application/strategic-merge-patch+json", "application/merge-patch+json")
@@ -380,3 +386,16 @@ class KubeAPI:
         dep.replicas = replicas
         dep.resource_version += 1
         return 200, dep.scale_json()
+
+
+@contextmanager
+def kube_clients(api: KubeAPI) -> Iterator[KubeClients]:
+    """The real ``kubernetes`` client, as the actions use it, talking to ``api``."""
+    cfg = client.Configuration()
+    cfg.no_proxy = "127.0.0.1"
+    cfg.host = api.url
+    api_client = client.ApiClient(cfg)
+    try:
+        yield KubeClients(api_client)
+    finally:
+        api_client.close()

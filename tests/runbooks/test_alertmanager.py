@@ -7,35 +7,16 @@ verifies the fix); ``/ack`` creates a silence that Alertmanager then lists.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import uvicorn
 
 from demo.alertmanager import ALERTMANAGER, AlertmanagerProcess
-from demo.prometheus import free_port
 from tests.conftest import require_binary
 from tests.integration.conftest import poll
-from tests.runbooks.conftest import TOKEN
+from tests.runbooks.conftest import TOKEN, served
 
 pytestmark = pytest.mark.integration
-
-
-@contextmanager
-def served(app) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        poll(lambda: server.started, timeout=20, what="webhook")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def alert(starts: datetime, *, ends: datetime | None = None) -> dict:

@@ -14,14 +14,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from kubernetes import client
 from prometheus_client import CollectorRegistry
 
 from runbooks.actions import ACTIONS, ActionError, ActionResult, KubeClients, Target, make_action
 from runbooks.app import create_app
 from runbooks.signing import signed_headers
 from tests.runbooks.conftest import SECRET, anomaly
-from tests.runbooks.kubeapi import MUTATING, KubeAPI
+from tests.runbooks.kubeapi import MUTATING, KubeAPI, kube_clients
 
 NS = "shop"
 TARGET = Target(NS, "checkout", {"namespace": NS, "app": "checkout"})
@@ -39,12 +38,8 @@ def kubeapi():
 
 @pytest.fixture
 def kube(kubeapi):
-    cfg = client.Configuration()
-    cfg.no_proxy = "127.0.0.1"
-    cfg.host = kubeapi.url
-    api_client = client.ApiClient(cfg)
-    yield KubeClients(api_client)
-    api_client.close()
+    with kube_clients(kubeapi) as clients:
+        yield clients
 
 
 def run(kube: KubeClients, name: str, **params: Any) -> ActionResult:

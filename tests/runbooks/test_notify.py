@@ -123,21 +123,14 @@ def test_the_detector_posts_one_event_per_onset_and_one_when_it_ends(monkeypatch
     """Three anomalous cycles and one healthy one: exactly one firing and one resolved."""
     import numpy as np
 
-    from detector.catalogue import Query
-    from detector.cycle import Detector
-    from detector.settings import load_settings
-    from tests.detector.test_exporter import ScriptedSource, series
+    from tests.detector.test_exporter import scripted_detector, series
 
-    for k in ("AIOPS_METRICS", "AIOPS_CONFIG"):
-        monkeypatch.delenv(k, raising=False)
     server = scripted()
-    settings = load_settings(
+    det, source, _ = scripted_detector(
+        monkeypatch,
         webhook_url=f"http://127.0.0.1:{server.server_address[1]}/anomalies",
         webhook_secret=SECRET,
     )
-    source = ScriptedSource()
-    query = Query(name="latency_p99", promql="x", direction="up", labels=("app",))
-    det = Detector(settings, queries=[query], source=source, registry=CollectorRegistry())
     labels = [{"app": "checkout"}]
     now = 1_700_000_000.0
     source.rows["latency_p99"] = (labels, np.stack([series(1, shift=0.1)]))
