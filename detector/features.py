@@ -244,20 +244,11 @@ def _prefix(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _lagged(p: np.ndarray, lag: int) -> np.ndarray:
-    """``p[:, t + 1 - lag]`` for every t, 0 where that index is below 0 (``p[:, 0]`` is 0)."""
-    n_times = p.shape[1] - 1
-    out = np.zeros((p.shape[0], n_times))
-    first = max(lag - 1, 0)
-    if first < n_times:
-        out[:, first:] = p[:, first + 1 - lag : n_times + 1 - lag]
-    return out
-
-
 def _window(p: np.ndarray, lag: int, width: int) -> np.ndarray:
     """For every t: the sum over columns [t + 1 - lag - width, t + 1 - lag), clipped at 0.
 
-    ``_lagged(p, lag) - _lagged(p, lag + width)``, without building either.
+    ``p[:, t + 1 - lag] - p[:, t + 1 - lag - width]`` (``p`` the prefix sums of
+    ``_prefix``, an index below 0 counting as 0), without building either term.
     """
     n_times = p.shape[1] - 1
     out = np.empty((p.shape[0], n_times))
