@@ -45,6 +45,7 @@ from prometheus_client.registry import Collector
 from pydantic import ValidationError
 from sqlalchemy import Engine, and_, or_, select
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from detector.redact import redact
 from detector.settings import Settings
@@ -283,6 +284,23 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(422, f"{where}: {err['msg']}")
 
 
+def _http_error(request: Request, exc: Exception) -> Response:
+    """405 listing every method of the path in ``Allow`` (Starlette names only the first
+    route's when one path has a route per method), as ``{"error": ...}``."""
+    status = getattr(exc, "status_code", 500)
+    if status != 405:
+        headers = getattr(exc, "headers", None) or {}
+        return _error(status, str(getattr(exc, "detail", "")) or "error", **headers)
+    allowed: set[str] = set()
+    for route in request.app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            allowed |= set(getattr(route, "methods", None) or ())
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return _error(405, "method not allowed", Allow=", ".join(sorted(allowed)))
+
+
 def _db_error(exc: Exception) -> JSONResponse:
     msg = redact(" ".join(str(getattr(exc, "orig", exc)).split())[:200])
     log.error("database error, nothing executed: %s", msg)
@@ -347,6 +365,7 @@ def create_app(
     app = FastAPI(title="aiops runbook webhook", lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     install_openapi(app, alertmanager_token=bool(am_token))
     app.state.remediator = rem
     app.state.metrics = metrics
@@ -566,20 +585,21 @@ def create_app(
         except SQLAlchemyError as exc:
             return _db_error(exc)
 
-    @app.post("/killswitch", responses=ok(KillSwitchOut, 400, 401, 403, 413, 422, 503))
+    @app.post("/killswitch", responses=ok(KillSwitchOut, 400, 401, 413, 422, 503))
     async def killswitch_post(request: Request) -> Response:
         """Halt (``enabled: false``) or resume a scope for every replica, at once."""
-        if not admin_token:
-            metrics.requests.labels("killswitch", "403").inc()
-            return _error(
-                403,
-                "RUNBOOK_ADMIN_TOKEN is not set: the kill switch cannot be changed over HTTP"
-                " (use `aiops killswitch` or RUNBOOK_AUTOFIX_ENABLED)",
-            )
         import hmac
 
         auth = request.headers.get("authorization", "")
-        if not hmac.compare_digest(auth.encode(), f"Bearer {admin_token}".encode()):
+        if not admin_token or not hmac.compare_digest(
+            auth.encode(), f"Bearer {admin_token}".encode()
+        ):
+            why = (
+                "missing or wrong bearer token"
+                if admin_token
+                else "RUNBOOK_ADMIN_TOKEN is not set: the kill switch cannot be changed over"
+                " HTTP (use `aiops killswitch` or RUNBOOK_AUTOFIX_ENABLED)"
+            )
             metrics.requests.labels("killswitch", "401").inc()
             with contextlib.suppress(SQLAlchemyError):
                 await asyncio.to_thread(
@@ -587,9 +607,9 @@ def create_app(
                     "unauthorized",
                     None,
                     actor=_peer(request),
-                    details={"route": "/killswitch", "why": "bad bearer token"},
+                    details={"route": "/killswitch", "why": why},
                 )
-            return _error(401, "missing or wrong bearer token")
+            return _error(401, why)
         body = await request.body()
         try:
             parse_json(body)
