@@ -59,7 +59,13 @@ from runbooks.engine import (
     incident_stats,
     ping,
 )
-from runbooks.events import AlertmanagerPayload, AnomalyEvent, from_alerts, from_anomaly
+from runbooks.events import (
+    AlertmanagerPayload,
+    AnomalyEvent,
+    from_alerts,
+    from_anomaly,
+    visible_nul,
+)
 from runbooks.guards import make_guards
 from runbooks.limits import BadBody, BodyLimit, parse_json
 from runbooks.policy import Policy
@@ -530,6 +536,8 @@ def create_app(
         alertname: str | None = Query(None, max_length=200),
         contains: str | None = Query(None, max_length=200),
     ) -> Response:
+        # incoming text is stored with a NUL written out (runbooks.events): filter alike
+        kind, alertname, contains = (visible_nul(v) for v in (kind, alertname, contains))
         t = tables.audit
         q = select(t).order_by(t.c.id.desc()).limit(n)
         if since is not None:
@@ -543,8 +551,8 @@ def create_app(
                 rows = [dict(r._mapping) for r in conn.execute(q)]
         except SQLAlchemyError as exc:
             return _db_error(exc)
-        if contains:
-            needle = contains.lower()
+        if contains:  # the needle encoded as the rows are, quotes and backslashes too
+            needle = json.dumps(contains)[1:-1].lower()
             rows = [r for r in rows if needle in json.dumps(r, default=str).lower()]
         return JSONResponse({"rows": rows, "count": len(rows)})
 
