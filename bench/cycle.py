@@ -26,22 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import resource
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import markdown_table, median_of, parser, peak_rss_mb, run_fresh, write_json
+
 PHASES = ("fetch", "features", "scoring", "explanation", "export")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_one(n: int, cycles: int, naive_max: int) -> dict:
@@ -50,15 +43,14 @@ def run_one(n: int, cycles: int, naive_max: int) -> dict:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from bench.naive import naive_cycle
-    from bench.synthetic import EPOCH, SyntheticSource
-    from detector.catalogue import Query
+    from bench.synthetic import EPOCH, QUERY, SyntheticSource
     from detector.cycle import Detector
     from detector.pipeline import feature_spec
     from detector.settings import load_settings
 
     rss_start = peak_rss_mb()
     settings = load_settings(metrics=None, config=None, max_series_per_query=max(n, 1000))
-    query = Query(name="bench", promql="bench_value", direction="both", labels=("namespace", "app"))
+    query = QUERY
     source = SyntheticSource(n)
     registry = CollectorRegistry()
     det = Detector(settings, queries=[query], source=source, registry=registry)  # type: ignore[arg-type]
@@ -139,10 +131,7 @@ def run_one(n: int, cycles: int, naive_max: int) -> dict:
         "rss_start_mb": rss_start,
         "peak_rss_mb": rss_ours,
         "cold": cold,
-        "steady": {
-            key: statistics.median(c[key] for c in steady) for key in steady[0] if key != "series"
-        }
-        | {"series": steady[0]["series"]},
+        "steady": median_of(steady, first=("series",)),
         "refit": refit,
         "naive": {
             "series_run": k,
@@ -164,71 +153,60 @@ def run_one(n: int, cycles: int, naive_max: int) -> dict:
 
 def measure(sizes: list[int], cycles: int, naive_max: int) -> list[dict]:
     """Each size in a fresh process."""
-    out = []
-    for n in sizes:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--one",
-                str(n),
-                "--cycles",
-                str(cycles),
-                "--naive-max",
-                str(naive_max),
-            ],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
+    return [
+        run_fresh(
+            __file__,
+            *("--one", str(n), "--cycles", str(cycles), "--naive-max", str(naive_max)),
+            what=f"size {n}",
         )
-        if proc.returncode != 0:
-            sys.exit(f"bench/cycle.py: size {n} failed:\n{proc.stderr[-3000:]}")
-        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return out
+        for n in sizes
+    ]
 
 
 def table(rows: list[dict]) -> str:
-    head = (
-        "| series | cycle | total | fetch | features | scoring | explanation | export "
-        "| detect (no fetch) | per 1k series | peak RSS |\n"
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
-    )
-    lines = []
-    for r in rows:
-        for kind in ("steady", "cold", "refit"):
-            c = r[kind]
-            lines.append(
-                f"| {r['series']:,} | {kind} | {c['total']:.2f} s | {c['fetch']:.2f} | "
-                f"{c['features']:.2f} | {c['scoring']:.2f} | {c['explanation']:.2f} | "
-                f"{c['export']:.2f} | {c['detect']:.2f} s | "
-                f"{c['detect'] / r['series'] * 1000:.2f} s | "
-                f"{r['peak_rss_mb']:.0f} MB |"
-            )
-    return head + "\n".join(lines) + "\n"
+    columns = ["series", "cycle", "total", *PHASES]
+    columns += ["detect (no fetch)", "per 1k series", "peak RSS"]
+
+    def cells(r: dict, kind: str) -> list[str]:
+        c = r[kind]
+        return [
+            f"{r['series']:,}",
+            kind,
+            f"{c['total']:.2f} s",
+            *(f"{c[p]:.2f}" for p in PHASES),
+            f"{c['detect']:.2f} s",
+            f"{c['detect'] / r['series'] * 1000:.2f} s",
+            f"{r['peak_rss_mb']:.0f} MB",
+        ]
+
+    kinds = ("steady", "cold", "refit")
+    return markdown_table(columns, [cells(r, k) for r in rows for k in kinds], left=(1,))
 
 
 def naive_table(rows: list[dict]) -> str:
-    head = (
-        "| series | ours: steady cycle | ours: refit cycle | naive per-series cycle "
-        "| naive / steady | naive / refit | verdicts agree | differ (forest only) |\n"
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
-    )
-    lines = []
+    columns = ["series", "ours: steady cycle", "ours: refit cycle", "naive per-series cycle"]
+    columns += ["naive / steady", "naive / refit", "verdicts agree", "differ (forest only)"]
+    out = []
     for r in rows:
         nv = r["naive"]
         scaled = "" if nv["series_run"] == r["series"] else " ¹"
-        lines.append(
-            f"| {r['series']:,} | {r['steady']['detect']:.2f} s | {r['refit']['detect']:.2f} s | "
-            f"{nv['seconds']:.1f} s{scaled} | {nv['seconds'] / r['steady']['detect']:.0f}× | "
-            f"{nv['seconds'] / r['refit']['detect']:.0f}× | "
-            f"{nv['agree']}/{nv['series_run']} | {nv['differ']} ({nv['differ_forest_only']}) |"
+        out.append(
+            [
+                f"{r['series']:,}",
+                f"{r['steady']['detect']:.2f} s",
+                f"{r['refit']['detect']:.2f} s",
+                f"{nv['seconds']:.1f} s{scaled}",
+                f"{nv['seconds'] / r['steady']['detect']:.0f}×",
+                f"{nv['seconds'] / r['refit']['detect']:.0f}×",
+                f"{nv['agree']}/{nv['series_run']}",
+                f"{nv['differ']} ({nv['differ_forest_only']})",
+            ]
         )
-    return head + "\n".join(lines) + "\n"
+    return markdown_table(columns, out)
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.ERROR)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--sizes", default="100,1000,10000")
     ap.add_argument("--cycles", type=int, default=6, help="cycles per size (1 cold + steady)")
     ap.add_argument("--naive-max", type=int, default=1000)
@@ -241,9 +219,7 @@ def main() -> None:
     rows = measure([int(s) for s in args.sizes.split(",")], args.cycles, args.naive_max)
     print(table(rows))
     print(naive_table(rows))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))
+    write_json(args.json, rows)
 
 
 if __name__ == "__main__":

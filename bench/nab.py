@@ -11,22 +11,24 @@ NAB's rules (training/nab.py, checked against shared/nab/nab_score.py in the tes
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import parser
 from detector.catalogue import Query
-from detector.settings import load_settings
+from detector.settings import Settings, load_settings
 from training import runner
 from training.evaluate import summarise
 from training.nab import load_windows, nab_scores, probation_rows
 
 REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "nab" / "data"
 CATEGORIES = ("artificialNoAnomaly", "artificialWithAnomaly", "realAdExchange", "realAWSCloudwatch")
+PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 ANCHORS = {
     "Numenta HTM": (73.6, 68.4, 77.0),
     "contextOSE": (71.7, 68.1, 75.2),
@@ -36,19 +38,24 @@ ANCHORS = {
 }
 
 
+def nab_inputs(data: Path, script: str) -> tuple[Settings, Query, dict[str, Any]]:
+    """The shipped settings, the query every NAB file is replayed as, and NAB's labelled
+    windows; exits when ``data`` holds no NAB data set."""
+    labels = data / "labels" / "combined_windows.json"
+    if not labels.exists():
+        sys.exit(f"bench/{script}: no NAB data under {data}")
+    query = Query(name="nab", promql="csv", direction="both")
+    return load_settings(metrics=None, config=None), query, load_windows(labels)
+
+
 def main() -> None:
-    logging.basicConfig(level=logging.ERROR)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "nab" / "data")
+    ap = parser(__doc__)
+    ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=None, help="also write per-row results here")
     ap.add_argument("--categories", default=",".join(CATEGORIES))
     ap.add_argument("--markdown", action="store_true", help="print the README table")
     args = ap.parse_args()
-    if not (args.data / "labels" / "combined_windows.json").exists():
-        sys.exit(f"bench/nab.py: no NAB data under {args.data}")
-    settings = load_settings(metrics=None, config=None)
-    query = Query(name="nab", promql="csv", direction="both")
-    windows = load_windows(args.data / "labels" / "combined_windows.json")
+    settings, query, windows = nab_inputs(args.data, "nab.py")
 
     frames = {}
     t0 = time.perf_counter()
@@ -79,9 +86,7 @@ def main() -> None:
     )
     summary = summarise(frames, {k: windows.get(k, []) for k in frames})
     overall = summary[summary["file"] == "overall"].iloc[0]
-    scores = tuple(
-        result[p].score for p in ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
-    )
+    scores = tuple(result[p].score for p in PROFILES)
     print(f"files {len(frames)}, rows {rows}, replayed in {elapsed:.1f}s")
     print(f"NAB standard {scores[0]:.1f}  low-FP {scores[1]:.1f}  low-FN {scores[2]:.1f}")
     print(

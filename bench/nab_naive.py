@@ -22,9 +22,6 @@ them per row would make the naive loop quadratic in the length of the file.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import statistics
 import sys
 import time
@@ -34,18 +31,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import parser, write_json
+from bench.nab import CATEGORIES, DATA, PROFILES, nab_inputs
 from detector.catalogue import Query
 from detector.explain import Evidence
 from detector.features import compute_features
 from detector.pipeline import Thresholds, feature_spec
 from detector.scoring import IsolationForestScorer
-from detector.settings import load_settings
 from detector.verdict import Judgement, judge, reasons_behind
 from training import runner
-from training.nab import load_windows, nab_scores
-
-REPO = Path(__file__).resolve().parents[1]
-CATEGORIES = ("artificialNoAnomaly", "artificialWithAnomaly", "realAdExchange", "realAWSCloudwatch")
+from training.nab import nab_scores
 
 
 def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_every: int = 500):
@@ -123,17 +118,12 @@ def _last(ev: Evidence) -> Evidence:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.ERROR)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "nab" / "data")
+    ap = parser(__doc__)
+    ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--files", type=int, default=0, help="only the N smallest files (0: all)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
-    if not (args.data / "labels" / "combined_windows.json").exists():
-        sys.exit(f"bench/nab_naive.py: no NAB data under {args.data}")
-    settings = load_settings(metrics=None, config=None)
-    query = Query(name="nab", promql="csv", direction="both")
-    windows = load_windows(args.data / "labels" / "combined_windows.json")
+    settings, query, windows = nab_inputs(args.data, "nab_naive.py")
     paths = [p for c in CATEGORIES for p in sorted((args.data / c).glob("*.csv"))]
     if args.files:
         paths = sorted(paths, key=lambda p: p.stat().st_size)[: args.files]
@@ -179,7 +169,7 @@ def main() -> None:
         f"naive with a forest fitted every cycle (not run): + {fit_s * 1000:.0f} ms per row, "
         f"{(naive_s + fit_s * rows) / 3600:.1f} h, {(naive_s + fit_s * rows) / ours_s:,.0f}× ours"
     )
-    for profile in ("standard", "reward_low_FP_rate", "reward_low_FN_rate"):
+    for profile in PROFILES:
         print(
             f"NAB {profile:<20} ours {nab_ours[profile].score:5.1f}   "
             f"naive {nab_naive[profile].score:5.1f}"
@@ -188,25 +178,20 @@ def main() -> None:
         "outputs identical (forest score, verdict, reasons, event score on every row): "
         + ("yes" if not mismatch else f"NO: {', '.join(mismatch)}")
     )
-    if args.json:
-        profiles = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "files": len(paths),
-                    "rows": rows,
-                    "ours_s": ours_s,
-                    "naive_s": naive_s,
-                    "fit_per_cycle_s": fit_s,
-                    "nab_ours": [nab_ours[p].score for p in profiles],
-                    "nab_naive": [nab_naive[p].score for p in profiles],
-                    "identical": not mismatch,
-                    "mismatch": mismatch,
-                },
-                indent=1,
-            )
-        )
+    write_json(
+        args.json,
+        {
+            "files": len(paths),
+            "rows": rows,
+            "ours_s": ours_s,
+            "naive_s": naive_s,
+            "fit_per_cycle_s": fit_s,
+            "nab_ours": [nab_ours[p].score for p in PROFILES],
+            "nab_naive": [nab_naive[p].score for p in PROFILES],
+            "identical": not mismatch,
+            "mismatch": mismatch,
+        },
+    )
 
 
 def _fit_time(settings, query: Query, path: Path, root: Path) -> float:

@@ -31,11 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,15 +40,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.synthetic import DAY, SyntheticSource, labels_of
+from bench.common import markdown_table, median_of, parser, peak_rss_mb, run_fresh, write_json
+from bench.synthetic import DAY, QUERY, SyntheticSource, labels_of
 
 LOOKBACK = 6 * 3600.0
 STEP = 60.0
 MARGIN = 10 * STEP
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def write_history(path: Path, n: int, now: float, cycles: int) -> int:
@@ -81,12 +74,6 @@ def write_history(path: Path, n: int, now: float, cycles: int) -> int:
     return n * len(grid)
 
 
-def bench_query(n: int):
-    from detector.catalogue import Query
-
-    return Query(name="bench", promql="bench_value", direction="both", labels=("namespace", "app"))
-
-
 def run_batched(url: str, n: int, now: float, cycles: int) -> dict:
     from detector.cycle import Detector
     from detector.settings import load_settings
@@ -94,7 +81,7 @@ def run_batched(url: str, n: int, now: float, cycles: int) -> dict:
     settings = load_settings(
         prom_url=url, metrics=None, config=None, max_series_per_query=max(n, 1000)
     )
-    query = bench_query(n)
+    query = QUERY
     det = Detector(settings, queries=[query])
     runs = []
     for k in range(cycles):
@@ -154,10 +141,6 @@ def run_per_series(url: str, n: int, now: float, cycles: int, k: int) -> dict:
     }
 
 
-def median_of(runs: list[dict]) -> dict:
-    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-
-
 def measure(sizes: list[int], cycles: int, per_series_max: int, keep: Path | None) -> list[dict]:
     from demo.prometheus import PROMTOOL, PrometheusProcess, scrape_config
 
@@ -211,24 +194,14 @@ def measure(sizes: list[int], cycles: int, per_series_max: int, keep: Path | Non
 
 
 def child(mode: str, url: str, n: int, now: float, cycles: int, k: int) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", mode, url, str(n), repr(now), str(cycles), str(k)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONHASHSEED": "0"},
-    )
-    if proc.returncode != 0:
-        sys.exit(f"bench/prometheus.py: {mode} at {n} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    args = ("--child", mode, url, str(n), repr(now), str(cycles), str(k))
+    return run_fresh(__file__, *args, what=f"{mode} at {n}")
 
 
 def table(rows: list[dict]) -> str:
-    head = (
-        "| series | queries | cycle | full cycle | fetch (range queries) | features | scoring "
-        "| explanation | export | peak RSS |\n"
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
-    )
-    lines = []
+    columns = ["series", "queries", "cycle", "full cycle", "fetch (range queries)", "features"]
+    columns += ["scoring", "explanation", "export", "peak RSS"]
+    out = []
     for r in rows:
         for mode, label in (("batched", "one for all series"), ("per_series", "one per series")):
             m = r[mode]
@@ -237,17 +210,22 @@ def table(rows: list[dict]) -> str:
                 note = " ¹"
             for kind in ("steady", "cold"):
                 c = m[kind]
-                lines.append(
-                    f"| {r['series']:,} | {label} | {kind} | {c['total']:.2f} s{note} | "
-                    f"{c['fetch']:.2f} s | {c['features']:.2f} | {c['scoring']:.2f} | "
-                    f"{c['explanation']:.2f} | {c['export']:.2f} | {m['peak_rss_mb']:.0f} MB |"
+                out.append(
+                    [
+                        f"{r['series']:,}",
+                        label,
+                        kind,
+                        f"{c['total']:.2f} s{note}",
+                        f"{c['fetch']:.2f} s",
+                        *(f"{c[p]:.2f}" for p in ("features", "scoring", "explanation", "export")),
+                        f"{m['peak_rss_mb']:.0f} MB",
+                    ]
                 )
-    return head + "\n".join(lines) + "\n"
+    return markdown_table(columns, out, left=(1, 2))
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.ERROR)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--cycles", type=int, default=4, help="cycles per mode (1 cold + steady)")
     ap.add_argument("--per-series-max", type=int, default=1000)
@@ -274,9 +252,7 @@ def main() -> None:
             f"{r['write_s']:.0f} s, promtool {r['promtool_s']:.0f} s); batched verdicts equal to "
             f"the in-memory run: {b['same_as_in_memory']} ({b['anomalous']} anomalous)"
         )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))
+    write_json(args.json, rows)
 
 
 if __name__ == "__main__":

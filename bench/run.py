@@ -110,6 +110,11 @@ def render_machine(m: dict) -> str:
     )
 
 
+def _met(value: float, target: float) -> str:
+    """A "below the target" verdict."""
+    return "met" if value < target else "missed"
+
+
 def verdicts(data: dict) -> list[str]:
     out = []
     cyc = {r["series"]: r for r in data.get("cycle", {}).get("rows", [])}
@@ -119,9 +124,9 @@ def verdicts(data: dict) -> list[str]:
         out.append(
             f"10,000 series scored and explained per cycle (steady, fetch excluded): "
             f"**{det:.2f} s** (target < {TARGET_DETECT_S:g} s: "
-            f"{'met' if det < TARGET_DETECT_S else 'missed'}); cold first cycle "
+            f"{_met(det, TARGET_DETECT_S)}); cold first cycle "
             f"{r['cold']['detect']:.2f} s, refit cycle {r['refit']['detect']:.2f} s; peak RSS "
-            f"**{rss:,.0f} MB** (target < 1.5 GB: {'met' if rss < TARGET_RSS_MB else 'missed'})."
+            f"**{rss:,.0f} MB** (target < 1.5 GB: {_met(rss, TARGET_RSS_MB)})."
         )
     if {100, 1000, 10000} <= set(cyc):
         per = [cyc[n]["steady"]["detect"] / n * 1000 for n in (100, 1000, 10000)]
@@ -154,7 +159,7 @@ def verdicts(data: dict) -> list[str]:
         out.append(
             f"1,000 series, full cycle against a real Prometheus (range queries included): "
             f"**{s:.2f} s** steady, {b['cold']['total']:.2f} s cold (target < {TARGET_PROM_S:g} s: "
-            f"{'met' if max(s, b['cold']['total']) < TARGET_PROM_S else 'missed'}); one request "
+            f"{_met(max(s, b['cold']['total']), TARGET_PROM_S)}); one request "
             f"per series instead: {prom[1000]['per_series']['steady']['total']:.1f} s steady."
         )
     if 10000 in prom:

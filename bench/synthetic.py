@@ -16,6 +16,8 @@ from detector.source import SeriesBatch, align_end
 DAY = 86400.0
 #: A Monday 12:00 UTC: the benchmarks' clock (results do not depend on the wall clock).
 EPOCH = 1_767_614_400.0
+#: the benchmarks' catalogue entry: every synthetic series (``bench_value`` in Prometheus)
+QUERY = Query(name="bench", promql="bench_value", direction="both", labels=("namespace", "app"))
 
 
 def labels_of(n: int) -> list[dict[str, str]]:
