@@ -88,6 +88,7 @@ SECRETS = {
     "slack_bot_token": "xoxb-SECRET-44d1",
     "slack_signing_secret": "slack-SECRET-0b9e",
     "slack_webhook": "http://127.0.0.1:9/hooks/SECRET-5e77",
+    "admin_token": "admin-SECRET-3d58",
 }
 
 
@@ -125,7 +126,17 @@ def test_webhook_secrets_never_appear_in_logs_audit_health_or_errors(make_hook, 
             },
         )
     )
-    for path in ("/healthz", "/metrics", "/openapi.json", "/console/pending", "/audit?n=5000"):
+    switch = {"enabled": False, "scope": "shop.*", "reason": "exposure test"}
+    for token in ("wrong-admin-token", SECRETS["admin_token"]):
+        keep(hook.client.post("/killswitch", json=switch, headers={"Authorization": token}))
+        keep(
+            hook.client.post(
+                "/killswitch", json=switch, headers={"Authorization": f"Bearer {token}"}
+            )
+        )
+    assert answers[-1].startswith("200"), answers[-1]  # the right token changed the switch
+    paths = ("/healthz", "/metrics", "/openapi.json", "/console/pending", "/killswitch")
+    for path in (*paths, "/audit?n=5000"):
         keep(hook.client.get(path))
     # the chat post fails in the background: wait for its log line
     deadline = time.monotonic() + 10
@@ -138,7 +149,7 @@ def test_webhook_secrets_never_appear_in_logs_audit_health_or_errors(make_hook, 
     assert _leaks(logs, secrets) == []
     assert _leaks("\n".join(answers), secrets) == []
     assert _leaks(json.dumps(hook.audit(), default=str), secrets) == []
-    assert len(answers) == 13 and "401" in answers[0]
+    assert len(answers) == 18 and "401" in answers[0]
 
 
 def test_detector_secrets_and_url_passwords_never_appear(monkeypatch, caplog):
