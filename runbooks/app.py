@@ -484,7 +484,7 @@ def create_app(
     ) -> Response:
         return _approval("reject", id, token, request)
 
-    @app.get("/ack", responses=ok(AckOut, 409, 422, 429, 502))
+    @app.get("/ack", responses=ok(AckOut, 401, 409, 422, 429, 502))
     async def ack(
         request: Request,
         alertname: str = Query(
@@ -492,7 +492,11 @@ def create_app(
         ),
         minutes: int = Query(60, ge=1, le=1440),
     ) -> Response:
-        """Silence ``alertname`` in Alertmanager for ``minutes`` (its v2 API)."""
+        """Silence ``alertname`` in Alertmanager for ``minutes`` (its v2 API); a silence
+        hides pages, so it takes the admin bearer token like the kill switch."""
+        refused = await admin_refusal(request, "/ack", "alerts cannot be silenced")
+        if refused is not None:
+            return refused
         wait = limiter.take()
         if wait:
             return _error(429, "rate limit exceeded", **{"Retry-After": str(max(1, round(wait)))})
@@ -584,6 +588,29 @@ def create_app(
             "halts": [h.as_dict() for h in halts],
         }
 
+    async def admin_refusal(request: Request, route: str, what: str) -> Response | None:
+        """None for a request bearing RUNBOOK_ADMIN_TOKEN; else its 401 (audited)."""
+        import hmac
+
+        auth = request.headers.get("authorization", "")
+        if admin_token and hmac.compare_digest(auth.encode(), f"Bearer {admin_token}".encode()):
+            return None
+        why = (
+            "missing or wrong bearer token"
+            if admin_token
+            else f"RUNBOOK_ADMIN_TOKEN is not set: {what} over HTTP"
+        )
+        metrics.requests.labels(route.strip("/"), "401").inc()
+        with contextlib.suppress(SQLAlchemyError):
+            await asyncio.to_thread(
+                rem.audit_now,
+                "unauthorized",
+                None,
+                actor=_peer(request),
+                details={"route": route, "why": why},
+            )
+        return _error(401, why)
+
     @app.get("/killswitch", responses=ok(KillSwitchOut, 503))
     def killswitch_get() -> Response:
         """The kill switch: the master setting and the scopes halted at run time."""
@@ -596,28 +623,9 @@ def create_app(
     @app.post("/killswitch", responses=ok(KillSwitchOut, 400, 401, 413, 422, 503))
     async def killswitch_post(request: Request) -> Response:
         """Halt (``enabled: false``) or resume a scope for every replica, at once."""
-        import hmac
-
-        auth = request.headers.get("authorization", "")
-        if not admin_token or not hmac.compare_digest(
-            auth.encode(), f"Bearer {admin_token}".encode()
-        ):
-            why = (
-                "missing or wrong bearer token"
-                if admin_token
-                else "RUNBOOK_ADMIN_TOKEN is not set: the kill switch cannot be changed over"
-                " HTTP (use `aiops killswitch` or RUNBOOK_AUTOFIX_ENABLED)"
-            )
-            metrics.requests.labels("killswitch", "401").inc()
-            with contextlib.suppress(SQLAlchemyError):
-                await asyncio.to_thread(
-                    rem.audit_now,
-                    "unauthorized",
-                    None,
-                    actor=_peer(request),
-                    details={"route": "/killswitch", "why": why},
-                )
-            return _error(401, why)
+        refused = await admin_refusal(request, "/killswitch", "the kill switch cannot be changed")
+        if refused is not None:
+            return refused
         body = await request.body()
         try:
             parse_json(body)

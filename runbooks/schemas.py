@@ -181,8 +181,8 @@ def install_openapi(app: FastAPI, *, alertmanager_token: bool) -> None:
             ADMIN_SCHEME: {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "RUNBOOK_ADMIN_TOKEN (without it the kill switch cannot be"
-                " changed over HTTP)",
+                "description": "RUNBOOK_ADMIN_TOKEN (POST /killswitch and GET /ack; unset:"
+                " both answer 401)",
             },
             SLACK_SCHEME: {
                 "type": "apiKey",
@@ -224,6 +224,7 @@ def install_openapi(app: FastAPI, *, alertmanager_token: bool) -> None:
         switch = paths["/killswitch"]["post"]
         switch["requestBody"] = _body(KillSwitchIn, schemas)
         switch["security"] = [{ADMIN_SCHEME: []}]
+        paths["/ack"]["get"]["security"] = [{ADMIN_SCHEME: []}]
         app.openapi_schema = spec
         return spec
 

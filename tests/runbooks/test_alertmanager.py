@@ -36,10 +36,13 @@ def alert(starts: datetime, *, ends: datetime | None = None) -> dict:
     return out
 
 
+ADMIN = "admin-token-for-ack"
+
+
 @pytest.mark.timeout(120)
 def test_two_alertmanagers_one_action_resolve_and_ack(make_hook, tmp_path):
     require_binary(ALERTMANAGER)
-    hook = make_hook()
+    hook = make_hook(admin_token=ADMIN)
     with served(hook.app) as url:
         ams = [
             AlertmanagerProcess(tmp_path / f"am{i}", f"{url}/alertmanager", TOKEN).start()
@@ -76,8 +79,14 @@ def test_two_alertmanagers_one_action_resolve_and_ack(make_hook, tmp_path):
             assert hook.runs() == ["checkout"]
             assert hook.metric("runbooks_incidents_open") == 0.0
 
-            # /ack: a silence in Alertmanager, listed by its API
-            r = hook.client.get("/ack", params={"alertname": "CheckoutDown", "minutes": 30})
+            # /ack: a silence in Alertmanager, listed by its API; only with the admin token
+            ack = {"alertname": "CheckoutDown", "minutes": 30}
+            for auth in ({}, {"Authorization": "Bearer wrong"}):
+                refused = hook.client.get("/ack", params=ack, headers=auth)
+                assert refused.status_code == 401, refused.text
+            assert ams[0].silences() == []
+            assert hook.audit(kind="unauthorized")[-1]["details"]["route"] == "/ack"
+            r = hook.client.get("/ack", params=ack, headers={"Authorization": f"Bearer {ADMIN}"})
             assert r.status_code == 200, r.text
             silence_id = r.json()["silence_id"]
             listed = {s["id"]: s for s in ams[0].silences()}
@@ -91,7 +100,17 @@ def test_two_alertmanagers_one_action_resolve_and_ack(make_hook, tmp_path):
 
 
 def test_ack_without_alertmanager_or_with_a_bad_name_is_a_4xx(make_hook):
-    hook = make_hook()
-    assert hook.client.get("/ack", params={"alertname": "X"}).status_code == 409
-    assert hook.client.get("/ack", params={"alertname": "a b"}).status_code == 422
-    assert hook.client.get("/ack", params={"alertname": "X", "minutes": 0}).status_code == 422
+    hook = make_hook(admin_token=ADMIN)
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    assert hook.client.get("/ack", params={"alertname": "X"}, headers=auth).status_code == 409
+    bad_name = hook.client.get("/ack", params={"alertname": "a b"}, headers=auth)
+    assert bad_name.status_code == 422
+    zero = hook.client.get("/ack", params={"alertname": "X", "minutes": 0}, headers=auth)
+    assert zero.status_code == 422
+
+
+def test_ack_without_the_admin_token_is_401_and_says_which_setting(make_hook):
+    hook = make_hook()  # no RUNBOOK_ADMIN_TOKEN: nobody can silence over HTTP
+    r = hook.client.get("/ack", params={"alertname": "X"}, headers={"Authorization": "Bearer "})
+    assert r.status_code == 401 and "RUNBOOK_ADMIN_TOKEN is not set" in r.json()["error"]
+    assert hook.kinds() == ["unauthorized"]
