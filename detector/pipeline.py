@@ -18,10 +18,10 @@ import numpy as np
 from detector.catalogue import Query
 from detector.explain import Evidence, Explainer, Reason, default_explainers, reasons_at
 from detector.features import Features, FeatureSpec, compute_features, feature_names
-from detector.scoring import ModelProvider
+from detector.scoring import MIN_FIT_ROWS, ModelProvider, scoring_rows
 from detector.settings import Settings
 from detector.source import SeriesBatch, series_key
-from detector.verdict import Judgement, hysteresis, judge, reasons_behind
+from detector.verdict import Judgement, forest_gate, hysteresis, judge, reasons_behind
 
 
 @dataclass
@@ -69,7 +69,7 @@ class SeriesResult:
 
     metric: str
     labels: dict[str, str]
-    status: str  # "ok" or "warming_up"
+    status: str  # "ok" (score in 0..1) or "warming_up" (not enough data to score it yet)
     value: float = float("nan")
     baseline: float = float("nan")
     score: float = float("nan")
@@ -203,7 +203,7 @@ class _Part:
     relaxed: np.ndarray  # (m,)
     strict_evidence: list[Evidence]
     relaxed_evidence: list[Evidence]
-    finite: np.ndarray  # per candidate training row: complete
+    n_candidates: int  # candidate training rows
     candidates: np.ndarray | None  # the candidate training rows (when the forest is refitted)
 
 
@@ -234,7 +234,6 @@ def _detect_chunk(
     feats = compute_features(values, spec, past)
     clock.lap("features")
     candidates = feats.matrix(direction, _candidate_rows(feats, spec))
-    finite = np.isfinite(candidates).all(axis=1)
     clock.lap("scoring")
     # The forest scores (and gates) only the newest column, and may be fitted on the
     # rows of every chunk: judge without it here, the gate is applied in detect_batch.
@@ -252,7 +251,7 @@ def _detect_chunk(
         relaxed=j.relaxed[:, -1],
         strict_evidence=[_newest(ev) for ev in j.strict_evidence],
         relaxed_evidence=[_newest(ev) for ev in j.relaxed_evidence],
-        finite=finite,
+        n_candidates=len(candidates),
         candidates=candidates if keep_candidates else None,
     )
     clock.lap("explanation")
@@ -357,26 +356,30 @@ def detect_batch(
     last = _concat_features([p.last for p in parts])
     windows = last.windows
 
-    # The forest: fitted on baseline rows sampled over all series (or reused).
+    # The forest: fitted on baseline rows sampled over all series (or reused). It is
+    # fitted on their complete rows, or on all of them with undefined features neutral
+    # when fewer than MIN_FIT_ROWS are complete (``scoring.fit_rows``).
     scores = np.full(len(batch), np.nan)
     versions = np.full(len(batch), "", dtype=object)
     fitted_at = np.full(len(batch), np.nan)
-    finite = np.concatenate([p.finite for p in parts])
-    pick = _sample(len(finite), MAX_TRAIN_ROWS)
-    complete = finite if pick is None else finite[pick]
-    if complete.sum() >= 8:
-        if model is None:
-            train = np.concatenate([p.candidates for p in parts])  # type: ignore[misc]
-            train = (train if pick is None else train[pick])[complete]
-            model = provider.model_for(query.name, train, now=now)
+    n_candidates = sum(p.n_candidates for p in parts)
+    pick = _sample(n_candidates, MAX_TRAIN_ROWS)
+    if model is None and n_candidates >= MIN_FIT_ROWS:
+        train = np.concatenate([p.candidates for p in parts])  # type: ignore[misc]
+        model = provider.model_for(query.name, train if pick is None else train[pick], now=now)
+    X = scoring_rows(last, query.direction)
+    if model is not None:
         versions[:] = model.version
         fitted_at[:] = model.fitted_at
-        scores = model.scorer.score(last.matrix(query.direction))
+        scores = model.scorer.score(X)
     _score_trained(provider, query, batch, last, scores, versions, fitted_at)
     clock.lap("scoring")
+    # A ready series without a score (its query has no forest: too few baseline rows
+    # yet) is not judged: it is reported warming up, never anomalous.
+    scored = np.isfinite(scores)
 
     # The verdict on the newest column: the forest's gate (as in ``judge``), then hysteresis.
-    gate = np.where(np.isfinite(scores), scores >= th.score_thresh, True)
+    gate = forest_gate(scores, th.score_thresh)
     strict = np.concatenate([p.strict for p in parts]) & gate
     relaxed = np.concatenate([p.relaxed for p in parts])
     newest = Judgement(
@@ -390,7 +393,7 @@ def detect_batch(
         was_active = np.array([tuple(sorted(lb.items())) in active for lb in batch.labels])
     else:
         was_active = np.zeros(len(batch), dtype=bool)
-    verdict = hysteresis(newest.strict, newest.relaxed, was_active)
+    verdict = hysteresis(newest.strict, newest.relaxed, was_active) & scored[:, None]
     anomalous = verdict[:, 0].tolist()
     evidence = reasons_behind(newest, verdict)
 
@@ -403,7 +406,7 @@ def detect_batch(
     alive = np.nonzero(finite_v[:, -shortest:].any(axis=1))[0].tolist()
 
     # Python objects for the exporter, the events and the CLI: from plain lists
-    ready = last.ready[:, 0].tolist()
+    ready = (last.ready[:, 0] & scored).tolist()
     baseline = last.baseline[:, 0].tolist()
     score_l = scores.tolist()
     zs = {w: last.z[w][:, 0].tolist() for w in windows}
@@ -412,7 +415,7 @@ def detect_batch(
     version_l = [str(v) for v in versions]
     fitted_l = fitted_at.tolist()
     names = last.names()
-    rows = last.matrix(query.direction).tolist()
+    rows = X.tolist()
     results: list[SeriesResult] = []
     for i in alive:
         if not ready[i]:
@@ -471,8 +474,12 @@ def _score_trained(
             continue  # trained at another step/window set: the baseline model scores these
         calendar = g.feature_names[len(base) :]
         rows_a = np.asarray(rows)
-        X = last.design(
-            query.direction, np.array([batch.end]), calendar, (rows_a, np.zeros_like(rows_a))
+        X = scoring_rows(
+            last,
+            query.direction,
+            (rows_a, np.zeros_like(rows_a)),
+            times=np.array([batch.end]),
+            calendar=calendar,
         )
         which = np.array([g.index[keys[i]] for i in rows])
         scores[rows_a] = g.pack.score(X, which)

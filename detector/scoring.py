@@ -7,6 +7,13 @@ one call. ``IsolationForestScorer`` is the ONE place where scikit-learn's sign
 higher = more anomalous (the original paper's ``s(x, n)``; about 0.5 for an
 ordinary point).
 
+An undefined feature (NaN: a percent change from a zero baseline, the volatility
+ratio of a window too sparse to measure, ...) means "no evidence of change": 0 in
+the forest's matrix, where every column is neutral (``Features.matrix``). The rows a
+forest scores go through ``scoring_rows`` and the rows it is fitted on through
+``fit_rows``, wherever they come from (the live cycle, trained models, backtests,
+training): so a series that is ready always gets a score once its query has a forest.
+
 ``ModelProvider`` is the seam for the model registry: the default
 ``BaselineModelProvider`` fits on the lookback's baseline part and reuses the
 fit for ``refit_seconds``; a registry-backed provider can hand out trained,
@@ -22,9 +29,60 @@ from typing import Protocol
 import numpy as np
 from sklearn.ensemble import IsolationForest
 
+from detector.features import Features
+
+#: A forest is fitted on at least this many feature rows.
+MIN_FIT_ROWS = 8
+
 
 class NotFittedError(RuntimeError):
     pass
+
+
+def neutral(X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """``X`` (a copy) with the undefined features (NaN) of ``rows`` (default: all) set to 0:
+    "no evidence of change" in every column of ``Features.matrix``."""
+    X = np.array(X, dtype=np.float64)
+    undefined = np.isnan(X)
+    if rows is not None:
+        undefined &= np.asarray(rows, dtype=bool)[:, None]
+    X[undefined] = 0.0
+    return X
+
+
+def scoring_rows(
+    f: Features,
+    direction: str,
+    at: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    times: np.ndarray | None = None,
+    calendar: tuple[str, ...] = (),
+) -> np.ndarray:
+    """The rows a forest scores: ``f.design`` (``f.matrix`` plus ``calendar`` columns at
+    ``times``) where the undefined features of ready (series, time) pairs are neutral.
+
+    A row that is not ready keeps its NaN: it gets no score (the series is warming up).
+    """
+    X = f.matrix(direction, at) if not calendar else f.design(direction, times, calendar, at)
+    ready = f.ready.reshape(-1) if at is None else f.ready[at]
+    return neutral(X, ready)
+
+
+def fit_rows(X: np.ndarray) -> np.ndarray:
+    """The rows a forest is fitted on, out of candidate (ready) feature rows ``X``.
+
+    The complete rows when there are at least ``MIN_FIT_ROWS`` of them (what the
+    forest learns is then only what was measured); otherwise every candidate with its
+    undefined features neutral, so that a query whose series are, say, all constant
+    zero (percent change 0/0 everywhere) still gets a forest. Rows that stay
+    non-finite are dropped.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    complete = np.isfinite(X).all(axis=1)
+    if complete.sum() < MIN_FIT_ROWS:
+        X = neutral(X)
+        complete = np.isfinite(X).all(axis=1)
+    return X[complete]
 
 
 class IsolationForestScorer:
@@ -46,10 +104,10 @@ class IsolationForestScorer:
         self.n_jobs = n_jobs
 
     def fit(self, X: np.ndarray) -> IsolationForestScorer:
-        X = np.asarray(X, dtype=np.float64)
-        X = X[np.isfinite(X).all(axis=1)]
-        if len(X) < 8:
-            raise ValueError(f"need at least 8 complete feature rows to fit, got {len(X)}")
+        """Fit on the candidate rows ``X``, as ``fit_rows`` picks them."""
+        X = fit_rows(X)
+        if len(X) < MIN_FIT_ROWS:
+            raise ValueError(f"need at least {MIN_FIT_ROWS} feature rows to fit, got {len(X)}")
         rng = np.random.default_rng(self.random_state)
         if len(X) > self.max_train_rows:
             X = X[rng.choice(len(X), self.max_train_rows, replace=False)]
@@ -65,7 +123,8 @@ class IsolationForestScorer:
         return self
 
     def score(self, X: np.ndarray) -> np.ndarray:
-        """Anomaly score per row, 0..1, higher = more anomalous; NaN for incomplete rows."""
+        """Anomaly score per row, 0..1, higher = more anomalous; NaN for incomplete rows
+        (``scoring_rows`` leaves incomplete only the rows that are not ready)."""
         if not hasattr(self, "forest_"):
             raise NotFittedError("IsolationForestScorer is not fitted")
         X = np.asarray(X, dtype=np.float64)

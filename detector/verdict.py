@@ -7,7 +7,8 @@ For every (series, time):
    recent history (``Thresholds.history`` points ending one longest window ago,
    ``AIOPS_NOVELTY`` times over). A pattern that recurs — a daily batch job, a
    ramp the baseline cannot follow — stops being news after its first time;
-2. the IsolationForest score must reach ``AIOPS_SCORE_THRESH`` (when a forest exists);
+2. the IsolationForest score must reach ``AIOPS_SCORE_THRESH`` (when a forest exists;
+   ``forest_gate``);
 3. a change of level (level_shift, percent_change, trend_break) that brings the
    series back to the level of the older half of its baseline (within
    ``return_ratio`` × the z threshold) is a *return*, not
@@ -33,6 +34,12 @@ from detector.features import Features
 #: Reasons that are a change of level: a return to the earlier level does not start them.
 LEVEL_REASONS = frozenset({"level_shift", "percent_change", "trend_break"})
 
+#: A score reaches the threshold to within this: a forest that cannot split its rows (all
+#: alike, e.g. a query whose series are all constant) scores every point 0.5, an ordinary
+#: point, give or take float rounding (0.4999999999999993 or 0.5000000000000007 by the
+#: number of rows), and the rounding must not decide the verdict.
+SCORE_TOLERANCE = 1e-9
+
 if TYPE_CHECKING:
     from detector.pipeline import Thresholds
 
@@ -44,6 +51,13 @@ class Judgement:
     strict_evidence: list[Evidence]
     relaxed_evidence: list[Evidence]
     weight: np.ndarray  # strongest novelty among the strict reasons (0 where none)
+
+
+def forest_gate(scores: np.ndarray, score_thresh: float) -> np.ndarray:
+    """Where the forest lets a verdict through: its score reaches ``score_thresh`` (to
+    ``SCORE_TOLERANCE``), or there is no score (no forest)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(scores), scores >= score_thresh - SCORE_TOLERANCE, True)
 
 
 def judge(
@@ -77,7 +91,7 @@ def judge(
             weight = np.maximum(weight, np.where(ev.fired, np.minimum(nov, 50.0), 0.0))
         elif ev.strength is not None:
             weight = np.maximum(weight, np.where(ev.fired, ev.strength, 0.0))
-    gate = np.where(np.isfinite(scores), scores >= thresholds.score_thresh, True)
+    gate = forest_gate(scores, thresholds.score_thresh)
     strict = f.mature & any_fired(strict_ev) & gate
     relaxed = fr.ready & any_fired(relaxed_ev)
     return Judgement(strict, relaxed, strict_ev, relaxed_ev, weight)

@@ -7,7 +7,9 @@ streaming order: the verdict on column ``t`` uses columns ``0..t`` only.
 - Features are causal by construction (prefix sums over the past).
 - The forest is refitted every ``refit_every`` columns on feature rows that end
   one longest window before the refit point, and scores the columns up to the
-  next refit: what a detector running since the start would have used.
+  next refit: what a detector running since the start would have used. Fitted and
+  scored rows go through ``detector.scoring.fit_rows`` / ``scoring_rows`` as live:
+  an undefined feature of a ready row is neutral (0).
 - Hysteresis is the live rule: a series that was anomalous at ``t - 1`` stays
   anomalous at ``t`` while its reasons fire at the relaxed thresholds.
 
@@ -24,7 +26,7 @@ import numpy as np
 from detector.explain import Evidence
 from detector.features import Features, FeatureSpec, compute_features
 from detector.pipeline import Thresholds
-from detector.scoring import IsolationForestScorer
+from detector.scoring import MIN_FIT_ROWS, IsolationForestScorer, scoring_rows
 from detector.verdict import hysteresis, judge, reasons_behind
 
 
@@ -65,21 +67,16 @@ def streaming_scores(
         stop = min(start + refit_every, T)
         upto = start - lag
         ii, tt = np.nonzero(f.ready[:, :upto])
-        if len(ii) < 8:
+        if len(ii) < MIN_FIT_ROWS:
             continue
         if len(ii) > max_train_rows:  # the most recent rows
             keep = np.argsort(tt, kind="stable")[-max_train_rows:]
             ii, tt = ii[keep], tt[keep]
-        X = f.matrix(direction, (ii, tt))
-        X = X[np.isfinite(X).all(axis=1)]
-        if len(X) < 8:
-            continue
-        scorer = IsolationForestScorer(random_state=random_state).fit(X)
+        scorer = IsolationForestScorer(random_state=random_state).fit(f.matrix(direction, (ii, tt)))
         cols = np.arange(start, stop)
         si, st = np.meshgrid(np.arange(n), cols, indexing="ij")
-        scores[:, start:stop] = scorer.score(f.matrix(direction, (si.ravel(), st.ravel()))).reshape(
-            n, len(cols)
-        )
+        X = scoring_rows(f, direction, (si.ravel(), st.ravel()))
+        scores[:, start:stop] = scorer.score(X).reshape(n, len(cols))
     return scores
 
 

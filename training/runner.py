@@ -92,8 +92,14 @@ def event_score(r: Replay) -> np.ndarray:
     far it beats the same reason's recent maximum; the log keeps a flat series' first
     wiggle from outweighing everything) times the square root of the number of reasons
     that agree.
+
+    The forest's factor is 0.5 (an ordinary point) where it gave no score, and where the
+    row had an undefined feature (a percent change from a zero baseline...): the forest
+    scored that row with the feature neutral (``detector.scoring.scoring_rows``), having
+    seen only part of it, and that partial opinion does not rank the detection.
     """
-    forest = np.nan_to_num(r.score, nan=0.5)
+    defined = np.isfinite(r.features.matrix()).all(axis=-1).reshape(r.score.shape)
+    forest = np.where(defined, np.nan_to_num(r.score, nan=0.5), 0.5)
     agree = sum(ev.fired.astype(np.float64) for ev in r.evidence)
     weight = np.log1p(np.maximum(r.weight, 1.0)) * np.sqrt(np.maximum(agree, 1.0))
     return np.where(r.onset, weight * forest, 0.0)

@@ -41,6 +41,7 @@ from detector.catalogue import Query
 from detector.errors import AiopsError
 from detector.features import CALENDAR_FEATURES, Features, compute_features
 from detector.pipeline import feature_spec
+from detector.scoring import fit_rows, scoring_rows
 from detector.settings import Settings
 from detector.source import SeriesBatch, series_key
 from feature_store import tables
@@ -224,12 +225,14 @@ def _series_data(
     if len(train_cols) > MAX_TRAIN_ROWS:
         train_cols = np.sort(rng.choice(train_cols, MAX_TRAIN_ROWS, replace=False))
 
-    def design(cols: np.ndarray) -> np.ndarray:
-        at = (np.full(len(cols), j), cols)
-        return feats.design(query.direction, times, calendar, at)
+    def at(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(len(cols), j), cols
 
-    X_train, X_tail = design(train_cols), design(tail_cols)
-    X_train = X_train[np.isfinite(X_train).all(axis=1)]
+    # fitted as the live baseline forest is (``fit_rows``: the complete rows, or all of
+    # them with undefined features neutral when too few are complete); the tail scored
+    # as the live detector scores it (``scoring_rows``)
+    X_train = fit_rows(feats.design(query.direction, times, calendar, at(train_cols)))
+    X_tail = scoring_rows(feats, query.direction, at(tail_cols), times=times, calendar=calendar)
     X_tail = X_tail[np.isfinite(X_tail).all(axis=1)]
     params = {
         "n_estimators": N_ESTIMATORS,

@@ -9,7 +9,9 @@ feature function and explainers fed any series at all.
 - Bodies over ``RUNBOOK_MAX_BODY_BYTES`` get 413 before they are read, JSON nested
   deeper than 32 levels 422, both within a fraction of a second.
 - Hypothesis feeds ``compute_features`` and the explainers series of any length
-  with NaN, ±inf and extreme values.
+  with NaN, ±inf and extreme values; the live path gives every series a score in
+  0..1 (an undefined feature, such as the percent change of a constant-zero series,
+  is neutral) or says it is warming up, never a NaN score or an exception.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from detector.catalogue import Query
 from detector.explain import REASONS, any_fired, default_explainers, evaluate, reasons_at
 from detector.exporter import AnomalyCollector
 from detector.features import FeatureSpec, compute_features
-from detector.pipeline import detect_batch
+from detector.pipeline import SeriesResult, detect_batch, feature_spec
 from detector.scoring import BaselineModelProvider
 from detector.settings import load_settings
 from detector.source import SeriesBatch
@@ -365,24 +367,49 @@ QUERY = Query(name="kpi", promql="x", direction="both", labels=("i",), seasonali
 DETECT = load_settings(metrics=None, config=None, lookback="1h", step="60s")
 
 
-def _detect(x: np.ndarray) -> None:
+def _detect(x: np.ndarray) -> tuple[list[SeriesResult], CollectorRegistry]:
     """The live path: features, forest, explainers, verdicts and the exported gauges."""
     labels = [{"i": str(i)} for i in range(len(x))]
     batch = SeriesBatch(QUERY.name, 1_700_000_000.0, 60.0, labels, x)
     results = detect_batch(batch, QUERY, DETECT, BaselineModelProvider(), now=batch.end)
-    for r in results:
-        assert r.status in ("ok", "warming_up")  # scored, or clearly not enough data yet
-        if r.status == "ok":
-            # a score in 0..1, or none at all where a feature is undefined (the gauge is
-            # then absent): never a NaN or an infinity on /metrics
-            assert np.isnan(r.score) or 0.0 <= r.score <= 1.0
-            assert all(np.isfinite(list(r.zscores.values())))
-            assert all(np.isfinite(reason.zscore) for reason in r.reasons)
     registry = CollectorRegistry()
     AnomalyCollector(registry).update(QUERY.name, results)
+    for r in results:
+        assert r.status in ("ok", "warming_up")  # scored, or clearly not enough data yet
+        labels = {"metric": QUERY.name, **r.labels}
+        if r.status == "ok":
+            # a finite score in 0..1 (an undefined feature is neutral), so the gauge is there
+            assert 0.0 <= r.score <= 1.0, r.score
+            assert registry.get_sample_value("aiops_anomaly_score", labels) == r.score
+            assert all(np.isfinite(list(r.zscores.values())))
+            assert all(np.isfinite(list(r.features.values())))  # the row that was scored
+            assert all(np.isfinite(reason.zscore) for reason in r.reasons)
+        else:
+            assert not r.anomalous and not r.reasons and np.isnan(r.score)
+            assert registry.get_sample_value("aiops_anomaly_score", labels) is None
     for family in registry.collect():
         for sample in family.samples:
             assert np.isfinite(sample.value), sample
+    return results, registry
+
+
+@st.composite
+def quiet_series(draw: Any) -> np.ndarray:
+    """1-3 series long enough for a forest: constant (often zero, as the error count of a
+    quiet service) or noisy, maybe a burst at the end, maybe NaN/±inf holes."""
+    n, t = draw(st.integers(1, 3)), draw(st.integers(120, 220))
+    x = np.empty((n, t))
+    for i in range(n):
+        level = draw(st.sampled_from([0.0, 0.0, 1.0, -3.0, 1e6]))
+        noise = draw(st.sampled_from([0.0, 0.0, 0.1, 10.0]))
+        rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+        x[i] = level + noise * rng.standard_normal(t)
+        burst = draw(st.integers(0, 10))
+        if burst:
+            x[i, -burst:] += draw(st.sampled_from([50.0, -50.0, 1e9]))
+        for h in draw(st.lists(st.integers(0, t - 1), max_size=20)):
+            x[i, h] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    return x
 
 
 @settings(max_examples=150, deadline=None)
@@ -392,9 +419,70 @@ def test_any_series_gives_finite_features_or_not_ready(x):
 
 
 @settings(max_examples=40, deadline=None)
-@given(hnp.arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(1, 90)), elements=values))
+@given(hnp.arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(1, 200)), elements=values))
 def test_the_live_path_scores_or_says_warming_up_and_exports_only_finite_values(x):
     _detect(x)
+
+
+@settings(max_examples=60, deadline=None)
+@given(quiet_series())
+def test_constant_zero_and_holey_series_are_scored_or_warming_up_never_nan(x):
+    _detect(x)
+
+
+def _noisy(n: int, t: int) -> np.ndarray:
+    return 100.0 + np.random.default_rng(7).standard_normal((n, t))
+
+
+@pytest.mark.parametrize("others", ["zero", "noisy"])
+def test_a_constant_zero_series_gets_a_finite_score_and_its_gauge(others):
+    """Percent change 0/0 is undefined: neutral, not a missing score. With only zero
+    series the query's forest is fitted on the neutral rows (no row is complete)."""
+    x = np.zeros((3, 200)) if others == "zero" else _noisy(3, 200)
+    x[0] = 0.0
+    results, registry = _detect(x)
+    assert len(results) == 3 and all(r.status == "ok" for r in results)
+    zero = results[0]
+    assert np.isfinite(zero.score) and 0.0 <= zero.score <= 1.0
+    assert zero.features["pct_change"] == 0.0  # neutral
+    assert registry.get_sample_value("aiops_anomaly_score", {"metric": "kpi", "i": "0"}) == (
+        zero.score
+    )
+    assert not zero.anomalous
+
+
+@pytest.mark.parametrize("others", ["zero", "noisy"])
+def test_a_jump_from_a_zero_baseline_is_scored_and_detected(others):
+    """The jump's percent change (from 0) is undefined: the series still gets a score, its
+    gauge, and the verdict. With only zero series the forest cannot split its rows and
+    scores every point 0.5 give or take rounding (here below 0.5): the gate lets it
+    through (``detector.verdict.SCORE_TOLERANCE``)."""
+    x = np.zeros((1, 200)) if others == "zero" else _noisy(3, 200)
+    x[0] = 0.0
+    x[0, -3:] = 50.0
+    results, registry = _detect(x)
+    jump = results[0]
+    assert jump.status == "ok" and np.isfinite(jump.score) and 0.0 <= jump.score <= 1.0
+    assert registry.get_sample_value("aiops_anomaly_score", {"metric": "kpi", "i": "0"}) == (
+        jump.score
+    )
+    assert jump.anomalous and "level_shift" in {r.reason for r in jump.reasons}
+    assert registry.get_sample_value("aiops_anomaly_current", {"metric": "kpi", "i": "0"}) == 1.0
+
+
+def test_a_query_with_too_little_data_for_a_forest_says_warming_up():
+    """Ready series (enough history for features) but fewer than 8 baseline rows in the
+    whole query to fit a forest: no score can be given, so not enough data yet, and
+    not anomalous, rather than "ok" without a score."""
+    x = _noisy(3, 120)
+    x[0, -3:] += 50.0
+    spec = feature_spec(QUERY, DETECT, 60.0)
+    assert compute_features(x, spec).ready[:, -1].all()  # the features are ready
+    results, registry = _detect(x)
+    assert [r.status for r in results] == ["warming_up"] * 3
+    assert not any(r.anomalous for r in results)
+    assert registry.get_sample_value("aiops_anomaly_current", {"metric": "kpi", "i": "0"}) == 0.0
+    assert registry.get_sample_value("aiops_anomaly_score", {"metric": "kpi", "i": "0"}) is None
 
 
 @settings(max_examples=60, deadline=None)
