@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import httpx
 
 from demo.prometheus import free_port, stop_process, wait_http_ok
 from runbooks.signing import signed_headers
-from tests.integration.conftest import aiops_command
+from tests.integration.conftest import aiops_command, clean_env
 from tests.runbooks.conftest import RECORDER, SECRET, TOKEN, make_hook, served  # noqa: F401
 
 
@@ -34,7 +33,7 @@ class WebhookProcess:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("AIOPS_", "RUNBOOK_"))}
+        base = clean_env()
         base.update(
             RUNBOOK_WEBHOOK_SECRET=SECRET,
             RUNBOOK_ALERTMANAGER_TOKEN=TOKEN,

@@ -12,7 +12,6 @@ answering 200 throughout."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -25,7 +24,7 @@ import pytest
 
 from runbooks.signing import signed_headers
 from tests.adversarial.conftest import served
-from tests.integration.conftest import poll, run_aiops
+from tests.integration.conftest import clean_env, poll, run_aiops
 from tests.runbooks.conftest import SECRET, anomaly
 
 ADMIN = "admin-token-for-the-burst"
@@ -55,8 +54,7 @@ def _flip_http(url: str, db: str) -> None:
 
 
 def _flip_cli(url: str, db: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIOPS_", "RUNBOOK_"))}
-    env["AIOPS_DATABASE_URL"] = db
+    env = clean_env(AIOPS_DATABASE_URL=db)
     proc = run_aiops("killswitch", "halt", "--reason", "burst test", env=env)
     assert proc.returncode == 0 and "*: halted" in proc.stdout, proc.stderr
 

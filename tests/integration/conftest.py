@@ -126,12 +126,21 @@ class ServiceThread:
         self.thread.join(30)
 
 
-def detector_env(**extra: str) -> dict[str, str]:
-    """The environment of an ``aiops`` subprocess: no inherited settings, a fresh database."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIOPS_", "PROM_"))}
-    env["AIOPS_DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='aiops-db-')}/aiops.db"
+#: the settings' prefixes: a subprocess of a test inherits none of them
+SETTING_PREFIXES = ("AIOPS_", "PROM_", "RUNBOOK_", "RUNBOOKS_", "SLACK_")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any setting of the service, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
     env.update(extra)
     return env
+
+
+def detector_env(**extra: str) -> dict[str, str]:
+    """The environment of an ``aiops`` subprocess: no inherited settings, a fresh database."""
+    db = f"sqlite:///{tempfile.mkdtemp(prefix='aiops-db-')}/aiops.db"
+    return clean_env(**{"AIOPS_DATABASE_URL": db, **extra})
 
 
 def aiops_command() -> list[str]:

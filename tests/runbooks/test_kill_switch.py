@@ -3,13 +3,11 @@ restart, audited, shown on /killswitch, /healthz and /metrics, and failing close
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from sqlalchemy.exc import OperationalError
 
 from runbooks import killswitch
-from tests.integration.conftest import run_aiops
+from tests.integration.conftest import clean_env, run_aiops
 from tests.runbooks.conftest import alerts, anomaly
 
 ADMIN = "admin-token-for-tests"
@@ -157,9 +155,7 @@ def test_replicas_the_cli_and_a_restart_share_one_switch(make_hook, tmp_path):
     assert b.post_event(anomaly("on-b")).json()["decision"] == "skipped_disabled"
     assert b.metric("runbooks_enabled") == 0.0  # b's scrape reads the shared state
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIOPS_", "RUNBOOK_"))}
-    env["AIOPS_DATABASE_URL"] = db
-    env["RUNBOOK_AUTOFIX_ENABLED"] = "true"
+    env = clean_env(AIOPS_DATABASE_URL=db, RUNBOOK_AUTOFIX_ENABLED="true")
     status = run_aiops("killswitch", "status", env=env)
     assert status.returncode == 0, status.stderr
     assert "halted * since" in status.stdout and "from replica a" in status.stdout
@@ -181,8 +177,7 @@ def test_replicas_the_cli_and_a_restart_share_one_switch(make_hook, tmp_path):
 
 
 def test_the_cli_refuses_a_bad_scope_and_an_unreachable_database_in_one_line(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIOPS_", "RUNBOOK_"))}
-    env["AIOPS_DATABASE_URL"] = f"sqlite:///{tmp_path}/x.db"
+    env = clean_env(AIOPS_DATABASE_URL=f"sqlite:///{tmp_path}/x.db")
     bad = run_aiops("killswitch", "halt", "--scope", "a.b.c", "--reason", "x", env=env)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert "--scope" in bad.stderr

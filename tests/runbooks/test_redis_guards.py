@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from demo.prometheus import free_port
 from runbooks.guards import GuardUnavailable, Limits, RedisGuards
 from runbooks.signing import signed_headers
 from tests.conftest import require_binary
-from tests.integration.conftest import poll
+from tests.integration.conftest import clean_env, poll
 from tests.redis_server import REDIS_SERVER, RedisProcess
 from tests.runbooks.conftest import RECORDER, SECRET, anomaly
 
@@ -80,7 +79,7 @@ def _webhook(
         "shop.checkout:\n  - match: latency_p99\n    action: command\n"
         f"    params: {{argv: {json.dumps(argv)}}}\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIOPS_", "RUNBOOK_"))}
+    env = clean_env()
     env.update(
         AIOPS_DATABASE_URL=f"sqlite:///{tmp_path}/{name}.db",
         RUNBOOK_REDIS_URL=redis_url,
