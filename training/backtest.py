@@ -11,7 +11,8 @@ streaming order: the verdict on column ``t`` uses columns ``0..t`` only.
   scored rows go through ``detector.scoring.fit_rows`` / ``scoring_rows`` as live:
   an undefined feature of a ready row is neutral (0).
 - Hysteresis is the live rule: a series that was anomalous at ``t - 1`` stays
-  anomalous at ``t`` while its reasons fire at the relaxed thresholds.
+  anomalous at ``t`` while its reasons fire at the relaxed thresholds. Columns
+  before the first forest have no score and no verdict, as live.
 
 Vectorised over series and time except for the hysteresis recurrence, which is
 a cheap loop over time on boolean arrays.
@@ -95,6 +96,11 @@ def replay(
     f = compute_features(x, spec)
     scores = streaming_scores(f, spec, direction, refit_every=refit_every)
     j = judge(f, thresholds, direction, scores, spec.longest)
+    # as live: where no forest could be fitted yet there is no score, and no verdict
+    # (the live detector reports such a series warming up, never anomalous)
+    scored = np.isfinite(scores)
+    j.strict &= scored
+    j.relaxed &= scored
     anomalous = hysteresis(j.strict, j.relaxed)
     onset = anomalous.copy()
     onset[:, 1:] &= ~anomalous[:, :-1]

@@ -117,3 +117,15 @@ def test_training_a_constant_zero_series_fits_on_neutral_rows():
     assert len(data.X_train) >= 500 and np.isfinite(data.X_train).all()
     assert (data.X_train[:, -1] == 0.0).all()  # pct_change 0/0: neutral
     assert len(data.X_tail) >= 60 and np.isfinite(data.X_tail).all()
+
+
+def test_a_backtest_gives_no_verdict_before_its_first_forest_as_live():
+    """Live, a ready series of a query without a forest is warming up, never anomalous;
+    a replay gives the columns before its first fit no verdict either."""
+    x = 100.0 + np.random.default_rng(3).standard_normal((1, 200))
+    x[0, 40:] += 50.0  # mature (baseline half full) before the first forest (column 52)
+    r = replay(x, SPEC, Thresholds(), "both")
+    first = int(np.argmax(np.isfinite(r.score[0])))
+    assert r.features.mature[0, 40] and first > 40
+    assert not r.anomalous[0, :first].any()
+    assert not any(ev.fired[0, :first].any() for ev in r.evidence)
