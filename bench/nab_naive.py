@@ -2,6 +2,7 @@
 
     python bench/nab_naive.py                      # the four categories, every row
     python bench/nab_naive.py --files 4            # the 4 smallest files only (quick)
+    python bench/nab_naive.py --only load_balancer,c0d644   # files whose name has one of these
 
 **Ours** is ``aiops backtest`` as ``bench/nab.py`` runs it: per file, the feature function
 over the whole history at once, one forest fitted every 500 rows (on the rows before)
@@ -11,7 +12,10 @@ scoring the next 500 in one call, the explainers over every row in one pass.
 that row with the series' scikit-learn IsolationForest (one call per row), run the four
 explainers and the verdict rule for that row (on the recent rows the rule looks back on),
 carry the hysteresis to the next row. Its forest is refitted on the same rows at the same
-rows as ours, so the two must agree exactly: same scores, verdicts, reasons and NAB score.
+rows as ours, by the same rules (``detector.scoring.fit_rows`` / ``scoring_rows``: an
+undefined feature of a ready row is neutral; no verdict where there is no score; an onset
+whose row had an undefined feature weighs its forest factor as 0.5), so the two must
+agree exactly: same scores, verdicts, reasons and NAB score.
 (Refitting the forest at every row — one fit per cycle — would be 121,702 fits; the
 time one fit takes is measured and that cost is given beside, not run.)
 
@@ -37,7 +41,7 @@ from detector.catalogue import Query
 from detector.explain import Evidence
 from detector.features import compute_features
 from detector.pipeline import Thresholds, feature_spec
-from detector.scoring import IsolationForestScorer
+from detector.scoring import MIN_FIT_ROWS, IsolationForestScorer, fit_rows, scoring_rows
 from detector.verdict import Judgement, judge, reasons_behind
 from training import runner
 from training.nab import nab_scores
@@ -64,15 +68,17 @@ def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_ev
         if t >= first and (t - first) % refit_every == 0:
             forest = None
             ii, tt = np.nonzero(f.ready[:, : t - lag])
-            if len(ii) >= 8:
+            if len(ii) >= MIN_FIT_ROWS:
                 if len(ii) > 20000:
                     ii, tt = ii[-20000:], tt[-20000:]
-                X = f.matrix(direction, (ii, tt))
-                X = X[np.isfinite(X).all(axis=1)]
-                if len(X) >= 8:
+                # the complete rows, or all of them with undefined features neutral
+                X = fit_rows(f.matrix(direction, (ii, tt)))
+                if len(X) >= MIN_FIT_ROWS:
                     forest = IsolationForestScorer(random_state=0).fit(X)
+        at = (np.array([0]), np.array([t]))
         if forest is not None:
-            row = f.matrix(direction, (np.array([0]), np.array([t])))
+            # an undefined feature of a ready row is neutral (0); a row not ready stays NaN
+            row = scoring_rows(f, direction, at)
             if np.isfinite(row).all():
                 score[t] = -forest.forest_.score_samples(row)[0]
         lo = max(0, t + 1 - tail)
@@ -81,6 +87,8 @@ def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_ev
         scores[0, -1] = score[t]
         j = judge(recent, th, direction, scores, lag)
         strict, relaxed = bool(j.strict[0, -1]), bool(j.relaxed[0, -1])
+        if np.isnan(score[t]):  # no forest yet, or the row is not ready: no verdict
+            strict = relaxed = False
         now = strict or (prev and relaxed)
         if now:
             last = Judgement(
@@ -94,7 +102,9 @@ def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_ev
             fired = [ev.reason for ev in evidence if ev.fired[0, 0]]
             reasons[t] = ";".join(fired)
             if not prev:  # an onset: its weight (training.runner.event_score)
-                forest_score = 0.5 if np.isnan(score[t]) else score[t]
+                # 0.5 where the row had an undefined feature (scored with it neutral)
+                defined = np.isfinite(f.matrix(direction, at)).all()
+                forest_score = score[t] if defined else 0.5
                 weight = np.log1p(max(j.weight[0, -1], 1.0)) * np.sqrt(max(len(fired), 1.0))
                 event[t] = weight * forest_score
         anomalous[t] = now
@@ -121,12 +131,17 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--files", type=int, default=0, help="only the N smallest files (0: all)")
+    ap.add_argument(
+        "--only", help="only the files whose name contains one of these (comma-separated)"
+    )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     settings, query, windows = nab_inputs(args.data, "nab_naive.py")
     paths = [p for c in CATEGORIES for p in sorted((args.data / c).glob("*.csv"))]
     if args.files:
         paths = sorted(paths, key=lambda p: p.stat().st_size)[: args.files]
+    if args.only:
+        paths = [p for p in paths if any(w in p.name for w in args.only.split(","))]
 
     ours_s = naive_s = 0.0
     ours, naive, stamps = {}, {}, {}
@@ -200,8 +215,7 @@ def _fit_time(settings, query: Query, path: Path, root: Path) -> float:
     spec = feature_spec(query, settings, runner.infer_step(inp.timestamps))
     f = compute_features(inp.values[None, :], spec)
     ii, tt = np.nonzero(f.ready)
-    X = f.matrix(query.direction, (ii[-20000:], tt[-20000:]))
-    X = X[np.isfinite(X).all(axis=1)]
+    X = fit_rows(f.matrix(query.direction, (ii[-20000:], tt[-20000:])))
     times = []
     for seed in range(5):
         t0 = time.perf_counter()

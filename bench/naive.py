@@ -3,7 +3,9 @@
 The way per-series anomaly tools work: a Python loop over the series; for each one its
 own features, its own IsolationForest fitted at every cycle on that series' baseline
 rows alone, and the four explainers evaluated for that series alone. It uses the same
-feature function, explainers and verdict rule as the detector, so where the two differ
+feature function, explainers and verdict rule as the detector, and the same scoring rules
+(``detector.scoring.fit_rows`` / ``scoring_rows``: an undefined feature of a ready row
+is neutral; a series without a score is warming up), so where the two differ
 it is for one reason only: the forest (one per series, refitted each cycle, against one
 per query fitted on the rows of all its series and reused for an hour).
 """
@@ -19,7 +21,7 @@ from detector.catalogue import Query
 from detector.explain import reasons_at
 from detector.features import compute_features
 from detector.pipeline import Thresholds, feature_spec, training_rows
-from detector.scoring import IsolationForestScorer
+from detector.scoring import MIN_FIT_ROWS, IsolationForestScorer, fit_rows, scoring_rows
 from detector.settings import Settings
 from detector.source import SeriesBatch
 from detector.verdict import hysteresis, judge, reasons_behind
@@ -58,18 +60,21 @@ def naive_cycle(
             batch.values[i : i + 1], spec, None if past is None else past[:, i : i + 1]
         )
         t1 = time.perf_counter()
+        # the series' candidate rows; fitted on as the live forest is (``fit_rows``: the
+        # complete rows, or all of them with undefined features neutral)
         X = f.matrix(query.direction, training_rows(f, spec))
-        X = X[np.isfinite(X).all(axis=1)]
+        X = fit_rows(X) if len(X) >= MIN_FIT_ROWS else X[:0]
         scores = np.full(f.ready.shape, np.nan)
-        if len(X) >= 8:
+        if len(X) >= MIN_FIT_ROWS:
             forest = IsolationForestScorer(random_state=0).fit(X)
-            scores[:, -1] = forest.score(f.take(slice(-1, None)).matrix(query.direction))
+            # an undefined feature of the ready newest row is neutral (``scoring_rows``)
+            scores[:, -1] = forest.score(scoring_rows(f.take(slice(-1, None)), query.direction))
         t2 = time.perf_counter()
         j = judge(f, th, query.direction, scores, spec.longest)
         was = np.array([tuple(sorted(batch.labels[i].items())) in (active or ())])
         verdict = hysteresis(j.strict[:, -1:], j.relaxed[:, -1:], was)
         ready = bool(f.ready[0, -1])
-        if not ready:
+        if not ready or not np.isfinite(scores[0, -1]):  # no forest, no score: warming up
             out.append(NaiveResult("warming_up"))
         else:
             full = np.zeros(j.strict.shape, dtype=bool)
