@@ -429,20 +429,9 @@ def create_app(
     async def alertmanager(request: Request) -> Response:
         body = await request.body()
         if am_token:
-            auth = request.headers.get("authorization", "")
-            import hmac
-
-            if not hmac.compare_digest(auth.encode(), f"Bearer {am_token}".encode()):
-                metrics.requests.labels("alertmanager", "401").inc()
-                with contextlib.suppress(SQLAlchemyError):
-                    await asyncio.to_thread(
-                        rem.audit_now,
-                        "unauthorized",
-                        None,
-                        actor=_peer(request),
-                        details={"route": "/alertmanager", "why": "bad bearer token"},
-                    )
-                return _error(401, "missing or wrong bearer token")
+            refused = await bearer_refusal(request, am_token, "/alertmanager", "")
+            if refused is not None:
+                return refused
         try:
             parse_json(body)
             # strict: a number is no time and a boolean no number (as the OpenAPI says)
@@ -588,18 +577,17 @@ def create_app(
             "halts": [h.as_dict() for h in halts],
         }
 
-    async def admin_refusal(request: Request, route: str, what: str) -> Response | None:
-        """None for a request bearing RUNBOOK_ADMIN_TOKEN; else its 401 (audited)."""
+    async def bearer_refusal(
+        request: Request, token: str | None, route: str, unset: str
+    ) -> Response | None:
+        """None for a request bearing ``token``; else its 401 (audited). ``unset`` is
+        the answer when no token is configured."""
         import hmac
 
         auth = request.headers.get("authorization", "")
-        if admin_token and hmac.compare_digest(auth.encode(), f"Bearer {admin_token}".encode()):
+        if token and hmac.compare_digest(auth.encode(), f"Bearer {token}".encode()):
             return None
-        why = (
-            "missing or wrong bearer token"
-            if admin_token
-            else f"RUNBOOK_ADMIN_TOKEN is not set: {what} over HTTP"
-        )
+        why = "missing or wrong bearer token" if token else unset
         metrics.requests.labels(route.strip("/"), "401").inc()
         with contextlib.suppress(SQLAlchemyError):
             await asyncio.to_thread(
@@ -610,6 +598,10 @@ def create_app(
                 details={"route": route, "why": why},
             )
         return _error(401, why)
+
+    async def admin_refusal(request: Request, route: str, what: str) -> Response | None:
+        unset = f"RUNBOOK_ADMIN_TOKEN is not set: {what} over HTTP"
+        return await bearer_refusal(request, admin_token, route, unset)
 
     @app.get("/killswitch", responses=ok(KillSwitchOut, 503))
     def killswitch_get() -> Response:
