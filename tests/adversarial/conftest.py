@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,35 @@ import httpx
 from demo.prometheus import free_port, stop_process, wait_http_ok
 from runbooks.signing import signed_headers
 from tests.integration.conftest import aiops_command, clean_env
-from tests.runbooks.conftest import RECORDER, SECRET, TOKEN, make_hook, served  # noqa: F401
+from tests.runbooks.conftest import (  # noqa: F401
+    RECORDER,
+    SECRET,
+    TOKEN,
+    anomaly,
+    make_hook,
+    served,
+)
+
+
+class Burst:
+    """Signed anomaly events of one app (one pod each), posted from many threads; the
+    decisions, in the order they were answered."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.answers: list[str] = []
+        self._lock = threading.Lock()
+
+    def post(self, http: httpx.Client, url: str, i: int) -> str:
+        e = anomaly(f"{self.prefix}-{i}")
+        e["labels"]["pod"] = f"checkout-{i}"
+        body = json.dumps(e).encode()
+        r = http.post(f"{url}/anomalies", content=body, headers=signed_headers(SECRET, body))
+        assert r.status_code == 200, r.text
+        decision = r.json()["decision"]
+        with self._lock:
+            self.answers.append(decision)
+        return decision
 
 
 def command_policy(path: Path, trace: Path, *, match: str = "latency_p99") -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runbooks.signing import signed_headers
-from tests.adversarial.conftest import served
+from tests.adversarial.conftest import Burst, served
 from tests.integration.conftest import clean_env, poll, run_aiops
-from tests.runbooks.conftest import SECRET, anomaly
 
 ADMIN = "admin-token-for-the-burst"
 N = 60
@@ -74,18 +71,7 @@ def test_a_runtime_halt_in_a_burst_stops_every_action_not_yet_started(
         circuit_max_hourly=1000,
         circuit_max_daily=1000,
     )
-    answers: list[str] = []
-    lock = threading.Lock()
-
-    def one(http: httpx.Client, url: str, i: int) -> str:
-        e = anomaly(f"halt-{i}")
-        e["labels"]["pod"] = f"checkout-{i}"
-        body = json.dumps(e).encode()
-        r = http.post(f"{url}/anomalies", content=body, headers=signed_headers(SECRET, body))
-        assert r.status_code == 200, r.text
-        with lock:
-            answers.append(r.json()["decision"])
-        return r.json()["decision"]
+    burst = Burst("halt")
 
     def ran() -> list[str]:
         return trace.read_text().splitlines() if trace.exists() else []
@@ -95,15 +81,15 @@ def test_a_runtime_halt_in_a_burst_stops_every_action_not_yet_started(
         httpx.Client(timeout=60) as http,
         ThreadPoolExecutor(12) as pool,
     ):
-        futures = [pool.submit(one, http, url, i) for i in range(N)]
+        futures = [pool.submit(burst.post, http, url, i) for i in range(N)]
         poll(lambda: len(ran()) >= 5, timeout=60, every=0.002, what="five actions run")
         flip(url, db)
         halted_at = time.time()
         # after the halt committed, nothing new gets through, on any route
-        after = [one(http, url, N + i) for i in range(5)]
+        after = [burst.post(http, url, N + i) for i in range(5)]
         for f in futures:
             f.result()
-    decisions = Counter(answers)
+    decisions = Counter(burst.answers)
     executed = decisions["executed"]
     assert 5 <= executed < N, decisions
     assert len(ran()) == executed  # every action that ran was audited, none ran unaudited

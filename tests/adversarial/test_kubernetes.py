@@ -5,7 +5,6 @@ flipped in the middle of a burst."""
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from runbooks.app import create_app
 from runbooks.signing import signed_headers
-from tests.adversarial.conftest import command_policy, served
+from tests.adversarial.conftest import Burst, command_policy, served
 from tests.integration.conftest import poll
 from tests.runbooks.conftest import SECRET, anomaly
 from tests.runbooks.kubeapi import MUTATING, KubeAPI, kube_clients
@@ -141,24 +140,14 @@ def test_the_kill_switch_flipped_in_a_burst_stops_every_action_not_yet_started(
         circuit_max_hourly=1000,
         circuit_max_daily=1000,
     )
-    answers: list[str] = []
-    lock = threading.Lock()
-
-    def one(http: httpx.Client, url: str, i: int) -> None:
-        e = anomaly(f"kill-{i}")
-        e["labels"]["pod"] = f"checkout-{i}"
-        body = json.dumps(e).encode()
-        r = http.post(f"{url}/anomalies", content=body, headers=signed_headers(SECRET, body))
-        assert r.status_code == 200, r.text
-        with lock:
-            answers.append(r.json()["decision"])
+    burst = Burst("kill")
 
     with (
         served(hook.app) as url,
         httpx.Client(timeout=60) as http,
         ThreadPoolExecutor(12) as pool,
     ):
-        futures = [pool.submit(one, http, url, i) for i in range(60)]
+        futures = [pool.submit(burst.post, http, url, i) for i in range(60)]
         poll(
             lambda: trace.exists() and len(trace.read_text().splitlines()) >= 5,
             timeout=60,
@@ -169,7 +158,7 @@ def test_the_kill_switch_flipped_in_a_burst_stops_every_action_not_yet_started(
         for f in futures:
             f.result()
     ran = trace.read_text().splitlines()
-    decisions = Counter(answers)
+    decisions = Counter(burst.answers)
     assert 5 <= started < 60, decisions
     assert len(ran) == started  # nothing started after the flip
     assert decisions["executed"] == started
