@@ -1,4 +1,4 @@
-"""The README's Guarantees section: 20 promises, each naming tests that exist."""
+"""The README's Guarantees section: numbered promises, each naming tests that exist."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def _section() -> str:
 
 def test_every_promise_names_tests_that_exist():
     rows = [line for line in _section().splitlines() if re.match(r"^\| \d+ \|", line)]
-    assert [int(r.split("|")[1]) for r in rows] == list(range(1, 21))
+    assert len(rows) >= 20
+    assert [int(r.split("|")[1]) for r in rows] == list(range(1, len(rows) + 1))
     for row in rows:
         names = re.findall(r"`([^`]*::test_\w+)`", row)
         assert names, row
