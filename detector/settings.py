@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, validation_alias=AliasChoices("RUNBOOK_ADMIN_TOKEN", "admin_token")
     )
+    #: bearer token the read endpoints (/audit, /events, /console) require
+    read_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("RUNBOOK_READ_TOKEN", "read_token")
+    )
+    #: true: the read endpoints answer without a credential (an explicit choice)
+    read_open: bool = Field(False, validation_alias=AliasChoices("RUNBOOK_READ_OPEN", "read_open"))
     alertmanager_url: str | None = Field(
         None, validation_alias=AliasChoices("RUNBOOK_ALERTMANAGER_URL", "alertmanager_url")
     )
