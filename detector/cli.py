@@ -16,6 +16,7 @@ from rich.table import Table
 from detector.clikit import ConfigOpt, Format, PromUrl, fail, load
 from detector.clikit import parse_time as _parse_time
 from detector.errors import ConfigError
+from detector.redact import redact
 
 app = typer.Typer(
     name="aiops",
@@ -64,7 +65,7 @@ def detect(
     else:
         print_results(results)
     for name, exc in report.errors.items():
-        print(f"aiops: query {name} failed: {exc.kind}: {exc.message}", file=sys.stderr)
+        print(redact(f"aiops: query {name} failed: {exc.kind}: {exc.message}"), file=sys.stderr)
     if report.errors and not report.results:
         raise typer.Exit(1)
 
@@ -264,5 +265,5 @@ def main() -> None:
     try:
         app()
     except ConfigError as exc:  # raised from a subcommand outside `load`
-        print(f"aiops: config error: {exc}", file=sys.stderr)
+        print(redact(f"aiops: config error: {exc}"), file=sys.stderr)
         sys.exit(2)

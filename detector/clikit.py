@@ -20,9 +20,18 @@ class Format(str, Enum):
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one line to stderr; return the Exit to raise."""
-    print(f"aiops: {message}", file=sys.stderr)
+    """Print one line to stderr (redacted: no URL password or token); return the Exit."""
+    from detector.redact import redact
+
+    print(redact(f"aiops: {' '.join(message.split())}"), file=sys.stderr)
     return typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """Print one loud warning line to stderr (redacted), the command goes on."""
+    from detector.redact import redact
+
+    print(redact(f"aiops: WARNING: {' '.join(message.split())}"), file=sys.stderr)
 
 
 def load(**overrides: Any) -> Any:

@@ -29,6 +29,7 @@ from prometheus_client import (
 )
 
 from detector.cycle import Detector
+from detector.redact import redact
 
 log = logging.getLogger("aiops.service")
 
@@ -115,7 +116,7 @@ def create_app(detector: Detector, *, schedule: bool = True) -> FastAPI:
             scheduler.start()
             log.info(
                 "detector started prometheus=%s queries=%d interval=%ss",
-                detector.settings.prom_url,
+                redact(detector.settings.prom_url),
                 len(detector.queries),
                 detector.settings.interval_seconds,
             )

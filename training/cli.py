@@ -15,6 +15,7 @@ from rich.table import Table
 
 from detector.clikit import ConfigOpt, Format, PromUrl, fail, load
 from detector.errors import AiopsError
+from detector.redact import redact
 
 DbUrl = Annotated[
     str | None,
@@ -83,7 +84,7 @@ def migrate(
     if applied:
         for m in applied:
             print(f"applied {m.path.name}")
-    print(f"database {url} is up to date")
+    print(redact(f"database {url} is up to date"))
 
 
 def train(
@@ -141,7 +142,7 @@ def train(
     else:
         print_report(report)
     for name, error in report.errors.items():
-        print(f"aiops: query {name}: {error}", file=sys.stderr)
+        print(redact(f"aiops: query {name}: {error}"), file=sys.stderr)
     if report.errors and not report.outcomes:
         raise typer.Exit(1)
 
