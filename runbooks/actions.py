@@ -22,8 +22,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import httpx
+
+from detector.redact import redact, redact_url, redact_value
 
 #: label values that may be substituted into an argv or a Kubernetes name
 _SAFE = re.compile(r"^[A-Za-z0-9_.:-]{1,253}$")
@@ -60,13 +63,23 @@ class Target:
 
 @dataclass
 class ActionResult:
+    """What an action did; its detail and data are audited, so they are redacted here
+    (a URL's password or token in an error, an output, an answer never reaches the audit)."""
+
     result: str  # executed | blocked | failed | dry_run
     detail: str
     data: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.detail = redact(self.detail)
+        self.data = redact_value(self.data)
+
 
 class Action:
-    """Base class: ``validate`` at load, ``describe`` for dry runs, ``run`` to act."""
+    """Base class: ``validate`` at load, ``describe`` for dry runs, ``run`` to act.
+
+    ``describe`` is what the audit shows (``would`` of ``policy_match``, ``dry_run``,
+    ``executed``): it never holds a secret of the parameters (``redact``)."""
 
     name: ClassVar[str]
     kubernetes: ClassVar[bool] = False
@@ -110,7 +123,7 @@ class CommandAction(Action):
         return [target.fill(a) for a in self.params["argv"]]
 
     def describe(self, target: Target) -> str:
-        return "command " + " ".join(self.argv(target))
+        return redact("command " + " ".join(self.argv(target)))
 
     def run(self, target: Target) -> ActionResult:
         """Run the argv; output goes to temporary files, not pipes, so a command that
@@ -157,13 +170,20 @@ class HttpAction(Action):
         url = params.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ActionError("params.url must be an http(s) URL")
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:  # e.g. a port that is not a number
+            host = None
+        if not host:
+            raise ActionError(f"params.url must name a host: {redact_url(url)!r}")
         headers = params.get("headers", {})
         if not isinstance(headers, dict):
             raise ActionError("params.headers must be a mapping")
         return {"url": url, "headers": {str(k): str(v) for k, v in headers.items()}}
 
     def describe(self, target: Target) -> str:
-        return f"POST {self.params['url']} for {target.key}"
+        # the URL may carry credentials (user:password@, ?token=): the audit never does
+        return f"POST {redact_url(self.params['url'])} for {target.key}"
 
     def run(self, target: Target) -> ActionResult:
         body = {"namespace": target.namespace, "app": target.app, "labels": target.labels}

@@ -80,7 +80,10 @@ def audit_export(
     kind: Annotated[str | None, typer.Option(help="only this kind")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Write audit rows as CSV to standard output (oldest first), e.g. > audit.csv."""
+    """Write audit rows as CSV to standard output (oldest first), e.g. > audit.csv.
+
+    Every cell is redacted (a URL's password or token, also in rows written before the
+    audit was), since an export leaves the service."""
     import csv
     import json
     import sys
@@ -89,6 +92,7 @@ def audit_export(
     from sqlalchemy import select
 
     from detector.clikit import parse_time
+    from detector.redact import redact
     from feature_store import tables
     from feature_store.db import make_engine
 
@@ -109,23 +113,22 @@ def audit_export(
             for row in conn.execution_options(stream_results=True).execute(q):
                 m = row._mapping
                 stamp = datetime.fromtimestamp(m["ts"], tz=timezone.utc).isoformat()
-                out.writerow(
-                    [
-                        m["id"],
-                        f"{m['ts']:.3f}",
-                        stamp,
-                        m["kind"],
-                        m["incident_id"],
-                        m["alertname"],
-                        m["metric"],
-                        m["namespace"],
-                        m["app"],
-                        m["action"],
-                        m["result"],
-                        m["actor"],
-                        "" if m["details"] is None else json.dumps(m["details"], sort_keys=True),
-                    ]
-                )
+                cells = [
+                    m["id"],
+                    f"{m['ts']:.3f}",
+                    stamp,
+                    m["kind"],
+                    m["incident_id"],
+                    m["alertname"],
+                    m["metric"],
+                    m["namespace"],
+                    m["app"],
+                    m["action"],
+                    m["result"],
+                    m["actor"],
+                    "" if m["details"] is None else json.dumps(m["details"], sort_keys=True),
+                ]
+                out.writerow([redact(c) if isinstance(c, str) else c for c in cells])
     except Exception as exc:
         msg = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
         raise fail(f"audit export: {msg}", 1) from None
