@@ -51,6 +51,7 @@ from detector.redact import redact
 from detector.settings import Settings
 from feature_store import tables
 from runbooks import console, killswitch, slack
+from runbooks.access import ReadAccess, Refusals, read_refusal
 from runbooks.engine import (
     ApprovalError,
     GuardConfig,
@@ -77,6 +78,7 @@ from runbooks.schemas import (
     HealthOut,
     KillSwitchIn,
     KillSwitchOut,
+    errors,
     install_openapi,
     ok,
 )
@@ -341,6 +343,11 @@ def create_app(
         settings.alertmanager_token.get_secret_value() if settings.alertmanager_token else None
     )
     admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    refusals = Refusals(
+        lambda actor, details: rem.audit_now("unauthorized", None, actor=actor, details=details),
+        registry,
+    )
+    reads = ReadAccess(settings)
     stop = threading.Event()
 
     def verifier() -> None:
@@ -349,6 +356,10 @@ def create_app(
                 rem.check_verifications()
             except Exception:  # the database may be down: try again next second
                 log.exception("verification check failed")
+            try:
+                refusals.flush()  # the aggregated refusals of the minute that ended
+            except Exception:
+                log.exception("writing the aggregated refusals failed")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -361,22 +372,33 @@ def create_app(
             settings.autofix_dry_run,
             len(policy),
         )
+        if settings.read_open:
+            log.warning(
+                "RUNBOOK_READ_OPEN=true: /audit, /events and /console answer anyone who"
+                " can reach the webhook"
+            )
+        elif not reads.configured:
+            log.warning("RUNBOOK_READ_TOKEN is not set: /audit, /events and /console answer 401")
         try:
             yield
         finally:
             stop.set()
             thread.join(5)
+            with contextlib.suppress(Exception):
+                refusals.flush(everything=True)
             rem.writer.close()
 
     app = FastAPI(title="aiops runbook webhook", lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    install_openapi(app, alertmanager_token=bool(am_token))
+    install_openapi(app, alertmanager_token=bool(am_token), read_open=settings.read_open)
     app.state.remediator = rem
     app.state.metrics = metrics
     app.state.settings = settings
     app.state.engine = engine
+    app.state.refusals = refusals
+    app.state.reads = reads
     rem.on_pending = slack.pending_notifier(settings)
     app.include_router(slack.router)
     app.include_router(console.router)
@@ -397,16 +419,7 @@ def create_app(
             )
         if problem:
             metrics.requests.labels("anomalies", "401").inc()
-            try:
-                await asyncio.to_thread(
-                    rem.audit_now,
-                    "unauthorized",
-                    None,
-                    actor=_peer(request),
-                    details={"route": "/anomalies", "why": problem},
-                )
-            except SQLAlchemyError:
-                log.error("cannot audit a refused request: database down")
+            await refusals.refuse(request, "/anomalies", problem)
             return _error(401, problem)
         wait = limiter.take()  # DESIGN 5: after the signature, before dedupe
         if wait:
@@ -521,14 +534,18 @@ def create_app(
             )
         return JSONResponse({"silence_id": silence, "alertname": alertname, "minutes": minutes})
 
-    @app.get("/audit", responses=ok(AuditOut, 422, 503))
-    def audit(
+    @app.get("/audit", responses=ok(AuditOut, 401, 422, 503))
+    async def audit(
+        request: Request,
         n: int = Query(100, ge=1, le=5000),
         since: float | None = Query(None, ge=0),
         kind: str | None = Query(None, max_length=64),
         alertname: str | None = Query(None, max_length=200),
         contains: str | None = Query(None, max_length=200),
     ) -> Response:
+        refused = await read_refusal(request, "/audit")
+        if refused is not None:
+            return refused
         # incoming text is stored with a NUL written out (runbooks.events): filter alike
         kind, alertname, contains = (visible_nul(v) for v in (kind, alertname, contains))
         t = tables.audit
@@ -539,9 +556,13 @@ def create_app(
             q = q.where(t.c.kind == kind)
         if alertname:
             q = q.where(or_(t.c.alertname == alertname, t.c.metric == alertname))
-        try:
+
+        def read() -> list[dict[str, Any]]:
             with engine.connect() as conn:
-                rows = [dict(r._mapping) for r in conn.execute(q)]
+                return [dict(r._mapping) for r in conn.execute(q)]
+
+        try:
+            rows = await asyncio.to_thread(read)
         except SQLAlchemyError as exc:
             return _db_error(exc)
         if contains:  # the needle encoded as the rows are, quotes and backslashes too
@@ -549,8 +570,11 @@ def create_app(
             rows = [r for r in rows if needle in json.dumps(r, default=str).lower()]
         return JSONResponse({"rows": rows, "count": len(rows)})
 
-    @app.get("/events", response_class=EventStreamResponse)
-    async def stream(request: Request) -> StreamingResponse:
+    @app.get("/events", response_class=EventStreamResponse, responses=errors(401))
+    async def stream(request: Request) -> Response:
+        refused = await read_refusal(request, "/events")
+        if refused is not None:
+            return refused
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
         events.queues.add(queue)
 
@@ -589,14 +613,7 @@ def create_app(
             return None
         why = "missing or wrong bearer token" if token else unset
         metrics.requests.labels(route.strip("/"), "401").inc()
-        with contextlib.suppress(SQLAlchemyError):
-            await asyncio.to_thread(
-                rem.audit_now,
-                "unauthorized",
-                None,
-                actor=_peer(request),
-                details={"route": route, "why": why},
-            )
+        await refusals.refuse(request, route, why)
         return _error(401, why)
 
     async def admin_refusal(request: Request, route: str, what: str) -> Response | None:

@@ -5,24 +5,30 @@ it follows ``GET /events`` (one ``audit`` SSE event per audit row), filters the
 rows by kind and text, and lists ``GET /console/pending`` with Approve/Reject
 buttons that call the signed ``/approve`` / ``/reject`` links.
 
-``/console/pending`` hands out working approval tokens, like the audit rows of
-kind ``approval_pending`` do: expose the webhook (``/console``, ``/audit``,
-``/events``) only to the people who may approve.
+The page and its calls take the read credential (``runbooks.access``): the page
+is opened once as ``/console?token=$RUNBOOK_READ_TOKEN`` (or through the small form
+it answers 401 with, which posts the token instead of putting it in the URL); it
+then sets an ``HttpOnly``, ``SameSite=Strict`` cookie and redirects to ``/console``,
+so its ``EventSource`` and ``fetch`` calls are authenticated by that cookie.
+``/console/pending`` hands out working approval links (the audit does not: it keeps
+their tokens' digests only), so give the read token only to people who may approve.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import time
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import and_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from feature_store import tables
+from runbooks.access import read_denied, read_refusal
 from runbooks.schemas import PendingOut, ok
 from runbooks.signing import approval_binding, make_approval_token
 
@@ -62,8 +68,11 @@ def pending_approvals(engine: Any, secret: str | None, now: float) -> list[dict[
     return out
 
 
-@router.get("/console/pending", responses=ok(PendingOut, 503))
+@router.get("/console/pending", responses=ok(PendingOut, 401, 503))
 async def pending(request: Request) -> Response:
+    refused = await read_refusal(request, "/console/pending")
+    if refused is not None:
+        return refused
     settings = request.app.state.settings
     secret = settings.approval_secret.get_secret_value() if settings.approval_secret else None
     try:
@@ -78,9 +87,83 @@ async def pending(request: Request) -> Response:
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
-@router.get("/console", response_class=HTMLResponse)
-def console() -> HTMLResponse:
-    return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _login(why: str) -> HTMLResponse:
+    page = LOGIN.replace("{why}", html.escape(why))
+    return HTMLResponse(
+        page, status_code=401, headers={**NO_STORE, "WWW-Authenticate": 'Bearer realm="aiops read"'}
+    )
+
+
+async def _signed_in(request: Request, token: str) -> Response:
+    """The token given to the page: a cookie and a redirect to the bare ``/console``
+    (the token leaves the address bar), or the form again with a 401."""
+    reads = request.app.state.reads
+    if reads.open:  # RUNBOOK_READ_OPEN: nothing to sign in to
+        return RedirectResponse("/console", status_code=303, headers=NO_STORE)
+    if not reads.token_ok(token):
+        why = "wrong read token" if reads.configured else reads.refusal(request) or ""
+        request.app.state.metrics.requests.labels("console", "401").inc()
+        await request.app.state.refusals.refuse(request, "/console", why)
+        return _login(why)
+    r = RedirectResponse("/console", status_code=303, headers=NO_STORE)
+    r.set_cookie(**reads.cookie_for(token))
+    return r
+
+
+@router.get(
+    "/console",
+    response_class=HTMLResponse,
+    responses={401: {"description": "the sign-in form: the read token is needed"}},
+)
+async def console(
+    request: Request, token: str | None = Query(None, min_length=1, max_length=4096)
+) -> Response:
+    if token is not None:
+        return await _signed_in(request, token)
+    why = await read_denied(request, "/console")
+    if why is not None:
+        return _login(why)
+    return HTMLResponse(PAGE, headers=NO_STORE)
+
+
+@router.post(
+    "/console",
+    response_class=HTMLResponse,
+    responses={
+        303: {"description": "signed in: the cookie is set, on to /console"},
+        401: {"description": "wrong token: the sign-in form again"},
+    },
+)
+async def console_sign_in(request: Request) -> Response:
+    """The sign-in form's post (``token=...``, form-encoded): the token stays out of URLs."""
+    body = await request.body()
+    form = parse_qs(body.decode("utf-8", "replace"))
+    token = (form.get("token") or [""])[0]
+    return await _signed_in(request, token)
+
+
+LOGIN = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>aiops runbooks console: sign in</title>
+<style>body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
+  #why { color: #a40; }</style>
+</head>
+<body>
+<h1>aiops runbooks console</h1>
+<p id="why">{why}</p>
+<form method="post" action="/console">
+  <label>Read token <input type="password" name="token" autocomplete="current-password"
+    required></label>
+  <button type="submit">Open the console</button>
+</form>
+</body>
+</html>
+"""
 
 
 PAGE = """<!doctype html>
@@ -200,6 +283,10 @@ async function loadPending() {
   let body;
   try {
     const r = await fetch("/console/pending", { cache: "no-store" });
+    if (r.status === 401) {
+      $("message").textContent = "Signed out: open the console again with its read token.";
+      return;
+    }
     body = await r.json();
     if (!r.ok) throw new Error(body.error || r.status);
   } catch (err) {

@@ -38,7 +38,7 @@ from runbooks.actions import ActionError, ActionResult, Target, make_action
 from runbooks.events import Signal
 from runbooks.guards import GuardUnavailable, Limits, SqlGuards
 from runbooks.policy import Policy, Rule
-from runbooks.signing import approval_binding, make_approval_token
+from runbooks.signing import approval_binding, make_approval_token, token_digest
 from runbooks.writer import GroupCommitter
 
 log = logging.getLogger("aiops.runbooks")
@@ -324,6 +324,9 @@ class Remediator:
             return Decision(kind, iid, rule.action, detail), None
         if held:
             approval = self._hold(conn, sig, iid, rule, target, now)
+            # the audit keeps what verifies the links (their tokens' digests), never
+            # what grants them: the links go to the approvers only (Slack, the console)
+            recorded = {k: v for k, v in approval.items() if not k.endswith("_url")}
             rows.append(
                 self._audit(
                     conn,
@@ -331,7 +334,7 @@ class Remediator:
                     sig,
                     incident_id=iid,
                     action=rule.action,
-                    details=approval,
+                    details=recorded,
                 )
             )
             decision = Decision("approval_pending", iid, rule.action, what, approval["id"])
@@ -395,6 +398,7 @@ class Remediator:
             for decision in ("approve", "reject"):
                 token = make_approval_token(secret, binding, expires, decision)
                 out[f"{decision}_url"] = f"{base}/{decision}?id={aid}&token={token}"
+                out[f"{decision}_token_sha256"] = token_digest(token)
         return out
 
     def _resolve(self, conn: Any, sig: Signal, now: float, rows: list[dict[str, Any]]) -> Decision:

@@ -139,6 +139,15 @@ DETECTOR_SCHEME = "detectorSignature"
 ALERTMANAGER_SCHEME = "alertmanagerBearer"
 SLACK_SCHEME = "slackSignature"
 ADMIN_SCHEME = "adminBearer"
+READ_SCHEME = "readBearer"
+READ_COOKIE_SCHEME = "readCookie"
+#: the read endpoints (runbooks.access)
+READ_PATHS = (
+    ("/audit", "get"),
+    ("/events", "get"),
+    ("/console", "get"),
+    ("/console/pending", "get"),
+)
 
 
 def _body(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +162,7 @@ def _body(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def install_openapi(app: FastAPI, *, alertmanager_token: bool) -> None:
+def install_openapi(app: FastAPI, *, alertmanager_token: bool, read_open: bool = False) -> None:
     """Document the raw request bodies and the authentication of the inputs."""
 
     def openapi() -> dict[str, Any]:
@@ -183,6 +192,19 @@ def install_openapi(app: FastAPI, *, alertmanager_token: bool) -> None:
                 "scheme": "bearer",
                 "description": "RUNBOOK_ADMIN_TOKEN (POST /killswitch and GET /ack; unset:"
                 " both answer 401)",
+            },
+            READ_SCHEME: {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "RUNBOOK_READ_TOKEN, or RUNBOOK_ADMIN_TOKEN (the read endpoints;"
+                " neither set and RUNBOOK_READ_OPEN not true: 401)",
+            },
+            READ_COOKIE_SCHEME: {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "aiops_read",
+                "description": "the console's cookie, set by GET /console?token=... or"
+                " POST /console",
             },
             SLACK_SCHEME: {
                 "type": "apiKey",
@@ -225,6 +247,25 @@ def install_openapi(app: FastAPI, *, alertmanager_token: bool) -> None:
         switch["requestBody"] = _body(KillSwitchIn, schemas)
         switch["security"] = [{ADMIN_SCHEME: []}]
         paths["/ack"]["get"]["security"] = [{ADMIN_SCHEME: []}]
+        for path, method in READ_PATHS:
+            paths[path][method]["security"] = (
+                [] if read_open else [{READ_SCHEME: []}, {READ_COOKIE_SCHEME: []}]
+            )
+        sign_in = paths["/console"]["post"]
+        sign_in["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "token": {"type": "string", "description": "the read token"}
+                        },
+                        "required": ["token"],
+                    }
+                }
+            },
+        }
         app.openapi_schema = spec
         return spec
 

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from typing import Any
 
@@ -31,13 +32,17 @@ def signed_headers(secret: str, body: bytes, now: float | None = None) -> dict[s
     return {TIMESTAMP_HEADER: ts, SIGNATURE_HEADER: sign_event(secret, ts, body)}
 
 
+#: a timestamp is Unix seconds written in ASCII digits, nothing else (no sign, no
+#: exponent, no fraction, no ``nan``/``inf``, which a float() would take)
+_SECONDS = re.compile(r"[0-9]{1,12}", re.ASCII)
+
+
 def _fresh(timestamp: str | None, now: float) -> str | None:
     if not timestamp:
         return "missing timestamp header"
-    try:
-        ts = float(timestamp)
-    except ValueError:
-        return "timestamp is not a number"
+    if not _SECONDS.fullmatch(timestamp):
+        return "timestamp is not an integer number of seconds"
+    ts = int(timestamp)
     if abs(now - ts) > TOLERANCE_SECONDS:
         return f"timestamp outside the {TOLERANCE_SECONDS:.0f}s window"
     return None
@@ -96,6 +101,12 @@ def make_approval_token(secret: str, binding: str, expires_at: float, decision: 
     payload = json.dumps({"b": binding, "e": int(expires_at), "d": decision}).encode()
     mac = hmac.new(secret.encode(), payload, hashlib.sha256).digest()
     return _b64(payload) + "." + _b64(mac)
+
+
+def token_digest(token: str) -> str:
+    """What the audit keeps of an approval token: it identifies a presented token,
+    it does not grant anything."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def check_approval_token(

@@ -15,10 +15,11 @@ never delays the request that held the action; failures are logged, never raised
 Incoming (``POST /slack/interactive``): the raw body is checked against Slack's v0
 signature (``SLACK_SIGNING_SECRET``, 5-minute window) before anything is parsed:
 401 (audited as ``unauthorized``) if missing, forged or stale. A clicker outside
-``RUNBOOK_APPROVERS`` (comma-separated Slack user ids or usernames) gets 403, also
-audited. When ``RUNBOOK_APPROVERS`` is unset, anyone who can click the buttons may
-decide: the signed, single-use token in the button is then the only authority, as
-for the ``/approve`` links.
+``RUNBOOK_APPROVERS`` gets 403, also audited: the list is comma-separated Slack user
+ids (compared with the click's ``user.id`` only) and ``@name`` usernames (compared
+with ``user.username`` only; never with an id). When ``RUNBOOK_APPROVERS`` is unset,
+anyone who can click the buttons may decide: the signed, single-use token in the
+button is then the only authority, as for the ``/approve`` links.
 
 Refused decisions (an ``ApprovalError``: already decided, expired, bad token) and a
 database outage are answered with **200** and an error text, not with their HTTP
@@ -216,12 +217,31 @@ def pending_notifier(settings: Any) -> Callable[[Any, Any], None] | None:
     return None
 
 
+def approver_lists(approvers: str | None) -> tuple[set[str], set[str]]:
+    """RUNBOOK_APPROVERS as (user ids, usernames): an entry is a Slack user id
+    (``U024BE7LH``), or ``@name`` for a username."""
+    ids: set[str] = set()
+    usernames: set[str] = set()
+    for entry in (approvers or "").split(","):
+        entry = entry.strip()
+        if entry.startswith("@") and entry[1:].strip():
+            usernames.add(entry[1:].strip())
+        elif entry and not entry.startswith("@"):
+            ids.add(entry)
+    return ids, usernames
+
+
 def allowed(approvers: str | None, user: dict[str, Any]) -> bool:
-    """True if RUNBOOK_APPROVERS is unset or names the user (by id or username)."""
-    names = {n.strip().lstrip("@") for n in (approvers or "").split(",") if n.strip()}
-    if not names:
+    """True if RUNBOOK_APPROVERS is unset or names the user: the click's user id among
+    the ids, or its username among the ``@`` names. An id is never compared with a
+    name: a user whose username is spelled like an approver's id is not that approver."""
+    ids, usernames = approver_lists(approvers)
+    if not ids and not usernames:
         return True
-    return any(user.get(k) in names for k in ("id", "username", "name") if user.get(k))
+    uid, username = user.get("id"), user.get("username")
+    by_id = isinstance(uid, str) and uid in ids
+    by_name = isinstance(username, str) and username in usernames
+    return by_id or by_name
 
 
 def _peer(request: Request) -> str:
@@ -273,7 +293,7 @@ async def interactive(request: Request) -> Response:
             time.time(),
         )
     if problem:
-        await _audit(request, _peer(request), {"why": problem})
+        await request.app.state.refusals.refuse(request, "/slack/interactive", problem)
         return JSONResponse({"error": problem}, status_code=401)
     try:
         form = parse_qs(body.decode("utf-8"), strict_parsing=True)

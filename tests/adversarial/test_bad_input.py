@@ -42,7 +42,7 @@ from detector.settings import load_settings
 from detector.source import SeriesBatch
 from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_event, slack_signature
 from tests.adversarial.conftest import served
-from tests.runbooks.conftest import SECRET, TOKEN, alerts, anomaly
+from tests.runbooks.conftest import READ_TOKEN, SECRET, TOKEN, alerts, anomaly
 
 # -- schemathesis ---------------------------------------------------------------------------
 
@@ -125,6 +125,9 @@ api_key = "{PLACEHOLDER}"
 
 [auth.openapi.alertmanagerBearer]
 bearer = "{TOKEN}"
+
+[auth.openapi.readBearer]
+bearer = "{READ_TOKEN}"
 
 # Slack's form field holds a JSON document the form schema cannot describe: a signed
 # payload that is not Slack's block_actions JSON is a 400 (tests/runbooks/test_slack.py)

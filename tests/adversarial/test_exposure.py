@@ -89,6 +89,7 @@ SECRETS = {
     "slack_signing_secret": "slack-SECRET-0b9e",
     "slack_webhook": "http://127.0.0.1:9/hooks/SECRET-5e77",
     "admin_token": "admin-SECRET-3d58",
+    "read_token": "read-SECRET-71c0",
 }
 
 
@@ -138,6 +139,8 @@ def test_webhook_secrets_never_appear_in_logs_audit_health_or_errors(make_hook, 
     paths = ("/healthz", "/metrics", "/openapi.json", "/console/pending", "/killswitch")
     for path in (*paths, "/audit?n=5000"):
         keep(hook.client.get(path))
+    for path in ("/console/pending", "/audit?n=5000"):  # as a reader
+        keep(hook.read(path))
     # the chat post fails in the background: wait for its log line
     deadline = time.monotonic() + 10
     while not any("slack" in r.name for r in caplog.records) and time.monotonic() < deadline:
@@ -149,7 +152,7 @@ def test_webhook_secrets_never_appear_in_logs_audit_health_or_errors(make_hook, 
     assert _leaks(logs, secrets) == []
     assert _leaks("\n".join(answers), secrets) == []
     assert _leaks(json.dumps(hook.audit(), default=str), secrets) == []
-    assert len(answers) == 18 and "401" in answers[0]
+    assert len(answers) == 20 and "401" in answers[0]
 
 
 def test_detector_secrets_and_url_passwords_never_appear(monkeypatch, caplog):

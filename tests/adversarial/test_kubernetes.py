@@ -18,7 +18,7 @@ from runbooks.app import create_app
 from runbooks.signing import signed_headers
 from tests.adversarial.conftest import Burst, command_policy, served
 from tests.integration.conftest import poll
-from tests.runbooks.conftest import SECRET, anomaly
+from tests.runbooks.conftest import READ, SECRET, anomaly
 from tests.runbooks.kubeapi import MUTATING, KubeAPI, kube_clients
 
 NS = "shop"
@@ -78,7 +78,7 @@ def post(c: TestClient, event_id: str) -> dict[str, Any]:
 
 
 def audit(c: TestClient) -> list[dict[str, Any]]:
-    return list(reversed(c.get("/audit", params={"n": 5000}).json()["rows"]))
+    return list(reversed(c.get("/audit", params={"n": 5000}, headers=READ).json()["rows"]))
 
 
 @pytest.mark.parametrize("action", sorted(ACTIONS))

@@ -28,6 +28,9 @@ from tests.integration.conftest import poll
 SECRET = "s3cret-for-tests"
 APPROVAL_SECRET = "approval-secret"
 TOKEN = "am-token"
+READ_TOKEN = "read-token-for-tests"
+#: what a reader of /audit, /events and /console/pending sends
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 
 #: appends one line per run to the file named by its argument: counts executions
 RECORDER = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + chr(10))"
@@ -83,6 +86,7 @@ class Hook:
             webhook_secret=SECRET,
             alertmanager_token=TOKEN,
             approval_secret=APPROVAL_SECRET,
+            read_token=READ_TOKEN,
             autofix_enabled=True,
             autofix_dry_run=False,
             policy_file=policy_file(tmp_path, self.trace, risk=risk),
@@ -115,10 +119,31 @@ class Hook:
             "/alertmanager", json=payload, headers={"Authorization": f"Bearer {token}"}
         )
 
+    def read(self, path: str, **kw: Any):
+        """GET a read endpoint with this hook's read token (none if it has none)."""
+        token = self.settings.read_token
+        headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+        return self.client.get(path, headers=headers, **kw)
+
     def audit(self, **params: Any) -> list[dict[str, Any]]:
-        r = self.client.get("/audit", params={"n": 5000, **params})
+        r = self.read("/audit", params={"n": 5000, **params})
         assert r.status_code == 200, r.text
         return list(reversed(r.json()["rows"]))
+
+    def flush_refusals(self) -> None:
+        """Write the aggregated refusals now, as the webhook does when a minute ends."""
+        self.app.state.refusals.flush(everything=True)
+
+    def pending(self) -> list[dict[str, Any]]:
+        """The pending approvals with their links, as the console lists them."""
+        r = self.read("/console/pending")
+        assert r.status_code == 200, r.text
+        return r.json()["pending"]
+
+    def link(self, approval_id: str, decision: str = "approve") -> str:
+        """The approve (or reject) link of a held action, from the console's list."""
+        (item,) = [p for p in self.pending() if p["id"] == approval_id]
+        return item[f"{decision}_url"]
 
     def kinds(self, **params: Any) -> list[str]:
         return [row["kind"] for row in self.audit(**params)]

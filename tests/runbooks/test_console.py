@@ -21,7 +21,7 @@ from demo.prometheus import free_port
 from runbooks.signing import signed_headers
 from tests.conftest import require_binary
 from tests.integration.conftest import poll
-from tests.runbooks.conftest import SECRET, anomaly
+from tests.runbooks.conftest import READ_TOKEN, SECRET, anomaly
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -34,7 +34,7 @@ def held(hook, event_id: str = "ev-1") -> str:
 
 def test_the_page_has_the_live_stream_filters_and_pending_sections(make_hook):
     hook = make_hook()
-    r = hook.client.get("/console")
+    r = hook.read("/console")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/html")
     page = r.text
@@ -50,10 +50,10 @@ def test_the_page_has_the_live_stream_filters_and_pending_sections(make_hook):
 
 def test_pending_lists_a_held_action_with_links_that_work(make_hook):
     hook = make_hook(risk="high")
-    empty = hook.client.get("/console/pending").json()
+    empty = hook.read("/console/pending").json()
     assert empty == {"pending": [], "count": 0}
     approval_id = held(hook)
-    body = hook.client.get("/console/pending").json()
+    body = hook.read("/console/pending").json()
     assert body["count"] == 1
     (item,) = body["pending"]
     assert item["id"] == approval_id
@@ -65,7 +65,7 @@ def test_pending_lists_a_held_action_with_links_that_work(make_hook):
     r = hook.client.get(item["approve_url"])
     assert r.status_code == 200 and r.json()["decision"] == "executed", r.text
     assert hook.runs() == ["checkout"]
-    assert hook.client.get("/console/pending").json()["count"] == 0
+    assert hook.read("/console/pending").json()["count"] == 0
 
 
 def test_expired_and_decided_approvals_are_not_listed(make_hook):
@@ -81,14 +81,14 @@ def test_expired_and_decided_approvals_are_not_listed(make_hook):
         )
     hook.post_event(anomaly("ev-1", status="resolved"))
     second = held(hook, "ev-2")
-    ids = [p["id"] for p in hook.client.get("/console/pending").json()["pending"]]
+    ids = [p["id"] for p in hook.read("/console/pending").json()["pending"]]
     assert ids == [second]
 
 
 def test_without_an_approval_secret_pending_rows_have_no_links(make_hook):
     hook = make_hook(risk="high", approval_secret=None)
     held(hook)
-    body = hook.client.get("/console/pending").json()
+    body = hook.read("/console/pending").json()
     assert body["count"] == 1 and "approve_url" not in body["pending"][0]
     assert "RUNBOOK_APPROVAL_SECRET" in body["note"]
 
@@ -200,7 +200,8 @@ def test_a_browser_follows_the_stream_and_approves_a_held_action(chromium, serve
     cdp = DevTools(poll(page_target, timeout=20, what="chromium's page target"))
     try:
         cdp.call("Page.enable")
-        cdp.call("Page.navigate", url=f"{base}/console")
+        # the token once; the page keeps it in its cookie (and leaves the address bar)
+        cdp.call("Page.navigate", url=f"{base}/console?token={READ_TOKEN}")
         # the stream is open (the server registered it) before anything is posted
         poll(
             lambda: cdp.js("document.getElementById('stream-state')?.className") == "open",
@@ -208,6 +209,9 @@ def test_a_browser_follows_the_stream_and_approves_a_held_action(chromium, serve
             what="the EventSource to open",
         )
         assert cdp.js("document.querySelectorAll('#pending-list button').length") == 0
+        # the token left the address bar, and no script can read the cookie (HttpOnly)
+        assert cdp.js("location.pathname + location.search") == "/console"
+        assert cdp.js("document.cookie") == ""
 
         # an event without a rule: its audit rows appear live
         event = anomaly("browser-ev", app="cart-7f3a")

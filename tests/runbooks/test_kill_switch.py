@@ -39,7 +39,10 @@ def test_changing_the_switch_over_http_needs_the_admin_token(make_hook):
         assert r.status_code == 401, r.text
     refused = armed.audit(kind="unauthorized")
     assert hook.audit(kind="unauthorized")[0]["details"]["route"] == "/killswitch"
-    assert len(refused) == 3 and {r["details"]["route"] for r in refused} == {"/killswitch"}
+    # one row for the source's first refusal of the minute, the others counted (they
+    # reach the audit as one aggregated row when the minute ends: tests/adversarial)
+    assert len(refused) == 1 and refused[0]["details"]["route"] == "/killswitch"
+    assert armed.metric("runbooks_refusals_total", endpoint="/killswitch", reason="bad_token") == 3
     assert armed.client.get("/killswitch").json()["halts"] == []  # nothing changed
     assert armed.post_event(anomaly()).json()["decision"] == "executed"
 

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from runbooks.actions import ACTIONS, ActionError, ActionResult, KubeClients, Target, make_action
 from runbooks.app import create_app
 from runbooks.signing import signed_headers
-from tests.runbooks.conftest import SECRET, anomaly
+from tests.runbooks.conftest import READ, SECRET, anomaly
 from tests.runbooks.kubeapi import MUTATING, KubeAPI, kube_clients
 
 NS = "shop"
@@ -312,7 +312,7 @@ class KubeHook:
         return r.json()
 
     def audit(self) -> list[dict[str, Any]]:
-        r = self.client.get("/audit", params={"n": 5000})
+        r = self.client.get("/audit", params={"n": 5000}, headers=READ)
         assert r.status_code == 200, r.text
         return list(reversed(r.json()["rows"]))
 

@@ -14,7 +14,12 @@ from urllib.parse import urlencode
 import pytest
 
 from feature_store import tables
-from runbooks.signing import approval_binding, check_approval_token, slack_signature
+from runbooks.signing import (
+    approval_binding,
+    check_approval_token,
+    slack_signature,
+    token_digest,
+)
 from runbooks.slack import pending_notifier
 from tests.integration.conftest import poll
 from tests.runbooks.conftest import APPROVAL_SECRET, anomaly
@@ -70,7 +75,7 @@ def slack_hook(make_hook, slack: FakeSlack, **overrides: Any):
         slack_channel="#ops",
         slack_api_url=slack.url,
         slack_signing_secret=SIGNING,
-        approvers="U111,alice",
+        approvers="U111,@alice",
     )
     values.update(overrides)
     return make_hook(**values)
@@ -295,7 +300,12 @@ def test_webhook_only_mode_posts_a_plain_text_with_both_links(make_hook, slack):
     assert set(message) == {"text"}
     details = hook.audit(kind="approval_pending")[-1]["details"]
     assert details["id"] == approval_id
-    assert details["approve_url"] in message["text"]
-    assert details["reject_url"] in message["text"]
+    # the links reach Slack; the audit keeps only their tokens' digests
+    assert "approve_url" not in details and "reject_url" not in details
+    for decision in ("approve", "reject"):
+        link = hook.link(approval_id, decision)
+        assert f"http://localhost:8080{link}" in message["text"]
+        token = link.split("token=", 1)[1]
+        assert details[f"{decision}_token_sha256"] == token_digest(token)
     assert "shop/checkout" in message["text"]
     assert slack.requests("/chat.postMessage") == []

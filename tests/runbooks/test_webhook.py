@@ -41,14 +41,22 @@ def test_bad_signatures_get_401_are_audited_and_run_nothing(make_hook):
         r = hook.client.post("/anomalies", content=sent, headers=headers)
         assert r.status_code == 401, (name, r.text)
     assert hook.runs() == []
-    rows = hook.audit(kind="unauthorized")
-    assert len(rows) == len(cases)
-    assert {row["details"]["why"] for row in rows} >= {
-        "signature does not match",
-        "timestamp outside the 300s window",
-        "missing timestamp header",
-        "missing signature header",
+    # the source's first refusal of the minute is a row of its own ...
+    (first,) = hook.audit(kind="unauthorized")
+    assert first["details"] == {"route": "/anomalies", "why": "signature does not match"}
+    # ... the others one aggregated row, written when the minute is over
+    hook.flush_refusals()
+    first_again, aggregated = hook.audit(kind="unauthorized")
+    assert first_again == first and aggregated["actor"] == "http:testclient"
+    assert aggregated["details"]["aggregated"] == len(cases) - 1
+    assert aggregated["details"]["reasons"] == {
+        "bad_signature": 1,
+        "missing_signature": 1,
+        "missing_timestamp": 1,
+        "stale_timestamp": 2,
     }
+    refused = hook.metric("runbooks_refusals_total", endpoint="/anomalies", reason="bad_signature")
+    assert refused == 2
     assert "request" not in hook.kinds()
 
 
@@ -178,7 +186,7 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_nothing_runs(make_hook):
         assert response.status_code == status, response.text
         assert response.json()["error"]
     assert hook.runs() == []
-    assert hook.client.get("/audit", params={"n": 0}).status_code == 422
+    assert hook.read("/audit", params={"n": 0}).status_code == 422
 
 
 def test_alertmanager_is_never_answered_429_but_anomalies_are_rate_limited(make_hook):
@@ -218,7 +226,7 @@ def test_audit_filters(make_hook):
     assert all("latency_p99" in json.dumps(r) for r in hook.audit(contains="latency_p99"))
     assert len(hook.audit(contains="latency_p99")) >= 4
     assert hook.audit(since=time.time() + 60) == []
-    limited = hook.client.get("/audit", params={"n": 2}).json()
+    limited = hook.read("/audit", params={"n": 2}).json()
     assert limited["count"] == 2
     sig = {SIGNATURE_HEADER}
     assert sig  # header names are part of the public contract
