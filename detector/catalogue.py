@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from detector.durations import parse_duration
+from detector.durations import format_duration, parse_duration
 from detector.errors import ConfigError
 from detector.features import DEFAULT_WINDOWS, FeatureSpec
 from detector.settings import Settings
@@ -238,19 +238,23 @@ def resolve_catalogue(settings: Settings) -> list[Query]:
             raise ConfigError(
                 f"query {q.name!r}: lookback {lookback:g}s must hold at least 30 steps of {step:g}s"
             )
-        if q.windows is not None:
-            points = FeatureSpec(step=step, windows=q.window_seconds()).window_points
-            if len(points) < len(q.windows):
-                raise ConfigError(
-                    f"query {q.name!r}: windows {list(q.windows)} are not distinct at a step of"
-                    f" {step:g}s (they become {', '.join(points)}); space them further apart"
-                )
-            longest = max(points.values()) * step
-            if lookback < longest + 30 * step:
-                raise ConfigError(
-                    f"query {q.name!r}: lookback {lookback:g}s must hold the longest window"
-                    f" ({longest:g}s) and a baseline of at least 30 steps of {step:g}s"
-                )
+        points = FeatureSpec(step=step, windows=q.window_seconds()).window_points
+        if q.windows is not None and len(points) < len(q.windows):
+            raise ConfigError(
+                f"query {q.name!r}: windows {list(q.windows)} are not distinct at a step of"
+                f" {step:g}s (they become {', '.join(points)}); space them further apart"
+            )
+        # the warm-up is the longest window plus 20 steps: with less than the longest
+        # window plus 30 steps of history the query could never be scored
+        longest = max(points.values()) * step
+        if lookback < longest + 30 * step:
+            setting = "its lookback: in AIOPS_CONFIG" if q.lookback else "AIOPS_LOOKBACK"
+            raise ConfigError(
+                f"query {q.name!r}: lookback {lookback:g}s must hold the longest window"
+                f" ({longest:g}s) and a baseline of at least 30 steps of {step:g}s, or it is"
+                f" never scored; raise {setting} to at least"
+                f" {format_duration(longest + 30 * step)}"
+            )
         if lookback / step > 11000:
             raise ConfigError(
                 f"query {q.name!r}: lookback/step = {lookback / step:.0f} points exceeds"

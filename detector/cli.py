@@ -40,6 +40,7 @@ def detect(
     port: Annotated[int | None, typer.Option(help="HTTP port for /metrics and /healthz")] = None,
 ) -> None:
     """Run the detector service (or one cycle with --once)."""
+    from detector.catalogue import resolve_catalogue
     from detector.cycle import build_detector
     from detector.logs import setup_logging
     from detector.service import serve
@@ -50,6 +51,7 @@ def detect(
     )
     setup_logging("ERROR" if once else settings.log_level)
     try:
+        resolve_catalogue(settings)  # a bad catalogue stops the start before anything runs
         detector = build_detector(settings)
     except ConfigError as exc:
         raise fail(f"config error: {exc}") from None

@@ -34,14 +34,24 @@ def warn(message: str) -> None:
     print(redact(f"aiops: WARNING: {' '.join(message.split())}"), file=sys.stderr)
 
 
+_warned_unknown = False
+
+
 def load(**overrides: Any) -> Any:
-    """Settings with command-line overrides; a bad setting ends the command with one line."""
-    from detector.settings import load_settings
+    """Settings with command-line overrides; a bad setting ends the command with one line,
+    an unknown ``AIOPS_*`` / ``RUNBOOK_*`` variable (a typo) gets a warning line, once."""
+    global _warned_unknown
+    from detector.settings import load_settings, unknown_variables
 
     try:
-        return load_settings(**overrides)
+        settings = load_settings(**overrides)
     except ConfigError as exc:
         raise fail(f"config error: {exc}") from None
+    if not _warned_unknown:
+        _warned_unknown = True
+        for line in unknown_variables():
+            warn(line)
+    return settings
 
 
 PromUrl = Annotated[

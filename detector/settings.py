@@ -12,11 +12,19 @@ No other module reads ``os.environ``.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -28,7 +36,10 @@ from detector.redact import redact
 class Settings(BaseSettings):
     """All settings of the detector (and, later, of the other services)."""
 
-    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, populate_by_name=True)
+    # every float setting is finite: inf or nan (AIOPS_Z_THRESH=inf) stops the start
+    model_config = SettingsConfigDict(
+        extra="ignore", case_sensitive=False, populate_by_name=True, allow_inf_nan=False
+    )
 
     prom_url: str = Field(
         "http://localhost:9090", validation_alias=AliasChoices("PROM_URL", "prom_url")
@@ -225,9 +236,30 @@ class Settings(BaseSettings):
     @field_validator("prom_url")
     @classmethod
     def _check_url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")) or len(v) < 10:
-            raise ValueError(f"must be an http(s) URL, got {v!r}")
-        return v.rstrip("/")
+        return check_http_url(v).rstrip("/")
+
+    @field_validator("webhook_url", "public_url", "alertmanager_url", "slack_api_url")
+    @classmethod
+    def _check_http_url(cls, v: str | None) -> str | None:
+        return None if v is None else check_http_url(v)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        return check_redis_url(v.strip())
+
+    @model_validator(mode="after")
+    def _check_together(self) -> Settings:
+        # a model-level error names its variable itself (load_settings shows it as is)
+        if self.circuit_max_hourly > self.circuit_max_daily:
+            raise ValueError(
+                f"RUNBOOK_CIRCUIT_MAX_HOURLY: {self.circuit_max_hourly} is above"
+                f" RUNBOOK_CIRCUIT_MAX_DAILY ({self.circuit_max_daily}); an hour's limit"
+                " cannot exceed the day's: lower it or raise RUNBOOK_CIRCUIT_MAX_DAILY"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod
@@ -394,6 +426,92 @@ def _alias_of(field_name: str) -> str:
     return str(info.validation_alias.choices[0])
 
 
+def check_http_url(url: str) -> str:
+    """``url`` if it is an http(s) URL naming a host (with a numeric port, if any)."""
+    from urllib.parse import urlsplit
+
+    problem = None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        problem = "not a URL"
+    else:
+        if parts.scheme.lower() not in ("http", "https"):
+            problem = "must be an http(s) URL"
+        elif not parts.hostname or any(c.isspace() for c in url):
+            problem = "must be an http(s) URL with a host"
+    if problem:
+        raise ValueError(f"{problem}, e.g. http://host:8080")
+    return url
+
+
+def check_redis_url(url: str) -> str:
+    """``url`` if redis-py can connect with it: redis:// or rediss:// with a host, or
+    unix:// with a socket path (nothing is contacted here)."""
+    from urllib.parse import urlsplit
+
+    example = "e.g. redis://redis:6379/0, rediss://... or unix:///run/redis.sock"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        raise ValueError(f"not a Redis URL ({example})") from None
+    scheme = parts.scheme.lower()
+    if scheme in ("redis", "rediss"):
+        db = parts.path.strip("/")
+        if not parts.hostname:
+            raise ValueError(f"names no host ({example})")
+        if db and not db.isdigit():
+            raise ValueError(f"the database after the host must be a number ({example})")
+    elif scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"names no socket path ({example})")
+    else:
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL ({example})")
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ValueError(f"{exc} ({example})") from None
+    return url
+
+
+#: the prefixes of the service's own variables: one of these that is no setting is a typo
+SETTING_PREFIXES = ("AIOPS_", "RUNBOOK_", "RUNBOOKS_")
+#: variables with those prefixes that are not settings of the service: the test suite's
+#: PostgreSQL server (tests/postgres.py) and Grafana's audit-database password (Compose)
+OTHER_VARIABLES = frozenset({"AIOPS_TEST_POSTGRES_URL", "AIOPS_DB_PASSWORD"})
+
+
+def known_variables() -> frozenset[str]:
+    """Every environment variable the settings read (upper case)."""
+    names = set()
+    for info in Settings.model_fields.values():
+        if info.validation_alias is not None:
+            names.add(str(info.validation_alias.choices[0]).upper())
+    return frozenset(names)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line per ``AIOPS_*`` / ``RUNBOOK_*`` variable that is no setting (a typo: it
+    is ignored), naming the closest known variable."""
+    import difflib
+
+    known = known_variables()
+    env = os.environ if environ is None else environ
+    lines = []
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith(SETTING_PREFIXES) or upper in known | OTHER_VARIABLES:
+            continue
+        close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.7)
+        hint = f"did you mean {close[0]}?" if close else "see the README's Configuration"
+        lines.append(f"{name} is not a setting and is ignored; {hint}")
+    return lines
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings; raise ConfigError naming the first bad variable, on one line."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -401,7 +519,9 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else "?"
+        if not err["loc"]:  # a rule across settings: its message names them
+            raise ConfigError(redact(err["msg"].removeprefix("Value error, "))) from None
+        field = str(err["loc"][0])
         name = _alias_of(field)
         got = err.get("input")
         msg = err["msg"].removeprefix("Value error, ")
