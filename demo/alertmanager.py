@@ -24,6 +24,7 @@ class AlertmanagerProcess:
         binary: str = ALERTMANAGER,
         port: int | None = None,
     ):
+        workdir = Path(workdir).expanduser().resolve()
         self.workdir = workdir
         self.port = port or free_port()
         workdir.mkdir(parents=True, exist_ok=True)

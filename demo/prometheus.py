@@ -7,6 +7,7 @@ before it starts, and is stopped (or killed) by its owner.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -83,7 +84,11 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def find_binary(name: str, default: str) -> str | None:
-    return shutil.which(name) or (default if Path(default).exists() else None)
+    """``name`` on PATH, else ``default`` if that is an executable file."""
+    found = shutil.which(name)
+    if found:
+        return found
+    return default if Path(default).is_file() and os.access(default, os.X_OK) else None
 
 
 def scrape_config(
@@ -134,7 +139,9 @@ class PrometheusProcess:
         binary: str = PROMETHEUS,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        self.workdir = Path(workdir)
+        # absolute once, here: the process runs inside this folder, so a relative path
+        # in its arguments would be taken twice
+        self.workdir = Path(workdir).expanduser().resolve()
         self.config = config
         self.port = port or free_port()
         self.binary = binary

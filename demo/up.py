@@ -15,11 +15,14 @@ incident is flagged, healed, recovered, verified and resolved within minutes.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -27,7 +30,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from demo.alertmanager import AlertmanagerProcess
+from demo.alertmanager import ALERTMANAGER, AlertmanagerProcess
 from demo.cli import parse_fault_spec
 from demo.prometheus import (
     PROMETHEUS,
@@ -60,9 +63,9 @@ class Via(str, Enum):
 
 
 def up(
-    workdir: Annotated[Path, typer.Option(help="Prometheus data and config go here")] = Path(
-        "var/demo"
-    ),
+    workdir: Annotated[
+        Path, typer.Option(help="the demo's folder: config, data, logs (emptied at start)")
+    ] = Path("var/demo"),
     prom_port: Annotated[int, typer.Option(help="Prometheus port")] = 9090,
     workload_port: Annotated[int, typer.Option(help="demo workload port")] = 9101,
     detector_port: Annotated[int, typer.Option(help="detector /metrics and /healthz port")] = 9109,
@@ -89,16 +92,23 @@ def up(
     ] = None,
 ) -> None:
     """Start Prometheus, the demo workload and the detector; print where to look; Ctrl-C stops."""
-    from detector.cli import fail, load
-    from detector.cycle import build_detector
-    from detector.logs import setup_logging
-    from detector.service import create_app, make_server
+    from detector.clikit import fail
 
+    # every path is resolved here, once: no process started below depends on the
+    # working directory (Prometheus runs inside the folder, the webhook's policy and
+    # the detector's catalogue are read later)
+    workdir = workdir.expanduser().resolve()
     prometheus = find_binary("prometheus", PROMETHEUS)
     promtool = find_binary("promtool", PROMTOOL)
     if not prometheus or not promtool:
         raise fail(
-            "prometheus is not installed: run ./scripts/demo.sh or apt-get install prometheus"
+            "demo: prometheus is not installed: run `bash scripts/demo.sh` (it installs"
+            " what is missing) or `sudo apt-get install prometheus`"
+        )
+    if via is not Via.detector and not find_binary("prometheus-alertmanager", ALERTMANAGER):
+        raise fail(
+            "demo: prometheus-alertmanager is not installed: run `bash scripts/demo.sh`"
+            " or `sudo apt-get install prometheus-alertmanager` (or pass --via detector)"
         )
     for name, port in (
         ("--prom-port", prom_port),
@@ -107,25 +117,170 @@ def up(
         ("--alertmanager-port", alertmanager_port),
         ("--webhook-port", webhook_port),
     ):
+        if not 0 < port < 65536:
+            raise fail(f"demo: {name}: {port} is not a port (1-65535)")
         if not port_is_free(port):
-            raise fail(f"{name}: port {port} is already in use; pass another one")
+            raise fail(
+                f"demo: {name}: port {port} is already in use (another demo, or a service"
+                f" of this machine): stop it or pass {name} with a free port"
+            )
     try:
         specs = [parse_fault_spec(s) for s in fault or []]
     except ValueError as exc:
-        raise fail(f"--fault: {exc}") from None
+        raise fail(f"demo: --fault: {exc}") from None
+    try:
+        prepare_workdir(workdir)
+    except DemoError as exc:
+        raise fail(f"demo: {exc}") from None
 
-    secret, token = secrets.token_hex(16), secrets.token_hex(16)
+    interrupted = False
+    with Started() as stack:
+        try:
+            _run(
+                stack,
+                workdir,
+                prometheus=prometheus,
+                promtool=promtool,
+                ports={
+                    "prom": prom_port,
+                    "workload": workload_port,
+                    "detector": detector_port,
+                    "alertmanager": alertmanager_port,
+                    "webhook": webhook_port,
+                },
+                autofix=autofix,
+                hours=hours,
+                interval=interval,
+                via=via,
+                seed=seed,
+                specs=specs,
+            )
+        except KeyboardInterrupt:  # Ctrl-C before the loop runs (it handles its own)
+            typer.echo("interrupted")
+            interrupted = True
+        except typer.Exit:
+            raise
+        except Exception as exc:  # one line, never a traceback: the logs say more
+            raise fail(f"demo: {_one_line(exc)} (logs in {workdir})", code=1) from None
+        finally:
+            stopped = list(reversed(stack.names))
+            stack.close()  # stop everything that was started, newest first
+            if stopped:
+                typer.echo(f"stopped: {', '.join(stopped)}")
+            (workdir / PIDFILE).unlink(missing_ok=True)
+    if interrupted:
+        raise typer.Exit(130)
+
+
+class DemoError(RuntimeError):
+    """A demo that cannot start, with what to do about it."""
+
+
+#: marks a folder as the demo's own, so a restart may empty it (and nothing else)
+MARKER = ".aiops-demo"
+PIDFILE = "demo.pid"
+READ_TOKEN_FILE = "read-token"
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """Empty ``workdir`` for a new run: only a demo's own folder, and only when no
+    demo is running in it; a stale folder of an earlier run is simply emptied."""
     if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+        if not workdir.is_dir():
+            raise DemoError(f"--workdir {workdir} is a file: pass a folder")
+        pidfile = workdir / PIDFILE
+        if pidfile.exists():
+            pid = _read_pid(pidfile)
+            if pid is not None and pid != os.getpid() and _alive(pid):
+                raise DemoError(
+                    f"another demo (pid {pid}) is running in {workdir}: stop it (Ctrl-C in"
+                    f" its terminal, or kill {pid}) or pass --workdir with another folder"
+                )
+        if any(workdir.iterdir()) and not (workdir / MARKER).exists():
+            raise DemoError(
+                f"--workdir {workdir} is not empty and not a demo folder: pass an empty"
+                " or new folder (the demo empties its folder at every start)"
+            )
+        try:
+            shutil.rmtree(workdir)
+        except OSError as exc:
+            raise DemoError(
+                f"cannot empty {workdir} left by an earlier run ({exc.strerror}):"
+                f" remove it by hand (rm -rf {workdir}) or pass another --workdir"
+            ) from None
+    try:
+        workdir.mkdir(parents=True)
+        (workdir / MARKER).write_text("a folder of `aiops demo up`: emptied at every start\n")
+        (workdir / PIDFILE).write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise DemoError(
+            f"cannot create {workdir} ({exc.strerror}): pass --workdir with a folder you may write"
+        ) from None
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:600] or type(exc).__name__
+
+
+class Started(ExitStack):
+    """What the demo started, stopped newest first when it ends (Ctrl-C or a failure)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def push_stop(self, name: str, stop: Callable[[], object]) -> None:
+        self.names.append(name)
+        self.callback(stop)
+
+
+def _run(
+    stack: Started,
+    workdir: Path,
+    *,
+    prometheus: str,
+    promtool: str,
+    ports: dict[str, int],
+    autofix: bool,
+    hours: float,
+    interval: float,
+    via: Via,
+    seed: int,
+    specs: list[tuple[str, str, float, float]],
+) -> None:
+    from detector.clikit import load
+    from detector.cycle import build_detector
+    from detector.logs import setup_logging
+    from detector.service import create_app, make_server
+
+    secret, token, read_token = (secrets.token_hex(16) for _ in range(3))
     direct = via in (Via.both, Via.detector)
+    alerting = via in (Via.both, Via.alertmanager)
+    webhook_port, detector_port = ports["webhook"], ports["detector"]
     settings = load(
         config=write_catalogue(workdir),
-        prom_url=f"http://127.0.0.1:{prom_port}",
+        prom_url=f"http://127.0.0.1:{ports['prom']}",
         interval_seconds=interval,
         http_host="127.0.0.1",
         http_port=detector_port,
-        database_url=f"sqlite:///{workdir.resolve()}/aiops.db",
+        database_url=f"sqlite:///{workdir}/aiops.db",
         webhook_url=f"http://127.0.0.1:{webhook_port}/anomalies" if direct else None,
         webhook_secret=secret,
     )
@@ -142,77 +297,84 @@ def up(
         history,
         end=now,
         interval=SCRAPE_SECONDS,
-        labels={"job": "demo", "instance": f"127.0.0.1:{workload_port}"},
+        labels={"job": "demo", "instance": f"127.0.0.1:{ports['workload']}"},
     )
     backfill(history, workdir / "data", promtool=promtool)
     history.unlink()
 
-    wl_server, _ = serve(workload, host="127.0.0.1", port=workload_port)
+    wl_server, _ = serve(workload, host="127.0.0.1", port=ports["workload"])
+    stack.push_stop("demo workload", wl_server.stop)
     wl = wl_server.url
-    alerting = via in (Via.both, Via.alertmanager)
     rules = write_rules(workdir / "rules")
     config = scrape_config(
         {
-            "demo": [f"127.0.0.1:{workload_port}"],
+            "demo": [f"127.0.0.1:{ports['workload']}"],
             "aiops-detector": [f"127.0.0.1:{detector_port}"],
             "aiops-webhook": [f"127.0.0.1:{webhook_port}"],
         },
         interval=f"{SCRAPE_SECONDS:g}s",
         rule_files=rules,
-        alertmanagers=[f"127.0.0.1:{alertmanager_port}"] if alerting else None,
+        alertmanagers=[f"127.0.0.1:{ports['alertmanager']}"] if alerting else None,
     )
+    # the read endpoints (audit, events, console) want a bearer token: the README's
+    # commands read it from this file
+    token_file = workdir / READ_TOKEN_FILE
+    token_file.touch(mode=0o600)
+    token_file.write_text(read_token + "\n")
     hook_settings = load(
         database_url=settings.database_url,
         webhook_secret=secret,
         alertmanager_token=token,
-        alertmanager_url=f"http://127.0.0.1:{alertmanager_port}",
+        alertmanager_url=f"http://127.0.0.1:{ports['alertmanager']}",
         autofix_enabled=True,
         autofix_dry_run=not autofix,
         policy_file=write_policy(workdir, wl),
         public_url=f"http://127.0.0.1:{webhook_port}",
         approval_secret=secrets.token_hex(16),
+        read_token=read_token,
         cooldown_seconds=600,
         verify_seconds=VERIFY_SECONDS,
     )
-    started: list[tuple[str, object]] = []
-    try:
-        prom = PrometheusProcess(workdir, config, port=prom_port, binary=prometheus).start()
-        started.append(("prometheus", prom))
-        am = None
-        if alerting:
-            am = AlertmanagerProcess(
-                workdir / "alertmanager",
-                f"http://127.0.0.1:{webhook_port}/alertmanager",
-                token,
-                port=alertmanager_port,
-            ).start()
-            started.append(("alertmanager", am))
-        hook = start_webhook(hook_settings, webhook_port)
-        started.append(("webhook", hook))
-        detector = build_detector(settings)
-        server = make_server(create_app(detector), host="127.0.0.1", port=detector_port)
-        mode = "REALLY heals the demo app (--autofix)" if autofix else "dry run (add --autofix)"
-        paths = {
-            Via.both: "the detector's signed events and Alertmanager",
-            Via.detector: "the detector's signed events only (no Alertmanager)",
-            Via.alertmanager: "Alertmanager only (the detector posts no events)",
-        }[via]
-        am_line = f"{am.url}" if am is not None else "(not started: --via detector)"
-        heal = (
-            'ends the app\'s fault (a "restart": executed); the metric recovers, the anomaly\n'
-            "clears, and the resolve makes the fix `verified` and closes the incident with its\n"
-            "time to resolve (GET /audit?kind=resolved)."
-            if autofix
-            else "audits what it would do (dry_run); the fault runs its course, and when it\n"
-            "ends the anomaly clears and the incident is resolved."
+    prom = PrometheusProcess(workdir, config, port=ports["prom"], binary=prometheus)
+    stack.push_stop("prometheus", prom.stop)
+    prom.start()
+    am = None
+    if alerting:
+        am = AlertmanagerProcess(
+            workdir / "alertmanager",
+            f"http://127.0.0.1:{webhook_port}/alertmanager",
+            token,
+            port=ports["alertmanager"],
         )
-        typer.echo(
-            f"""
+        stack.push_stop("alertmanager", am.stop)
+        am.start()
+    hook = start_webhook(hook_settings, webhook_port)
+    stack.push_stop("webhook", hook.stop)
+    detector = build_detector(settings)
+    server = make_server(create_app(detector), host="127.0.0.1", port=detector_port)
+    stack.push_stop("detector", lambda: setattr(server, "should_exit", True))
+    mode = "REALLY heals the demo app (--autofix)" if autofix else "dry run (add --autofix)"
+    paths = {
+        Via.both: "the detector's signed events and Alertmanager",
+        Via.detector: "the detector's signed events only (no Alertmanager)",
+        Via.alertmanager: "Alertmanager only (the detector posts no events)",
+    }[via]
+    am_line = f"{am.url}" if am is not None else "(not started: --via detector)"
+    heal = (
+        'ends the app\'s fault (a "restart": executed); the metric recovers, the anomaly\n'
+        "clears, and the resolve makes the fix `verified` and closes the incident with its\n"
+        "time to resolve (GET /audit?kind=resolved)."
+        if autofix
+        else "audits what it would do (dry_run); the fault runs its course, and when it\n"
+        "ends the anomaly clears and the incident is resolved."
+    )
+    typer.echo(
+        f"""
 The whole loop is running (Ctrl-C stops it):
   Prometheus          {prom.url}/alerts   (rules: {len(rules)} file(s), `for` cut to {RULE_FOR})
   Alertmanager        {am_line}
-  webhook console     http://127.0.0.1:{webhook_port}/console   ({mode})
-  webhook audit       http://127.0.0.1:{webhook_port}/audit
+  webhook console     http://127.0.0.1:{webhook_port}/console?token=...   ({mode})
+  webhook audit       http://127.0.0.1:{webhook_port}/audit   (bearer token in {token_file})
   detector metrics    http://127.0.0.1:{detector_port}/metrics
   detector health     http://127.0.0.1:{detector_port}/healthz
   detector catalogue  {workdir / "aiops.yaml"}   (windows {", ".join(WINDOWS)}, step {STEP})
@@ -220,20 +382,16 @@ The whole loop is running (Ctrl-C stops it):
 Anomalies reach the webhook through {paths}.
 
 Make an app misbehave (kinds: error_burst, latency_shift, latency_jitter, traffic_drop):
-  curl -X POST '{wl}/fault?app=checkout&kind=latency_shift&duration=1800'
+  curl -X POST '{wl}/fault?app=payments&kind=error_burst&duration=120'
 Within a minute the detector flags it (Prometheus fires AIOpsAnomalyDetected 15 s
 later), the webhook opens an incident, and its policy
 {heal}
-End a fault by hand:  curl -X DELETE '{wl}/fault?app=checkout'
-"""
-        )
-        server.run()  # returns on SIGINT/SIGTERM
-    finally:
-        for _, thing in reversed(started):
-            thing.stop()  # type: ignore[attr-defined]
-        wl_server.stop()
-        names = [name for name, _ in reversed(started)]
-        typer.echo(f"stopped: {', '.join([*names, 'demo workload', 'detector'])}")
+Read the audit:  curl -s -H "Authorization: Bearer $(cat {token_file})" \\
+                   'http://127.0.0.1:{webhook_port}/audit?kind=incident_opened'
+End a fault by hand:  curl -X DELETE '{wl}/fault?app=payments'
+""",
+    )
+    server.run()  # returns on SIGINT/SIGTERM
 
 
 RULES = Path(__file__).resolve().parents[1] / "dashboards" / "rules"

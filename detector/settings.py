@@ -270,7 +270,14 @@ class Settings(BaseSettings):
             normalise_url(v)
         except ConfigError as exc:
             raise ValueError(str(exc).removeprefix("AIOPS_DATABASE_URL: ")) from None
-        return v
+        return absolute_sqlite_url(v)
+
+    @field_validator("config", "policy_file")
+    @classmethod
+    def _absolute_path(cls, v: Path | None) -> Path | None:
+        # resolved once, where it enters: no later reader (a child process started in
+        # another folder, a reload) depends on the working directory
+        return None if v is None else Path(v).expanduser().resolve()
 
     @field_validator("shard")
     @classmethod
@@ -424,6 +431,25 @@ def _alias_of(field_name: str) -> str:
     if info is None or info.validation_alias is None:
         return field_name
     return str(info.validation_alias.choices[0])
+
+
+def absolute_sqlite_url(url: str) -> str:
+    """``url`` with a relative SQLite file path made absolute (against the working
+    directory now); other URLs, in-memory and ``file:`` databases unchanged."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not database
+        or database == ":memory:"
+        or database.startswith("file:")
+        or Path(database).is_absolute()
+    ):
+        return url
+    absolute = parsed.set(database=str(Path(database).expanduser().resolve()))
+    return absolute.render_as_string(hide_password=False)
 
 
 def check_http_url(url: str) -> str:

@@ -52,7 +52,9 @@ class DemoRun:
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
         self.ports = {n: free_port() for n in ("prom", "workload", "detector", "am", "webhook")}
-        self.workdir = tmp_path / "demo"
+        # the default, relative --workdir (var/demo) of a demo started in tmp_path: no
+        # process it starts may depend on the working directory
+        self.workdir = tmp_path / "var" / "demo"
         self.log = tmp_path / "demo-up.log"
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -60,8 +62,6 @@ class DemoRun:
                 *aiops_command(),
                 "demo",
                 "up",
-                "--workdir",
-                str(self.workdir),
                 "--prom-port",
                 str(self.ports["prom"]),
                 "--workload-port",
@@ -82,6 +82,7 @@ class DemoRun:
                 *args,
             ],
             env=detector_env(),
+            cwd=tmp_path,
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
         )
@@ -98,8 +99,18 @@ class DemoRun:
         """The whole audit, oldest first."""
         if self.proc.poll() is not None:
             pytest.fail(f"aiops demo up exited {self.proc.returncode}: {self.tail()}")
-        r = httpx.get(f"{self.url('webhook')}/audit", params={"n": 5000}, timeout=5)
+        r = httpx.get(
+            f"{self.url('webhook')}/audit",
+            params={"n": 5000},
+            headers={"Authorization": f"Bearer {self.read_token()}"},
+            timeout=5,
+        )
+        assert r.status_code == 200, r.text
         return list(reversed(r.json()["rows"]))
+
+    def read_token(self) -> str:
+        """The bearer token of the webhook's read endpoints, as the demo wrote it."""
+        return (self.workdir / "read-token").read_text().strip()
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
@@ -114,7 +125,7 @@ class DemoRun:
     def assert_stopped_cleanly(self, *names: str) -> None:
         self.stop()
         assert self.proc.returncode == 0, self.output[-2000:]
-        assert f"stopped: {', '.join(names)}, demo workload, detector" in self.output
+        assert f"stopped: detector, {', '.join(names)}, demo workload" in self.output
         assert all(port_is_free(p) for p in self.ports.values()), self.output[-1000:]
 
 
