@@ -113,7 +113,7 @@ class ReadAccess:
 #: the aggregation window (seconds)
 WINDOW = 60.0
 #: sources audited one by one per window; later ones are counted together as ``*``
-MAX_SOURCES = 100
+MAX_SOURCES = 20
 OTHERS = "*"
 
 
