@@ -34,6 +34,7 @@ from demo.prometheus import free_port, wait_http_ok
 from runbooks.signing import signed_headers
 
 SECRET = "bench-secret"
+READ_TOKEN = "bench-read-token"
 
 
 def event(i: int) -> bytes:
@@ -62,6 +63,7 @@ def run(database_url: str, events: int, clients: int) -> dict[str, float]:
         AIOPS_DATABASE_URL=database_url,
         RUNBOOK_WEBHOOK_SECRET=SECRET,
         RUNBOOK_RATE_LIMIT="100000",
+        RUNBOOK_READ_TOKEN=READ_TOKEN,
         RUNBOOK_AUTOFIX_POLICY="latency_p99:level_shift=rollout_restart",
         AIOPS_LOG_LEVEL="WARNING",
     )
@@ -95,7 +97,11 @@ def run(database_url: str, events: int, clients: int) -> dict[str, float]:
                 latencies += lat
                 errors += bad
         wall = time.perf_counter() - t0
-        audit = httpx.get(f"{url}/audit", params={"n": 5000, "kind": "request"}).json()["count"]
+        audit = httpx.get(
+            f"{url}/audit",
+            params={"n": 5000, "kind": "request"},
+            headers={"Authorization": f"Bearer {READ_TOKEN}"},
+        ).json()["count"]
     finally:
         proc.terminate()
         proc.wait(30)

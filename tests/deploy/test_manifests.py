@@ -524,6 +524,7 @@ def test_each_container_environment_is_accepted_by_the_settings(
                 assert len(policy) > 0
                 assert settings.webhook_secret and settings.approval_secret
                 assert settings.alertmanager_token
+                assert settings.read_token and not settings.read_open  # reads closed
             if c["name"] == "detector":
                 assert settings.webhook_url == "http://aiops-webhook.aiops.svc:8080/anomalies"
                 assert settings.webhook_secret
