@@ -28,7 +28,7 @@ from detector.settings import Settings
 
 if TYPE_CHECKING:
     from feature_store.store import FeatureStore
-from detector.source import PrometheusSource, cap_series, keep_shard, series_key
+from detector.source import PrometheusSource, Selection, cap_series, keep_shard, series_key
 
 log = logging.getLogger("aiops.detector")
 
@@ -36,8 +36,6 @@ log = logging.getLogger("aiops.detector")
 QUERY_ERROR_KINDS = ("unreachable", "timeout", "bad_query", "server_error", "bad_response")
 #: Phases of a cycle (the ``phase`` label of aiops_detector_phase_seconds).
 PHASES = ("fetch", "features", "scoring", "explanation", "export", "store")
-#: Errors that mean Prometheus itself did not answer.
-_DOWN_KINDS = frozenset({"unreachable", "timeout", "server_error"})
 
 
 @dataclass
@@ -120,17 +118,33 @@ class Detector:
         self.cycles = 0
         self._onsets: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._last: dict[tuple[str, tuple[tuple[str, str], ...]], SeriesResult] = {}
+        #: firing events of anomalies open before a restart (from the webhook outbox)
+        self._restored: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
         self.notifier: Any = None
         if settings.webhook_url:
-            from detector.notify import Notifier
+            from detector.notify import Notifier, Outbox
 
             secret = settings.webhook_secret
             self.notifier = Notifier(
                 settings.webhook_url,
                 secret.get_secret_value() if secret else None,
                 metrics=self.metrics,
+                outbox=Outbox(store.engine) if store is not None else None,
             )
+            self._restore_onsets(self.notifier.open_firing())
         self._lock = threading.Lock()
+
+    def _restore_onsets(self, events: list[dict[str, Any]]) -> None:
+        """The onsets of anomalies open when the detector stopped: the anomaly keeps its
+        event id, and its ``resolved`` event is sent when it has ended."""
+        names = {q.name for q in self.queries}
+        for event in events:
+            labels = event.get("labels")
+            if event.get("metric") not in names or not isinstance(labels, dict):
+                continue
+            key = (event["metric"], tuple(sorted(labels.items())))
+            self._onsets[key] = float(event["started_at"])
+            self._restored[key] = event
 
     # -- start-up ---------------------------------------------------------------------------
     def check_queries(self) -> dict[str, str | None]:
@@ -160,7 +174,9 @@ class Detector:
     def _run_cycle(self, now: float) -> CycleReport:
         t0 = time.perf_counter()
         report = CycleReport(started=now, duration=0.0)
-        answered = False
+        # a cycle succeeds when at least one query's answer could be used: answers that
+        # are all garbage (HTML, cut-short JSON), all refused or all missing are a failure
+        used = False
         phases = report.phases
         for phase in PHASES:
             phases[phase] = 0.0
@@ -170,22 +186,30 @@ class Detector:
             step = q.step_seconds(self.settings)
             lookback = q.lookback_seconds(self.settings)
             t1 = time.perf_counter()
+            known = self._exported.get(q.name, set())
+            limit = self.settings.max_series_per_query
             try:
-                batch = self.source.fetch(q, end=now, lookback=lookback, step=step)
+                if getattr(self.source, "selects", False):
+                    # the source applies the cap while it reads the answer (bounded memory)
+                    select = Selection(limit=limit, known=known, shard=self.settings.shard_index)
+                    batch = self.source.fetch(
+                        q, end=now, lookback=lookback, step=step, select=select
+                    )
+                else:
+                    batch = self.source.fetch(q, end=now, lookback=lookback, step=step)
             except QueryError as exc:
                 self._query_failed(q, st, exc, now)
                 report.errors[q.name] = exc
-                answered |= exc.kind not in _DOWN_KINDS
                 continue
             finally:
                 took = time.perf_counter() - t1
                 phases["fetch"] += took
                 self.metrics.query_seconds.labels(q.name).set(took)
-            answered = True
+            used = True
+            dropped_early = batch.dropped
             batch = keep_shard(batch, self.settings.shard_index)
-            batch, dropped = cap_series(
-                batch, self.settings.max_series_per_query, self._exported.get(q.name, set())
-            )
+            batch, dropped = cap_series(batch, limit, known)
+            dropped += dropped_early
             if dropped:
                 self.metrics.series_dropped.labels(q.name).inc(dropped)
                 log.warning(
@@ -227,9 +251,9 @@ class Detector:
             phases["export"] += t3 - t2
             self._store(q.name, results)
             phases["store"] += time.perf_counter() - t3
-        self.prometheus_up = answered
-        self.metrics.prometheus_up.set(1 if answered else 0)
-        if answered:
+        self.prometheus_up = used
+        self.metrics.prometheus_up.set(1 if used else 0)
+        if used:
             self.last_success = now
             self.metrics.last_success.set(now)
         report.duration = time.perf_counter() - t0
@@ -344,7 +368,16 @@ class Detector:
                 log.warning("dropping stale gauges query=%s", q.name)
             self.collector.drop(q.name)
             self.metrics.forget_query(q.name)
+            gone = [k for k in self._onsets if k[0] == q.name]
+            if gone and self.notifier is not None:
+                from detector.notify import event_id
+
+                self.notifier.forget(
+                    [{"id": event_id(k[0], dict(k[1]), self._onsets[k])} for k in gone]
+                )
             self._onsets = {k: v for k, v in self._onsets.items() if k[0] != q.name}
+            for k in gone:
+                self._restored.pop(k, None)
 
     def _track_onsets(self, query: str, results: list[SeriesResult]) -> None:
         seen = set()
@@ -369,8 +402,13 @@ class Detector:
             log.info("anomaly ended metric=%s labels=%s", query, dict(key[1]))
             del self._onsets[key]
             last = self._last.pop(key, None)
+            restored = self._restored.pop(key, None)
             if last is not None:
                 self._notify(last, "resolved")
+            elif restored is not None and self.notifier is not None:
+                from detector.notify import resolved_event
+
+                self.notifier.send(resolved_event(restored, time.time()))
 
     def _notify(self, result: SeriesResult, status: str) -> None:
         if self.notifier is None:

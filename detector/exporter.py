@@ -132,7 +132,7 @@ class DetectorMetrics:
         )
         self.last_success = Gauge(
             "aiops_detector_last_success_timestamp_seconds",
-            "Unix time of the last cycle in which Prometheus answered",
+            "Unix time of the last cycle in which at least one query's answer was used",
             registry=registry,
         )
         self.query_errors = Counter(
@@ -170,7 +170,8 @@ class DetectorMetrics:
         )
         self.prometheus_up = Gauge(
             "aiops_detector_prometheus_up",
-            "1 if Prometheus answered in the last cycle",
+            "1 if at least one query's answer could be used in the last cycle (0 when"
+            " Prometheus is down or every answer was an error or garbage)",
             registry=registry,
         )
         self.model_info = Gauge(
@@ -218,8 +219,22 @@ class DetectorMetrics:
         )
         self.webhook_events = Counter(
             "aiops_detector_webhook_events",
-            "Anomaly events for the runbook webhook by result (sent, refused, failed, dropped)",
+            "Anomaly events for the runbook webhook by result (sent = acknowledged, refused ="
+            " 4xx, retried = an attempt failed and the event stays queued, superseded = a"
+            " firing event replaced by its resolved event before it was acknowledged)",
             ["result"],
+            registry=registry,
+        )
+        for result in ("sent", "refused", "retried", "superseded"):
+            self.webhook_events.labels(result)
+        self.webhook_queue_depth = Gauge(
+            "aiops_detector_webhook_queue_depth",
+            "Anomaly events queued for the runbook webhook, not yet acknowledged",
+            registry=registry,
+        )
+        self.webhook_queue_dropped = Counter(
+            "aiops_detector_webhook_queue_dropped",
+            "Anomaly events dropped unsent because the webhook queue was full (oldest first)",
             registry=registry,
         )
         self.retrains = Counter(

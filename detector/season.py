@@ -23,7 +23,7 @@ import numpy as np
 from detector.catalogue import Query
 from detector.errors import QueryError
 from detector.features import NEIGHBOUR_REACH, FeatureSpec
-from detector.source import SeriesBatch
+from detector.source import Selection, SeriesBatch
 
 log = logging.getLogger("aiops.detector")
 
@@ -42,6 +42,9 @@ class SeasonalHistory:
     def __init__(self, source: Any) -> None:
         self.source = source
         self._cache: dict[tuple[str, int], SeriesBatch] = {}
+        #: the label sets each cached slice was read for (a source that selects reads
+        #: only the series of the window, not every series the query returns)
+        self._keys: dict[tuple[str, int], frozenset[tuple[tuple[str, str], ...]]] = {}
         self.fetched_points = 0  # grid points requested (for tests and benchmarks)
 
     def needed(self, spec: FeatureSpec, n_times: int) -> bool:
@@ -63,9 +66,10 @@ class SeasonalHistory:
         width = T + 2 * r
         out = np.full((spec.season_cycles, n, width), np.nan)
         rows = {_key(lb): i for i, lb in enumerate(batch.labels)}
+        keys = frozenset(rows)
         for j in range(1, spec.season_cycles + 1):
             start = batch.start - (j * spec.season_points + r) * batch.step
-            part = self._slice(query, j, start, batch.step, width)
+            part = self._slice(query, j, start, batch.step, width, keys)
             for i, lb in enumerate(part.labels):
                 row = rows.get(_key(lb))
                 if row is not None:
@@ -75,31 +79,53 @@ class SeasonalHistory:
     def forget(self, query: str) -> None:
         for key in [k for k in self._cache if k[0] == query]:
             del self._cache[key]
+            self._keys.pop(key, None)
 
-    def _fetch(self, query: Query, start: float, step: float, n_points: int) -> SeriesBatch:
+    def _fetch(
+        self, query: Query, start: float, step: float, n_points: int, keys: frozenset
+    ) -> SeriesBatch:
         self.fetched_points += n_points
         end = start + step * (n_points - 1)
-        part = self.source.fetch(query, end=end, lookback=step * (n_points - 1), step=step)
+        lookback = step * (n_points - 1)
+        if getattr(self.source, "selects", False):
+            sel = Selection(keys=keys)
+            part = self.source.fetch(query, end=end, lookback=lookback, step=step, select=sel)
+        else:
+            part = self.source.fetch(query, end=end, lookback=lookback, step=step)
         return _regrid(part, start, step, n_points)
 
-    def _slice(self, query: Query, j: int, start: float, step: float, width: int) -> SeriesBatch:
+    def _slice(
+        self,
+        query: Query,
+        j: int,
+        start: float,
+        step: float,
+        width: int,
+        keys: frozenset = frozenset(),
+    ) -> SeriesBatch:
         """The grid ``start + k·step`` (k < width), from the cache plus what is new."""
         old = self._cache.get((query.name, j))
         end = start + step * (width - 1)
+        selects = getattr(self.source, "selects", False)
+        read_for = self._keys.get((query.name, j), frozenset())
         usable = (
             old is not None
+            and (not selects or keys <= read_for)
             and old.step == step
             and round((start - old.start) / step) * step == start - old.start
             and old.start <= start <= old.end < end
         )
         if not usable:
-            fresh = self._fetch(query, start, step, width)
+            fresh = self._fetch(query, start, step, width, keys)
+            read_for = keys
         else:
             assert old is not None
             new = round((end - old.end) / step)
-            tail = self._fetch(query, old.end - _OVERLAP * step, step, new + _OVERLAP + 1)
+            tail = self._fetch(query, old.end - _OVERLAP * step, step, new + _OVERLAP + 1, keys)
             fresh = _splice(old, tail, start, step, width)
+            read_for = keys
         self._cache[(query.name, j)] = fresh
+        self._keys[(query.name, j)] = read_for
         return fresh
 
 

@@ -171,3 +171,13 @@ halts = Table(
     Column("actor", Text, nullable=False),
     Column("reason", Text, nullable=False),
 )
+
+webhook_outbox = Table(
+    "aiops_webhook_outbox",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("queued_at", Float, nullable=False),
+    Column("body", Text, nullable=False),
+)

@@ -34,6 +34,7 @@ EXPECTED_TABLES = {
     "runbooks_audit",
     "aiops_locks",
     "runbooks_halts",
+    "aiops_webhook_outbox",
     TABLE,
 }
 
@@ -85,6 +86,7 @@ def test_migrate_creates_every_table_and_records_versions_with_checksums(engine)
         "002_audit_append_only",
         "003_runbooks_state",
         "004_runbooks_halts",
+        "005_webhook_outbox",
     ]
     assert set(sqlalchemy.inspect(engine).get_table_names()) >= EXPECTED_TABLES
     rows = recorded(engine)
@@ -93,10 +95,17 @@ def test_migrate_creates_every_table_and_records_versions_with_checksums(engine)
         (2, "audit_append_only"),
         (3, "runbooks_state"),
         (4, "runbooks_halts"),
+        (5, "webhook_outbox"),
     ]
     for (_, _, checksum, applied_at), stem in zip(
         rows,
-        ("001_init", "002_audit_append_only", "003_runbooks_state", "004_runbooks_halts"),
+        (
+            "001_init",
+            "002_audit_append_only",
+            "003_runbooks_state",
+            "004_runbooks_halts",
+            "005_webhook_outbox",
+        ),
         strict=True,
     ):
         assert checksum == hashlib.sha256(dialect_file(engine, stem).read_bytes()).hexdigest()
