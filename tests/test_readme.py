@@ -127,3 +127,13 @@ def test_the_walkthrough_starts_with_the_demo_and_reads_the_audit_with_the_token
     assert commands[0].startswith("bash scripts/demo.sh")
     audit = [c for c in commands if "/audit" in c]
     assert audit and all("$(cat var/demo/read-token)" in c for c in audit), audit
+
+
+def test_every_benchmark_figure_carries_its_date_and_command():
+    """A paragraph (or table caption) that quotes a benchmark names the command that
+    printed it and the day it ran."""
+    paragraphs = re.split(r"\n\s*\n", README.read_text())
+    quoting = [p for p in paragraphs if re.search(r"`python bench/\w+\.py", p)]
+    assert len(quoting) >= 5, "the README quotes its benchmarks"
+    for p in quoting:
+        assert re.search(r"\b20\d\d-\d\d-\d\d\b", p), f"no date beside: {p[:200]!r}"
