@@ -112,7 +112,9 @@ def test_many_sources_share_one_row_past_the_limit(make_hook):
 
 def test_wrong_tokens_on_every_endpoint_are_aggregated_too(make_hook):
     """Bearer tokens (Alertmanager, admin, read), read cookies and Slack signatures."""
-    hook = make_hook(admin_token="admin-token-for-tests", slack_signing_secret="slack")
+    hook = make_hook(
+        admin_token="admin-token-for-tests", slack_signing_secret="slack-signing-secret"
+    )
     c = hook.client
     wrong = {"Authorization": "Bearer wrong"}
     for _ in range(100):
