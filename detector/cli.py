@@ -41,10 +41,7 @@ def detect(
 ) -> None:
     """Run the detector service (or one cycle with --once)."""
     from detector.catalogue import resolve_catalogue
-    from detector.cycle import build_detector
     from detector.logs import setup_logging
-    from detector.service import serve
-    from sql.migrate import MigrationError
 
     settings = load(
         prom_url=prom_url, config=config, metrics=metrics, http_host=host, http_port=port
@@ -52,6 +49,13 @@ def detect(
     setup_logging("ERROR" if once else settings.log_level)
     try:
         resolve_catalogue(settings)  # a bad catalogue stops the start before anything runs
+    except ConfigError as exc:
+        raise fail(f"config error: {exc}") from None
+    from detector.cycle import build_detector
+    from detector.service import serve
+    from sql.migrate import MigrationError
+
+    try:
         detector = build_detector(settings)
     except ConfigError as exc:
         raise fail(f"config error: {exc}") from None

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from detector.clikit import ConfigOpt, fail, load
+from detector.clikit import ConfigOpt, fail, load, warn
 from detector.errors import AiopsError
 
 
@@ -16,21 +16,29 @@ def webhook(
     config: ConfigOpt = None,
 ) -> None:
     """Run the runbook webhook: Alertmanager and detector events in, guarded fixes out."""
-    import uvicorn
-
     from detector.logs import setup_logging
-    from detector.service import StoppableServer
-    from feature_store.db import make_engine
-    from runbooks.app import create_app
     from runbooks.policy import load_policy
-    from sql.migrate import migrate, require_current
+    from runbooks.startup import check_start
 
+    # the configuration is judged first: a refused start is one quick line
     settings = load(config=config, webhook_host=host, webhook_port=port)
     setup_logging(settings.log_level)
     try:
         policy = load_policy(settings.autofix_policy, settings.policy_file)
+        # fail closed: actions that really run need every input that triggers them
+        # authenticated (the one rule, also for the demo's webhook)
+        warning = check_start(settings, policy)
     except AiopsError as exc:
         raise fail(f"config error: {exc}") from None
+    if warning:
+        warn(warning)
+    import uvicorn
+
+    from detector.service import StoppableServer
+    from feature_store.db import make_engine
+    from runbooks.app import create_app
+    from sql.migrate import migrate, require_current
+
     engine = make_engine(settings.database_url)
     try:
         if settings.auto_migrate:

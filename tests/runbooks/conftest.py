@@ -27,7 +27,8 @@ from tests.integration.conftest import poll
 
 SECRET = "s3cret-for-tests"
 APPROVAL_SECRET = "approval-secret"
-TOKEN = "am-token"
+#: secrets of at least 16 characters, as the webhook requires when actions really run
+TOKEN = "am-token-for-tests"
 READ_TOKEN = "read-token-for-tests"
 #: what a reader of /audit, /events and /console/pending sends
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}

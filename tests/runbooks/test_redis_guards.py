@@ -18,7 +18,7 @@ from runbooks.signing import signed_headers
 from tests.conftest import require_binary
 from tests.integration.conftest import clean_env, poll
 from tests.redis_server import REDIS_SERVER, RedisProcess
-from tests.runbooks.conftest import RECORDER, SECRET, anomaly
+from tests.runbooks.conftest import RECORDER, SECRET, TOKEN, anomaly
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +84,7 @@ def _webhook(
         AIOPS_DATABASE_URL=f"sqlite:///{tmp_path}/{name}.db",
         RUNBOOK_REDIS_URL=redis_url,
         RUNBOOK_WEBHOOK_SECRET=SECRET,
+        RUNBOOK_ALERTMANAGER_TOKEN=TOKEN,  # actions really run: every input authenticated
         RUNBOOK_POLICY_FILE=str(policy),
         RUNBOOK_AUTOFIX_ENABLED="true",
         RUNBOOK_AUTOFIX_DRY_RUN="false",

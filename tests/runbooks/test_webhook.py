@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from runbooks.events import AnomalyEvent, from_anomaly
 from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers
-from tests.runbooks.conftest import SECRET, alerts, anomaly
+from tests.runbooks.conftest import SECRET, TOKEN, alerts, anomaly
 
 
 def test_a_signed_event_runs_the_policy_action_and_audits_every_step(make_hook):
@@ -173,7 +173,7 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_nothing_runs(make_hook):
     cases = [
         (
             hook.client.post(
-                "/alertmanager", content=b"{not json", headers={"Authorization": "Bearer am-token"}
+                "/alertmanager", content=b"{not json", headers={"Authorization": f"Bearer {TOKEN}"}
             ),
             400,
         ),
