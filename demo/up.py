@@ -373,7 +373,7 @@ def _run(
 The whole loop is running (Ctrl-C stops it):
   Prometheus          {prom.url}/alerts   (rules: {len(rules)} file(s), `for` cut to {RULE_FOR})
   Alertmanager        {am_line}
-  webhook console     http://127.0.0.1:{webhook_port}/console?token=...   ({mode})
+  webhook console     http://127.0.0.1:{webhook_port}/console   ({mode}; sign in with {token_file})
   webhook audit       http://127.0.0.1:{webhook_port}/audit   (bearer token in {token_file})
   detector metrics    http://127.0.0.1:{detector_port}/metrics
   detector health     http://127.0.0.1:{detector_port}/healthz
