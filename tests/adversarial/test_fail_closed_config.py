@@ -433,12 +433,12 @@ def test_an_unknown_variable_warns_naming_the_closest_setting_and_the_command_ru
 
 
 def test_every_variable_the_project_itself_sets_is_known():
-    """Scripts, the demo, benchmarks, CI, the deploy files and the README name only
+    """Scripts, the demo, benchmarks, CI, the deploy files and the code name only
     settings (or the few known non-settings): none of them would warn."""
     pattern = re.compile(r"\b(?:AIOPS|RUNBOOKS?)_[A-Z][A-Z0-9_]*\b")
     roots = ["scripts", "demo", "bench", ".ci", "deploy", "detector", "runbooks", "training"]
     files = [p for root in roots for p in (REPO / root).rglob("*") if p.is_file()]
-    files += [REPO / n for n in ("README.md", "docker-compose.yml", "Dockerfile")]
+    files += [REPO / n for n in ("docker-compose.yml", "Dockerfile")]
     names = {
         m
         for f in files
