@@ -322,8 +322,7 @@ class Notifier:
                 entry.due = time.monotonic() + delay
                 if entry.attempts == 1 or entry.attempts % 10 == 0:
                     log.error(
-                        "webhook unreachable, event kept id=%s attempts=%d retry_in=%.1fs"
-                        " error=%s",
+                        "webhook unreachable, event kept id=%s attempts=%d retry_in=%.1fs error=%s",
                         event["id"],
                         entry.attempts,
                         delay,
