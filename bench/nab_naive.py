@@ -153,9 +153,11 @@ def main() -> None:
         t0 = time.perf_counter()
         frame = runner.backtest_series([inp], settings, query)[0]
         t1 = time.perf_counter()
-        score, anomalous, event, reasons = naive_file(
-            inp.values, runner.infer_step(inp.timestamps), settings, query
-        )
+        step = runner.infer_step(inp.timestamps)
+        grid = runner.on_grid(inp.timestamps, inp.values, step)  # as the replay lays it
+        score, anomalous, event, reasons = naive_file(grid.values, step, settings, query)
+        score, anomalous, event = score[grid.rows], anomalous[grid.rows], event[grid.rows]
+        reasons = [reasons[i] for i in grid.rows]
         t2 = time.perf_counter()
         ours_s += t1 - t0
         naive_s += t2 - t1
@@ -212,8 +214,9 @@ def main() -> None:
 def _fit_time(settings, query: Query, path: Path, root: Path) -> float:
     """Median wall time of fitting one forest on a file's baseline feature rows."""
     inp = runner.read_csv(path, root)
-    spec = feature_spec(query, settings, runner.infer_step(inp.timestamps))
-    f = compute_features(inp.values[None, :], spec)
+    step = runner.infer_step(inp.timestamps)
+    spec = feature_spec(query, settings, step)
+    f = compute_features(runner.on_grid(inp.timestamps, inp.values, step).values[None, :], spec)
     ii, tt = np.nonzero(f.ready)
     X = fit_rows(f.matrix(query.direction, (ii[-20000:], tt[-20000:])))
     times = []

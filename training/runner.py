@@ -46,14 +46,44 @@ class SeriesInput:
 
 
 def infer_step(timestamps: pd.DatetimeIndex) -> float:
-    """The typical spacing of the rows, in seconds."""
+    """The regular spacing of the rows, in seconds: the most common gap between two
+    rows (missing rows make some gaps longer, never the common one shorter; a repeated
+    timestamp is one row)."""
     if len(timestamps) < 2:
         raise BacktestError("need at least two rows to infer the step")
     diffs = np.diff(timestamps.asi8) / 1e9
-    step = float(np.median(diffs))
-    if not step > 0:
-        raise BacktestError("timestamps must increase")
-    return step
+    if (diffs < 0).any() or not (diffs > 0).any():
+        raise BacktestError("timestamps must increase (a repeated one is taken once)")
+    values, counts = np.unique(np.round(diffs[diffs > 0], 6), return_counts=True)
+    return float(values[np.argmax(counts)])
+
+
+@dataclass
+class Grid:
+    """A series laid on its regular time grid: missing rows are missing points (NaN),
+    never interpolated, so windows, baselines and seasonal lags count real time."""
+
+    values: np.ndarray  # (points,) one per grid step, NaN where no row fell
+    rows: np.ndarray  # (rows,) the grid point of each input row
+
+
+def on_grid(timestamps: pd.DatetimeIndex, values: np.ndarray, step: float) -> Grid:
+    """``values`` at ``timestamps`` on the grid of ``step`` seconds from the first row (a
+    row off the grid goes to its nearest point; of two rows on one point the later wins)."""
+    seconds = (timestamps.asi8 - timestamps.asi8[0]) / 1e9
+    rows = np.rint(seconds / step).astype(np.int64)
+    if len(rows) and rows[-1] > MAX_GRID_POINTS:
+        raise BacktestError(
+            f"{rows[-1] + 1:,} grid points at a {step:g} s step: more than {MAX_GRID_POINTS:,}"
+            " (are the timestamps in one series?)"
+        )
+    grid = np.full(int(rows[-1]) + 1 if len(rows) else 0, np.nan)
+    grid[rows] = values
+    return Grid(grid, rows)
+
+
+#: a backtest's grid is bounded (a stray timestamp years away must not allocate terabytes)
+MAX_GRID_POINTS = 50_000_000
 
 
 def read_csv(path: Path, root: Path) -> SeriesInput:
@@ -113,25 +143,27 @@ def reason_strings(r: Replay) -> np.ndarray:
     return out
 
 
-def frames(r: Replay, inputs: list[SeriesInput], z_thresh: float) -> Iterator[pd.DataFrame]:
-    """One output frame per input series."""
+def frames(
+    r: Replay, inputs: list[SeriesInput], grids: list[Grid], z_thresh: float
+) -> Iterator[pd.DataFrame]:
+    """One output frame per input series: its own rows, read off its grid."""
     events = event_score(r)
     reasons = reason_strings(r)
     f = r.features
-    for i, s in enumerate(inputs):
-        n = len(s.values)
-        band = z_thresh * f.scale[i, :n]
+    for i, (s, g) in enumerate(zip(inputs, grids, strict=True)):
+        at = g.rows
+        band = z_thresh * f.scale[i, at]
         yield pd.DataFrame(
             {
                 "timestamp": s.timestamps,
                 "value": s.values,
-                "score": np.round(r.score[i, :n], 6),
-                "anomaly_score": np.round(events[i, :n], 6),
-                "anomalous": r.anomalous[i, :n].astype(int),
-                "reasons": reasons[i, :n],
-                "baseline": f.baseline[i, :n],
-                "band_low": f.baseline[i, :n] - band,
-                "band_high": f.baseline[i, :n] + band,
+                "score": np.round(r.score[i, at], 6),
+                "anomaly_score": np.round(events[i, at], 6),
+                "anomalous": r.anomalous[i, at].astype(int),
+                "reasons": reasons[i, at],
+                "baseline": f.baseline[i, at],
+                "band_low": f.baseline[i, at] - band,
+                "band_high": f.baseline[i, at] + band,
             }
         )
 
@@ -139,16 +171,18 @@ def frames(r: Replay, inputs: list[SeriesInput], z_thresh: float) -> Iterator[pd
 def backtest_series(
     inputs: list[SeriesInput], settings: Settings, query: Query
 ) -> list[pd.DataFrame]:
-    """Replay series that share a step (one query) with the live configuration."""
+    """Replay series that share a step (one query) with the live configuration, each on
+    its regular time grid (``on_grid``), as the live detector sees a range query."""
     step = infer_step(inputs[0].timestamps)
-    width = max(len(s.values) for s in inputs)
+    grids = [on_grid(s.timestamps, s.values, step) for s in inputs]
+    width = max(len(g.values) for g in grids)
     values = np.full((len(inputs), width), np.nan)
-    for i, s in enumerate(inputs):
-        values[i, : len(s.values)] = s.values
+    for i, g in enumerate(grids):
+        values[i, : len(g.values)] = g.values
     spec = feature_spec(query, settings, step)
     th = Thresholds.from_settings(settings)
     r = replay(values, spec, th, query.direction)
-    return list(frames(r, inputs, th.z_thresh))
+    return list(frames(r, inputs, grids, th.z_thresh))
 
 
 def fetch_history(
