@@ -27,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from sqlalchemy import and_, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from detector.redact import redact_value
 from feature_store import tables
 from runbooks.access import read_denied, read_refusal
 from runbooks.schemas import PendingOut, ok
@@ -53,7 +54,7 @@ def pending_approvals(engine: Any, secret: str | None, now: float) -> list[dict[
             "app": row.app,
             "target": row.target,
             "action": row.action,
-            "params": row.params,
+            "params": redact_value(row.params),  # an http action's URL without its secrets
             "signal": req.get("alertname") or req.get("metric"),
             "reasons": req.get("reasons") or [],
         }

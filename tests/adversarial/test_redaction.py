@@ -151,13 +151,14 @@ def receiver():
 PASSWORD, TOKEN = "http-PASS-3f9d", "http-TOKEN-c4e2"
 
 
-def _http_policy(path: Path, port: int) -> Path:
+def _http_policy(path: Path, port: int, risk: str = "low") -> Path:
     url = f"http://hookuser:{PASSWORD}@127.0.0.1:{port}/hook?token={TOKEN}&team=shop"
     path.write_text(
         "shop.checkout:\n"
         "  - match: latency_p99\n"
         "    action: http\n"
         f"    params: {{url: {json.dumps(url)}}}\n"
+        f"    risk: {risk}\n"
     )
     return path
 
@@ -232,3 +233,22 @@ def test_the_audit_export_masks_a_url_secret_of_a_row_written_before(make_hook):
     assert json.loads(row["details"])["would"] == (
         "POST http://hookuser:***@127.0.0.1:9/hook?token=*** for shop/checkout"
     )
+
+
+def test_a_held_http_action_shows_its_url_masked_and_runs_with_it_once_approved(
+    make_hook, receiver, tmp_path
+):
+    port = receiver.server_address[1]
+    hook = make_hook(policy_file=_http_policy(tmp_path / "held.yaml", port, risk="high"))
+    assert hook.post_event(anomaly("held-1")).json()["decision"] == "approval_pending"
+    (held,) = hook.pending()
+    assert held["params"]["url"] == (
+        f"http://hookuser:***@127.0.0.1:{port}/hook?token=***&team=shop"
+    )
+    for secret in (PASSWORD, TOKEN):
+        assert secret not in json.dumps(hook.pending())
+        assert secret not in json.dumps(hook.audit(), default=str)
+    # the approval binds the real parameters: approved, the endpoint gets the credentials
+    assert hook.client.get(held["approve_url"]).status_code == 200
+    poll(lambda: receiver.seen, timeout=30, every=0.05, what="the approved POST")
+    assert receiver.seen[0]["path"] == f"/hook?token={TOKEN}&team=shop"
