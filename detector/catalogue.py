@@ -28,7 +28,7 @@ Direction = Literal["up", "down", "both"]
 class Query(BaseModel):
     """One catalogue entry."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     promql: str = Field(min_length=1)

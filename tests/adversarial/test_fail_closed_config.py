@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from demo.prometheus import free_port, stop_process
+from detector.catalogue import resolve_catalogue
 from detector.errors import ConfigError
 from detector.settings import OTHER_VARIABLES, known_variables, load_settings, unknown_variables
 from runbooks.policy import load_policy
@@ -398,6 +399,15 @@ def test_every_bad_value_is_refused_naming_its_setting(monkeypatch, command, env
         load_settings(metrics=None, config=None)
     assert str(info.value).startswith(f"{setting}: "), info.value
     assert "red-PASS" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan"])
+def test_a_catalogue_number_must_be_finite_too(tmp_path, monkeypatch, value):
+    path = tmp_path / "aiops.yaml"
+    path.write_text(f"queries:\n  - {{name: q, promql: up, min_scale: {value}}}\n")
+    _only(monkeypatch, {"AIOPS_CONFIG": str(path)})
+    with pytest.raises(ConfigError, match=r"^AIOPS_CONFIG: query 'q': min_scale: .*finite"):
+        resolve_catalogue(load_settings(metrics=None))
 
 
 def test_a_lookback_that_cannot_hold_the_longest_window_and_the_warm_up_is_refused(tmp_path):
