@@ -483,15 +483,20 @@ class _Webhook:
 
 
 def start_webhook(settings: object, port: int) -> _Webhook:
+    from detector.clikit import warn
     from detector.service import make_server
     from feature_store.db import make_engine
     from runbooks.app import create_app as webhook_app
     from runbooks.policy import load_policy
+    from runbooks.startup import check_start
     from sql.migrate import migrate
 
     engine = make_engine(settings.database_url)  # type: ignore[attr-defined]
     migrate(engine)
     policy = load_policy(settings.autofix_policy, settings.policy_file)  # type: ignore[attr-defined]
+    warning = check_start(settings, policy)  # the fail-closed rule of `aiops webhook`
+    if warning:
+        warn(warning)
     server = make_server(webhook_app(settings, engine, policy), host="127.0.0.1", port=port)
     thread = threading.Thread(target=server.run, name="webhook", daemon=True)
     thread.start()

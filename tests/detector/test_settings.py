@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from detector.catalogue import DEFAULT_QUERIES, resolve_catalogue
 from detector.errors import ConfigError
-from detector.settings import load_settings
+from detector.settings import Settings, load_settings
 
 ENV_KEYS = [k for k in os.environ if k.startswith(("AIOPS_", "PROM_", "RUNBOOK"))]
 
@@ -26,7 +27,10 @@ def test_defaults_match_the_design():
     assert s.prom_url == "http://localhost:9090"
     assert s.interval_seconds == 60
     assert (s.z_thresh, s.vol_mult, s.pct_thresh) == (3.0, 2.0, 0.3)
-    assert s.database_url == "sqlite:///./var/aiops.db"
+    # the design's default, made absolute once, where it enters (against the folder the
+    # command starts in), so nothing later depends on the working directory
+    assert Settings.model_fields["database_url"].default == "sqlite:///./var/aiops.db"
+    assert s.database_url == f"sqlite:///{Path.cwd() / 'var' / 'aiops.db'}"
     assert [q.name for q in resolve_catalogue(s)] == [q.name for q in DEFAULT_QUERIES]
 
 
