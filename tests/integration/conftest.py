@@ -152,3 +152,19 @@ def run_aiops(*args: str, env: dict[str, str], timeout: float = 120) -> subproce
     return subprocess.run(
         [*aiops_command(), *args], env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def demo_audit(webhook_url: str, workdir: Path) -> list[dict]:
+    """A demo webhook's whole audit, oldest first, read with the token the demo wrote to
+    ``<workdir>/read-token`` (as the README tells a user to)."""
+    import httpx
+
+    token = (workdir / "read-token").read_text().strip()
+    r = httpx.get(
+        f"{webhook_url}/audit",
+        params={"n": 5000},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    return list(reversed(r.json()["rows"]))

@@ -64,6 +64,17 @@ def hidden(binary: str, command: str, *, fake_apt: Path | None = None) -> list[s
     ]
 
 
+def run_hidden(binary: str, command: str, *, fake_apt: Path | None = None):
+    return subprocess.run(
+        hidden(binary, command, fake_apt=fake_apt),
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @pytest.fixture
 def failing_apt(tmp_path) -> Path:
     bin_dir = tmp_path / "bin"
@@ -79,13 +90,8 @@ def failing_apt(tmp_path) -> Path:
 
 
 def test_a_package_that_cannot_be_installed_is_one_line_naming_it(failing_apt):
-    out = subprocess.run(
-        hidden("/usr/bin/prometheus-alertmanager", "bash scripts/setup.sh", fake_apt=failing_apt),
-        cwd=REPO,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    out = run_hidden(
+        "/usr/bin/prometheus-alertmanager", "bash scripts/setup.sh", fake_apt=failing_apt
     )
     assert out.returncode == 1, out.stdout + out.stderr
     line = one_line(out.stderr)
@@ -115,14 +121,7 @@ def test_no_permission_to_install_is_one_line_saying_how():
             f"setpriv --reuid=65534 --regid=65534 --clear-groups env PATH={no_sudo}"
             f" bash {base}/scripts/setup.sh"
         )
-        out = subprocess.run(
-            hidden("/usr/bin/prometheus", command),
-            cwd=REPO,
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        out = run_hidden("/usr/bin/prometheus", command)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert out.returncode == 1, out.stdout + out.stderr
@@ -134,14 +133,7 @@ def test_no_permission_to_install_is_one_line_saying_how():
 def test_a_missing_prometheus_is_one_line_from_the_demo():
     # setup.sh cannot see the hole either, so take the demo itself, installed already
     aiops = REPO / ".venv/bin/aiops"
-    out = subprocess.run(
-        hidden("/usr/bin/prometheus", f"env PATH=/usr/sbin:/sbin {aiops} demo up"),
-        cwd=REPO,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_hidden("/usr/bin/prometheus", f"env PATH=/usr/sbin:/sbin {aiops} demo up")
     assert out.returncode == 2, out.stdout + out.stderr
     line = one_line(out.stderr)
     assert line.startswith("aiops: demo: prometheus is not installed"), line

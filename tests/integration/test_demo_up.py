@@ -35,7 +35,7 @@ from demo.prometheus import free_port, port_is_free
 from feature_store.db import make_engine
 from tests.conftest import require_binary
 from tests.dashboards.queries import dashboard_paths, promql_targets, sql_targets
-from tests.integration.conftest import aiops_command, detector_env, poll
+from tests.integration.conftest import aiops_command, demo_audit, detector_env, poll
 
 pytestmark = pytest.mark.integration
 
@@ -99,18 +99,7 @@ class DemoRun:
         """The whole audit, oldest first."""
         if self.proc.poll() is not None:
             pytest.fail(f"aiops demo up exited {self.proc.returncode}: {self.tail()}")
-        r = httpx.get(
-            f"{self.url('webhook')}/audit",
-            params={"n": 5000},
-            headers={"Authorization": f"Bearer {self.read_token()}"},
-            timeout=5,
-        )
-        assert r.status_code == 200, r.text
-        return list(reversed(r.json()["rows"]))
-
-    def read_token(self) -> str:
-        """The bearer token of the webhook's read endpoints, as the demo wrote it."""
-        return (self.workdir / "read-token").read_text().strip()
+        return demo_audit(self.url("webhook"), self.workdir)
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]

@@ -38,7 +38,7 @@ import pytest
 
 from demo.prometheus import free_port, port_is_free
 from tests.conftest import require_binary
-from tests.integration.conftest import clean_env, poll
+from tests.integration.conftest import clean_env, demo_audit, poll
 from tests.readme import DEMO_PORTS, REPO, run_blocks, with_ports
 
 pytestmark = pytest.mark.integration
@@ -149,15 +149,7 @@ class Walk:
 
     def audit(self) -> list[dict]:
         """The whole audit, oldest first (with the token the demo wrote)."""
-        token = (self.root / "var/demo/read-token").read_text().strip()
-        r = httpx.get(
-            f"{self.url('webhook')}/audit",
-            params={"n": 5000},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=10,
-        )
-        assert r.status_code == 200, r.text
-        return list(reversed(r.json()["rows"]))
+        return demo_audit(self.url("webhook"), self.root / "var/demo")
 
 
 def _json(out: subprocess.CompletedProcess) -> object:
