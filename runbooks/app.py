@@ -462,8 +462,15 @@ def create_app(
         return JSONResponse({"alerts": [d.as_dict() for d in out]})
 
     def _approval(decision: str, approval_id: str, token: str, request: Request) -> Response:
+        source = request.client.host if request.client else "unknown"
+
+        def audit_refusal(why: str) -> bool:  # forged links count as refusals (module doc)
+            return app.state.refusals.record(f"/{decision}", source, why)
+
         try:
-            d = decide_approval(rem, approval_id, token, decision, actor=_peer(request))
+            d = decide_approval(
+                rem, approval_id, token, decision, actor=_peer(request), audit_refusal=audit_refusal
+            )
         except ApprovalError as exc:
             return _error(exc.status, str(exc))
         except SQLAlchemyError as exc:

@@ -631,9 +631,19 @@ def _approval_signal(row: Any) -> Signal:
 
 
 def decide_approval(
-    rem: Remediator, approval_id: str, token: str, decision: str, actor: str
+    rem: Remediator,
+    approval_id: str,
+    token: str,
+    decision: str,
+    actor: str,
+    *,
+    audit_refusal: Callable[[str], bool] | None = None,
 ) -> Decision:
-    """Approve or reject a held action with a signed, single-use, unexpired token."""
+    """Approve or reject a held action with a signed, single-use, unexpired token.
+
+    A forged or foreign token is refused (403) and audited ``unauthorized`` when
+    ``audit_refusal(why)`` says so (the webhook's refusal counter: the first of a source
+    each minute, the rest aggregated), so guessed tokens cannot fill the audit."""
     from runbooks.signing import check_approval_token
 
     secret = rem.config.approval_secret
@@ -650,6 +660,8 @@ def decide_approval(
         binding = approval_binding(row.id, row.action, row.target, row.params)
         problem = check_approval_token(secret, token, binding, decision, now)
         if problem and problem != "token expired":
+            if audit_refusal is not None and not audit_refusal(problem):
+                raise ApprovalError(403, problem)
             rem.audit_now(
                 "unauthorized",
                 sig,

@@ -144,3 +144,34 @@ def test_wrong_tokens_on_every_endpoint_are_aggregated_too(make_hook):
     for route in routes:
         assert _refused(rows, route) == 100, route
         assert hook.metric("runbooks_refusals_suppressed_total", endpoint=route) >= 98
+
+
+def test_guessed_approval_tokens_are_aggregated_and_the_real_link_still_works(make_hook):
+    """Someone who knows a pending approval's id tries 300 forged tokens: each is 403,
+    the audit gets the first as a row tied to the incident and the rest in one row, and
+    the approvers' real link still executes the action once."""
+    hook = make_hook(risk="high")
+    hook.post_event(anomaly())
+    (pending,) = hook.pending()
+    real = pending["approve_url"]
+    guesses = 300
+    codes = [
+        hook.client.get(
+            "/approve", params={"id": pending["id"], "token": f"v1.{i}.forged"}
+        ).status_code
+        for i in range(guesses)
+    ]
+    assert codes == [403] * guesses
+    own = [r for r in _unauthorized(hook) if "aggregated" not in r["details"]]
+    assert len(own) == 1 and own[0]["details"]["approval"] == pending["id"], own
+    assert own[0]["incident_id"]  # tied to the incident whose action was targeted
+    assert hook.metric("runbooks_refusals_suppressed_total", endpoint="/approve") == guesses - 1
+    hook.flush_refusals()
+    rows = _unauthorized(hook)
+    assert len(rows) == 2, rows
+    (summary,) = [r for r in rows if "aggregated" in r["details"]]
+    assert summary["details"]["route"] == "/approve"
+    assert summary["details"]["aggregated"] == guesses - 1  # it counts the rest
+    done = hook.client.get(real)
+    assert done.status_code == 200 and done.json()["decision"] == "executed", done.text
+    assert hook.runs() == ["checkout"]
