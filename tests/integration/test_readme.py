@@ -233,18 +233,24 @@ def gauges_show_the_reason(walk: Walk, command: str) -> None:
     assert "anomaly started metric=success_rate" in walk.log.read_text()  # type: ignore[union-attr]
 
 
+#: payments' series an error burst moves; the first to reach the webhook gets the dry
+#: run, the other one the cooldown (same target, same action), as the README says
+ERROR_METRICS = ("success_rate", "error_budget_burn")
+
+
 def audit_dry_run(walk: Walk, command: str) -> None:
-    """The audit's ``dry_run`` rows: payments' success_rate incident went request →
-    incident_opened → policy_match → dry_run, and nothing ran."""
+    """The audit's ``dry_run`` rows: an incident of payments' success_rate (or its error
+    budget burn) went request → incident_opened → policy_match → dry_run, and nothing
+    ran."""
 
     def has_payments(out: subprocess.CompletedProcess) -> bool:
         if out.returncode != 0:
             return False
         rows = json.loads(out.stdout)["rows"]
-        return any(r["app"] == "payments" and r["metric"] == "success_rate" for r in rows)
+        return any(r["app"] == "payments" and r["metric"] in ERROR_METRICS for r in rows)
 
     out = walk.sh_until(command, has_payments, timeout=FLAG_SECONDS)
-    row = next(r for r in json.loads(out.stdout)["rows"] if r["metric"] == "success_rate")
+    row = next(r for r in json.loads(out.stdout)["rows"] if r["metric"] in ERROR_METRICS)
     rows = walk.audit()
     mine = [r for r in rows if r["incident_id"] == row["incident_id"]]
     opened = rows.index(mine[0])
@@ -254,15 +260,15 @@ def audit_dry_run(walk: Walk, command: str) -> None:
 
 
 def audit_resolved(walk: Walk, command: str) -> None:
-    """The audit's ``resolved`` rows: payments' success_rate incident, with its time to
-    resolve, a minute or two after the fault ended."""
+    """The audit's ``resolved`` rows: payments' incident, with its time to resolve, a
+    minute or two after the fault ended."""
 
     def resolved(out: subprocess.CompletedProcess) -> bool:
         if out.returncode != 0:
             return False
         return any(
             r["app"] == "payments"
-            and r["metric"] == "success_rate"
+            and r["metric"] in ERROR_METRICS
             and (r["details"].get("time_to_resolve_seconds") or 0) > 0
             for r in json.loads(out.stdout)["rows"]
         )
