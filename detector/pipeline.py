@@ -36,10 +36,21 @@ class Thresholds:
     #: a change of level back to within this share of z_thresh of the older half of the
     #: baseline is a return to normal, not an onset (see detector.verdict)
     return_ratio: float = 0.5
+    #: an anomaly ends once this many points in a row are back inside the expected band
+    #: (baseline ± z_thresh sds), whatever the windows still say (0: only the hysteresis)
+    resolve_points: int = 3
 
     @classmethod
     def from_settings(cls, s: Settings) -> Thresholds:
-        return cls(s.z_thresh, s.vol_mult, s.pct_thresh, s.score_thresh, s.resolve_ratio, s.novelty)
+        return cls(
+            s.z_thresh,
+            s.vol_mult,
+            s.pct_thresh,
+            s.score_thresh,
+            s.resolve_ratio,
+            s.novelty,
+            resolve_points=s.resolve_points,
+        )
 
     def relaxed(self) -> Thresholds:
         """Thresholds an ongoing anomaly must fall below to end (hysteresis against flapping)."""
@@ -52,6 +63,8 @@ class Thresholds:
             resolve_ratio=r,
             novelty=0.0,
             history=self.history,
+            return_ratio=self.return_ratio,
+            resolve_points=self.resolve_points,
         )
 
     def explainers(self, direction: str) -> list[Explainer]:
@@ -243,7 +256,9 @@ def _detect_chunk(
         direction,
         np.full(feats.ready.shape, np.nan),
         spec.longest,
-        relaxed_columns=max(feats.short_points, 1),
+        # the relaxed verdict looks back the shortest window, the "back in band" rule
+        # its resolve points: the newest columns must hold both
+        relaxed_columns=max(feats.short_points, th.resolve_points, 1),
     )
     part = _Part(
         last=feats.take(np.array([feats.ready.shape[1] - 1])),  # a copy, not a view

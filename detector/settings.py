@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     resolve_ratio: float = Field(
         0.75, gt=0, le=1, validation_alias=AliasChoices("AIOPS_RESOLVE_RATIO", "resolve_ratio")
     )
+    resolve_points: int = Field(
+        3, ge=0, le=1000, validation_alias=AliasChoices("AIOPS_RESOLVE_POINTS", "resolve_points")
+    )
     lookback: str = Field("6h", validation_alias=AliasChoices("AIOPS_LOOKBACK", "lookback"))
     step: str = Field("60s", validation_alias=AliasChoices("AIOPS_STEP", "step"))
     model_refit_seconds: float = Field(

@@ -15,7 +15,12 @@ For every (series, time):
    news (the end of an incident whose newer half still drags the baseline): it
    does not start an anomaly (it may continue one);
 4. hysteresis: a series anomalous at the previous step stays anomalous while any
-   reason fires at the relaxed thresholds (``AIOPS_RESOLVE_RATIO``), novel or not.
+   reason fires at the relaxed thresholds (``AIOPS_RESOLVE_RATIO``), novel or not;
+5. the data is back: once ``AIOPS_RESOLVE_POINTS`` points in a row lie inside the
+   expected band (baseline ± ``AIOPS_Z_THRESH`` baseline sds), there is no verdict,
+   strict or relaxed, whatever the windows still hold: the episode ends when the data
+   returns, not when the window statistics have decayed (a spike no longer keeps a
+   series in alarm for the longest window).
 
 The event score of an onset (what a detection "weighs") is the novelty of its
 strongest reason times the forest score.
@@ -29,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from detector.explain import Evidence, any_fired, evaluate, novelty
-from detector.features import Features
+from detector.features import Features, trailing_mean
 
 #: Reasons that are a change of level: a return to the earlier level does not start them.
 LEVEL_REASONS = frozenset({"level_shift", "percent_change", "trend_break"})
@@ -94,7 +99,18 @@ def judge(
     gate = forest_gate(scores, thresholds.score_thresh)
     strict = f.mature & any_fired(strict_ev) & gate
     relaxed = fr.ready & any_fired(relaxed_ev)
+    if thresholds.resolve_points > 0:
+        strict &= ~back_in_band(f, thresholds.z_thresh, thresholds.resolve_points)
+        relaxed &= ~back_in_band(fr, thresholds.z_thresh, thresholds.resolve_points)
     return Judgement(strict, relaxed, strict_ev, relaxed_ev, weight)
+
+
+def back_in_band(f: Features, z_thresh: float, points: int) -> np.ndarray:
+    """Where the last ``points`` points (this one included) all lie inside the expected
+    band, baseline ± ``z_thresh`` baseline sds (a missing point is not inside)."""
+    with np.errstate(invalid="ignore"):
+        inside = (np.abs(f.point_z) < z_thresh).astype(np.float64)
+    return trailing_mean(inside, points) >= 1.0 - 1e-9
 
 
 def hysteresis(
