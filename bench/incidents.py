@@ -67,6 +67,7 @@ SHORT = {
     "volatility_spike": "volatility",
     "trend_break": "trend",
     "percent_change": "percent",
+    "spike": "spike",
 }
 
 

@@ -20,6 +20,11 @@ Reasons and their statistic (the ``zscore`` field of a Reason):
   so noise alone cannot do it, while a noisy business KPI that clearly halved
   still counts); statistic = the relative change.
 
+- ``spike``: a point left the expected band (``detector.features.robust_band``: the
+  median of the last 100 points ± its robust spread) by ``spike_z`` band sds, and
+  the series has been outside the band for at most ``SPIKE_POINTS`` points (one
+  to three: longer, and it is a shift); statistic = the point's z against the band.
+
 ``direction`` (``up``/``down``/``both``) is respected by every signed reason.
 """
 
@@ -32,7 +37,13 @@ import numpy as np
 from detector.features import Features, trailing_mean
 from detector.rolling import trailing_max
 
-REASONS: tuple[str, ...] = ("level_shift", "volatility_spike", "trend_break", "percent_change")
+REASONS: tuple[str, ...] = (
+    "level_shift",
+    "volatility_spike",
+    "trend_break",
+    "percent_change",
+    "spike",
+)
 
 #: percent_change also needs the change to be this many standard errors of the window mean.
 PCT_MIN_Z = 4.0
@@ -43,6 +54,8 @@ TREND_MIN_Z = 3.5
 #: level_shift: at least this share of the shortest window's points must be beyond
 #: the threshold themselves.
 PERSIST_SHARE = 0.5
+#: spike: at most this many points in a row outside the expected band.
+SPIKE_POINTS = 3
 #: A line must fit the last hour within this many baseline sds to call it a trend.
 TREND_MAX_RESID = 1.5
 
@@ -220,18 +233,51 @@ class PercentChangeExplainer:
         )
 
 
-Explainer = LevelShiftExplainer | TrendBreakExplainer | VolatilityExplainer | PercentChangeExplainer
+class SpikeExplainer:
+    """A short excursion: the point left the expected band by ``threshold`` band sds and
+    the series has been outside the band for at most ``SPIKE_POINTS`` points."""
+
+    name = "spike"
+
+    def __init__(
+        self, *, threshold: float = 5.0, band: float = 3.0, direction: str = "both"
+    ) -> None:
+        self.threshold = threshold
+        self.band = band
+        self.direction = direction
+
+    def evaluate(self, f: Features) -> Evidence:
+        bad = np.nan_to_num(signed(f.band_z, self.direction), nan=0.0)
+        with np.errstate(invalid="ignore"):
+            outside = (np.abs(f.band_z) >= self.band).astype(np.float64)
+        short = trailing_mean(outside, SPIKE_POINTS + 1) < 1.0 - 1e-9
+        known = np.isfinite(f.band_center)
+        strength = np.where(known, bad, 0.0) / self.threshold
+        fired = _ge(strength, 1.0) & short & known & f.ready
+        window = np.zeros(fired.shape, dtype=np.int64)
+        delta = f.value - f.band_center
+        return Evidence(self.name, fired, window, f.band_z, delta, self.threshold, strength)
+
+
+Explainer = (
+    LevelShiftExplainer
+    | TrendBreakExplainer
+    | VolatilityExplainer
+    | PercentChangeExplainer
+    | SpikeExplainer
+)
 
 
 def default_explainers(
-    *, z_thresh: float, vol_mult: float, pct_thresh: float, direction: str
+    *, z_thresh: float, vol_mult: float, pct_thresh: float, direction: str, spike_z: float = 5.0
 ) -> list[Explainer]:
-    """The four explainers with the configured thresholds, for one query's direction."""
+    """The five explainers with the configured thresholds, for one query's direction."""
     return [
         LevelShiftExplainer(threshold=z_thresh, direction=direction),
         VolatilityExplainer(threshold=vol_mult),
         TrendBreakExplainer(threshold=z_thresh, direction=direction),
         PercentChangeExplainer(threshold=pct_thresh, direction=direction),
+        SpikeExplainer(threshold=spike_z, band=z_thresh, direction=direction),
     ]
 
 

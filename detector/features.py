@@ -64,6 +64,11 @@ def calendar_columns(times: np.ndarray, names: tuple[str, ...]) -> list[np.ndarr
         raise ValueError(f"unknown calendar feature {exc.args[0]!r}") from None
 
 
+#: The expected band (``robust_band``): at least this many known points, a scale never
+#: below this share of the series' usual one (over the last BAND_MEMORY points).
+BAND_MIN_POINTS = 20
+BAND_FLOOR_SHARE = 0.5
+BAND_MEMORY = 2000
 #: values beyond this magnitude count as missing (their squares would overflow float64)
 MAX_ABS = 1e150
 #: |d| of first differences is capped at this many baseline standard deviations
@@ -94,6 +99,7 @@ class FeatureSpec:
     season_cycles: int = 3  # past periods the seasonal profile is the median of
     season_gain: float = 0.7  # the profile is used where it cuts the spread below this share
     season_band: float = 0.1  # ± around season_gain, features blend from seasonal to plain
+    band_points: int = 100  # grid points behind the expected band (robust_band)
 
     def points(self, seconds: float) -> int:
         return max(1, round(seconds / self.step))
@@ -147,6 +153,10 @@ class Features:
     vol_ratio: np.ndarray  # recent / baseline dispersion of first differences
     point_z: np.ndarray  # each point against its own time's baseline, in baseline sds
     return_z: np.ndarray  # shortest window against the older half of the baseline, in sds
+    band_center: np.ndarray  # the expected band's middle: trailing median (see robust_band)
+    band_scale: np.ndarray  # its robust sd (MAD of the trailing points, with floors)
+    band_z: np.ndarray  # each point against the expected band, in band sds (signed)
+    held_z: np.ndarray  # each point against the band of one longest window earlier
     vol_se: np.ndarray  # standard error of vol_ratio under "no change" (fewer points: larger)
     trend_se: np.ndarray  # standard error of trend_z under "no change"
     vol_recent: np.ndarray
@@ -225,6 +235,10 @@ class Features:
             vol_ratio=t(self.vol_ratio),
             point_z=t(self.point_z),
             return_z=t(self.return_z),
+            band_center=t(self.band_center),
+            band_scale=t(self.band_scale),
+            band_z=t(self.band_z),
+            held_z=t(self.held_z),
             vol_se=t(self.vol_se),
             trend_se=t(self.trend_se),
             vol_recent=t(self.vol_recent),
@@ -359,6 +373,35 @@ def compute_features(
     merged = _merge(u, seasonal, _rows(plain, rows), into=plain, at=rows)
     merged.extra["seasonal"] = use
     return merged
+
+
+def robust_band(a: np.ndarray, points: int, floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The expected band of every point from the ``points`` points before it (NaN: missing).
+
+    Its middle is their median; its sd the median absolute deviation of those points
+    from their own trailing medians (× 1.4826, the normal sd; the mean absolute
+    deviation × 1.2533 where more than half of them sit on the median, e.g. a count
+    that is mostly 0), never below ``BAND_FLOOR_SHARE`` of the sds the series usually
+    has, nor below ``floor``. Medians, not means: a past spike neither moves the band
+    nor widens it, and the band follows a new level after half its points. NaN where
+    fewer than ``BAND_MIN_POINTS`` points are known.
+    """
+    finite = np.isfinite(a)
+    center = trailing_median(a, 1, points)
+    dev = np.abs(a - center)
+    mad = trailing_median(dev, 1, points) * 1.4826
+    dm = np.isfinite(dev)
+    p_n, p_d = _prefix(dm.astype(np.float64)), _prefix(np.where(dm, dev, 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_ad = _window(p_d, 1, points) / _window(p_n, 1, points) * 1.2533
+    sd = np.where(mad > 0, mad, mean_ad)
+    known = _window(_prefix(finite.astype(np.float64)), 1, points)
+    sd = np.where(known >= BAND_MIN_POINTS, sd, np.nan)
+    usual = trailing_median(sd, 0, BAND_MEMORY)
+    sd = np.fmax(np.fmax(sd, BAND_FLOOR_SHARE * usual), floor)
+    sd = np.where(known >= BAND_MIN_POINTS, sd, np.nan)
+    center = np.where(known >= BAND_MIN_POINTS, center, np.nan)
+    return center, sd
 
 
 def trailing_mean(a: np.ndarray, width: int) -> np.ndarray:
@@ -583,6 +626,18 @@ def _compute(x: np.ndarray, spec: FeatureSpec, ref: np.ndarray | None = None) ->
     ready = (bn >= spec.min_baseline_points) & np.isfinite(baseline)
     with np.errstate(divide="ignore", invalid="ignore"):
         point_z = np.where(finite, (x - baseline) / scale, np.nan)
+    # the band's own floor: the relative and absolute ones, not the baselines' spread
+    band_floor = np.maximum(spec.rel_scale_floor * np.abs(expected), max(spec.min_scale, 1e-12))
+    center, band_scale = robust_band(np.where(finite, x0, np.nan), spec.band_points, band_floor)
+    # the band as it was one longest window ago: an incident that persists does not
+    # become its own yardstick before that (the episode's end needs both, verdict)
+    late = longest - 1
+    held_center, held_scale = np.full_like(center, np.nan), np.full_like(band_scale, np.nan)
+    held_center[:, late:] = center[:, : n_times - late]
+    held_scale[:, late:] = band_scale[:, : n_times - late]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        band_z = np.where(finite, (x0 - center) / band_scale, np.nan)
+        held_z = np.where(finite, (x0 - held_center) / held_scale, np.nan)
 
     mean: dict[str, np.ndarray] = {}
     z: dict[str, np.ndarray] = {}
@@ -686,6 +741,10 @@ def _compute(x: np.ndarray, spec: FeatureSpec, ref: np.ndarray | None = None) ->
         vol_ratio=vol_ratio,
         point_z=point_z,
         return_z=return_z,
+        band_center=center + offset + (0.0 if ref is None else ref),
+        band_scale=band_scale,
+        band_z=band_z,
+        held_z=held_z,
         vol_se=vol_se,
         trend_se=trend_se,
         vol_recent=vol_recent,

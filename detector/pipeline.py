@@ -39,6 +39,8 @@ class Thresholds:
     #: an anomaly ends once this many points in a row are back inside the expected band
     #: (baseline ± z_thresh sds), whatever the windows still say (0: only the hysteresis)
     resolve_points: int = 3
+    #: a spike: a point this many expected-band sds outside the band (detector.explain)
+    spike_z: float = 5.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> Thresholds:
@@ -50,6 +52,7 @@ class Thresholds:
             s.resolve_ratio,
             s.novelty,
             resolve_points=s.resolve_points,
+            spike_z=s.spike_z,
         )
 
     def relaxed(self) -> Thresholds:
@@ -65,6 +68,7 @@ class Thresholds:
             history=self.history,
             return_ratio=self.return_ratio,
             resolve_points=self.resolve_points,
+            spike_z=self.spike_z * r,
         )
 
     def explainers(self, direction: str) -> list[Explainer]:
@@ -73,6 +77,7 @@ class Thresholds:
             vol_mult=self.vol_mult,
             pct_thresh=self.pct_thresh,
             direction=direction,
+            spike_z=self.spike_z,
         )
 
 

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     )
     z_thresh: float = Field(3.0, gt=0, validation_alias=AliasChoices("AIOPS_Z_THRESH", "z_thresh"))
     vol_mult: float = Field(2.0, gt=1, validation_alias=AliasChoices("AIOPS_VOL_MULT", "vol_mult"))
+    spike_z: float = Field(5.0, gt=0, validation_alias=AliasChoices("AIOPS_SPIKE_Z", "spike_z"))
     pct_thresh: float = Field(
         0.3, gt=0, validation_alias=AliasChoices("AIOPS_PCT_THRESH", "pct_thresh")
     )

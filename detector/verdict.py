@@ -8,7 +8,8 @@ For every (series, time):
    ``AIOPS_NOVELTY`` times over). A pattern that recurs — a daily batch job, a
    ramp the baseline cannot follow — stops being news after its first time;
 2. the IsolationForest score must reach ``AIOPS_SCORE_THRESH`` (when a forest exists;
-   ``forest_gate``);
+   ``forest_gate``), unless a reason is ``STRONG`` (2) times its threshold: neither
+   the forest nor the explainers silence the other;
 3. a change of level (level_shift, percent_change, trend_break) that brings the
    series back to the level of the older half of its baseline (within
    ``return_ratio`` × the z threshold) is a *return*, not
@@ -16,11 +17,15 @@ For every (series, time):
    does not start an anomaly (it may continue one);
 4. hysteresis: a series anomalous at the previous step stays anomalous while any
    reason fires at the relaxed thresholds (``AIOPS_RESOLVE_RATIO``), novel or not;
-5. the data is back: once ``AIOPS_RESOLVE_POINTS`` points in a row lie inside the
-   expected band (baseline ± ``AIOPS_Z_THRESH`` baseline sds), there is no verdict,
-   strict or relaxed, whatever the windows still hold: the episode ends when the data
-   returns, not when the window statistics have decayed (a spike no longer keeps a
-   series in alarm for the longest window).
+5. outside the band: an anomaly starts only at a point outside the expected band
+   (``detector.features.robust_band``: the median of the last 100 points ± its robust
+   spread, seasonal where the profile explains the series) by ``AIOPS_Z_THRESH`` band
+   sds on the bad side. A baseline that extrapolates a daily ramp too far, or lags a
+   peak, no longer makes an anomaly of data that a person would call normal;
+6. the data is back: once ``AIOPS_RESOLVE_POINTS`` points in a row lie inside that
+   band, there is no verdict, strict or relaxed, whatever the windows still hold: the
+   episode ends when the data returns, not when the window statistics have decayed
+   (a spike no longer keeps a series in alarm for the longest window).
 
 The event score of an onset (what a detection "weighs") is the novelty of its
 strongest reason times the forest score.
@@ -33,11 +38,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from detector.explain import Evidence, any_fired, evaluate, novelty
+from detector.explain import Evidence, any_fired, evaluate, novelty, signed
 from detector.features import Features, trailing_mean
 
 #: Reasons that are a change of level: a return to the earlier level does not start them.
 LEVEL_REASONS = frozenset({"level_shift", "percent_change", "trend_break"})
+
+#: A reason this many times its threshold starts an anomaly without the forest's score.
+STRONG = 2.0
 
 #: A score reaches the threshold to within this: a forest that cannot split its rows (all
 #: alike, e.g. a query whose series are all constant) scores every point 0.5, an ordinary
@@ -96,7 +104,14 @@ def judge(
             weight = np.maximum(weight, np.where(ev.fired, np.minimum(nov, 50.0), 0.0))
         elif ev.strength is not None:
             weight = np.maximum(weight, np.where(ev.fired, ev.strength, 0.0))
-    gate = forest_gate(scores, thresholds.score_thresh)
+    # the forest must agree, unless a reason is at least STRONG times its threshold: a
+    # twelve-sd spike the forest's window features barely see is not silenced by it
+    strong = np.zeros_like(f.ready)
+    for ev in strict_ev:
+        if ev.strength is not None:
+            strong |= ev.fired & (np.nan_to_num(ev.strength) >= STRONG)
+    gate = forest_gate(scores, thresholds.score_thresh) | strong
+    gate &= outside_band(f, thresholds.z_thresh, direction)
     strict = f.mature & any_fired(strict_ev) & gate
     relaxed = fr.ready & any_fired(relaxed_ev)
     if thresholds.resolve_points > 0:
@@ -105,11 +120,26 @@ def judge(
     return Judgement(strict, relaxed, strict_ev, relaxed_ev, weight)
 
 
+def outside_band(f: Features, z_thresh: float, direction: str) -> np.ndarray:
+    """Where the point lies outside the expected band on the bad side (``direction``),
+    by ``z_thresh`` band sds or more; also where the band is not known yet (too few
+    points behind it: no veto). A missing point is not outside."""
+    bad = signed(f.band_z, direction)
+    with np.errstate(invalid="ignore"):
+        out = np.nan_to_num(bad, nan=-np.inf) >= z_thresh
+    return out | (np.isfinite(f.value) & ~np.isfinite(f.band_center))
+
+
 def back_in_band(f: Features, z_thresh: float, points: int) -> np.ndarray:
     """Where the last ``points`` points (this one included) all lie inside the expected
-    band, baseline ± ``z_thresh`` baseline sds (a missing point is not inside)."""
+    band, its middle ± ``z_thresh`` band sds, and inside the band as it was one longest
+    window earlier (a shift that persists keeps its episode open at least that long,
+    though the band follows a new level after half its points). A missing point is not
+    inside."""
     with np.errstate(invalid="ignore"):
-        inside = (np.abs(f.point_z) < z_thresh).astype(np.float64)
+        now = np.abs(f.band_z) < z_thresh
+        held = np.nan_to_num(np.abs(f.held_z), nan=0.0) < z_thresh
+        inside = (now & held).astype(np.float64)
     return trailing_mean(inside, points) >= 1.0 - 1e-9
 
 

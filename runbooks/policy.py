@@ -5,7 +5,10 @@ Inline form, rules separated by ``;``::
     crashloop=restart_pods;success_rate:trend_break=rollout_restart;latency_p99:level_shift=scale_up:+1
 
 ``NAME[:REASON]=ACTION[:ARG]``: NAME is an alert name or a detector metric,
-REASON optionally narrows it to one explainer reason.
+REASON optionally narrows it to one explainer reason. A rule without a reason acts
+on every reason but ``spike`` (one to three points outside the expected band: the
+verdict shows it, nothing is fixed for it): an anomaly whose only reason is a spike
+matches only a rule that names ``spike``.
 
 File form (YAML), keyed ``<namespace>.<app>``, ``<namespace>.*``, ``*.<app>`` and
 ``default``; the first key that exists for a signal's namespace and app is used
@@ -40,6 +43,8 @@ from detector.errors import ConfigError
 from runbooks.actions import ACTIONS, ActionError
 
 RISKS = ("low", "medium", "high")
+#: Reasons a rule acts on only when it names them (``reason: spike``).
+PASSIVE_REASONS = frozenset({"spike"})
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,10 @@ class Rule:
         names = [name] if isinstance(name, str) else name
         if self.match != "*" and self.match not in names:
             return False
-        return self.reason is None or self.reason in reasons
+        if self.reason is not None:
+            return self.reason in reasons
+        # no reason given (an alert without one matches), or one that is not passive
+        return not reasons or any(r not in PASSIVE_REASONS for r in reasons)
 
 
 @dataclass

@@ -42,6 +42,7 @@ REASON_LABELS = {
     "volatility_spike": "volatility spike",
     "trend_break": "trend break",
     "percent_change": "% change",
+    "spike": "spike",
 }
 
 

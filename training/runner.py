@@ -9,7 +9,8 @@ For each series the output CSV has one row per input row:
   the webhook would receive one event): the strongest reason's statistic over its
   threshold times the forest score. This is the column NAB's scorer thresholds;
 - ``reasons``: the reasons of that row, ``;``-joined (empty when not anomalous);
-- ``baseline`` and ``band_*``: the expected level and ± z_thresh baseline sds.
+- ``baseline`` and ``band_*``: the expected band (``detector.features.robust_band``):
+  its middle, and ± z_thresh band sds within the range the series can take.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def frames(
     f = r.features
     for i, (s, g) in enumerate(zip(inputs, grids, strict=True)):
         at = g.rows
-        band = z_thresh * f.scale[i, at]
+        low, high = expected_band(f.value[i], f.band_center[i], f.band_scale[i], z_thresh)
         yield pd.DataFrame(
             {
                 "timestamp": s.timestamps,
@@ -161,11 +162,29 @@ def frames(
                 "anomaly_score": np.round(events[i, at], 6),
                 "anomalous": r.anomalous[i, at].astype(int),
                 "reasons": reasons[i, at],
-                "baseline": f.baseline[i, at],
-                "band_low": f.baseline[i, at] - band,
-                "band_high": f.baseline[i, at] + band,
+                "baseline": f.band_center[i, at],
+                "band_low": low[at],
+                "band_high": high[at],
             }
         )
+
+
+def expected_band(
+    value: np.ndarray, center: np.ndarray, scale: np.ndarray, z_thresh: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The expected band of one series: its middle ± ``z_thresh`` band sds, the very band
+    an anomaly starts outside of and ends back inside (``detector.verdict``), kept within
+    the range the series can take: a series never negative so far (a count, a rate, a
+    ratio) gets no band below 0, one never above 1 while never below 0 (a ratio) none
+    above 1."""
+    low, high = center - z_thresh * scale, center + z_thresh * scale
+    seen = np.where(np.isfinite(value), value, np.nan)
+    with np.errstate(invalid="ignore"):
+        lowest = np.fmin.accumulate(np.where(np.isfinite(seen), seen, np.inf))
+        highest = np.fmax.accumulate(np.where(np.isfinite(seen), seen, -np.inf))
+        low = np.where(lowest >= 0, np.fmax(low, 0.0), low)
+        high = np.where((lowest >= 0) & (highest <= 1), np.fmin(high, 1.0), high)
+    return low, high
 
 
 def backtest_series(

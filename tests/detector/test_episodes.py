@@ -55,7 +55,7 @@ BURST = 700
 
 def back_at(r, points: int, z: float = 3.0) -> int:
     """The first row after the burst with the last ``points`` points inside the band."""
-    inside = np.abs(r.features.point_z[0]) < z
+    inside = np.abs(r.features.band_z[0]) < z
     t = BURST + 15
     while not inside[t - points + 1 : t + 1].all():
         t += 1

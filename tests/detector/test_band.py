@@ -1,0 +1,146 @@
+"""The expected band (issue 18): a spike is found at any step and reads ``spike``; an
+anomaly starts only outside the band and ends back inside it; the band is robust to
+past spikes and stays within the range the series can take.
+
+Every series here is replayed through ``aiops backtest``'s own path
+(``training.runner.backtest_series``: the grid, the shipped settings, one query),
+so what is checked is what a user's backtest and the live detector do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detector.catalogue import Query
+from detector.explain import REASONS
+from detector.features import FeatureSpec, compute_features
+from detector.pipeline import Thresholds
+from detector.settings import load_settings
+from training.backtest import replay
+from training.runner import SeriesInput, backtest_series, expected_band
+
+SETTINGS = load_settings(metrics=None, config=None)
+
+
+def run(values: np.ndarray, step: float, direction: str = "both") -> pd.DataFrame:
+    stamps = pd.date_range("2026-01-01", periods=len(values), freq=pd.Timedelta(seconds=step))
+    query = Query(name="backtest", promql="csv", direction=direction)
+    (out,) = backtest_series([SeriesInput("s", stamps, values)], SETTINGS, query)
+    return out
+
+
+def daily(n: int, step: float, seed: int, noise: float = 1.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) * step
+    return 100 + 10 * np.sin(2 * np.pi * t / 86400.0) + rng.normal(0, noise, n)
+
+
+STEPS = {"10s": (10.0, 6000), "1m": (60.0, 6000), "1h": (3600.0, 24 * 30)}
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_one_point_spike_is_found_at_any_step_with_reason_spike(step, seed):
+    seconds, n = STEPS[step]
+    x = daily(n, seconds, seed)
+    at = int(n * 0.8)
+    x[at] += 12.0  # twelve sds, one point
+    out = run(x, seconds)
+    assert out["anomalous"].iloc[at] == 1, "the spike is not flagged"
+    assert "spike" in out["reasons"].iloc[at].split(";")
+    # it ends as soon as the data is back (AIOPS_RESOLVE_POINTS = 3 points inside)
+    assert not out["anomalous"].iloc[at + 3 : at + 60].any()
+    # and nothing else in the quiet second half of the series pages
+    quiet = out["anomalous"].iloc[n // 2 :].to_numpy().copy()
+    quiet[at - n // 2 : at - n // 2 + 3] = 0
+    assert quiet.sum() == 0, np.nonzero(quiet)[0] + n // 2
+
+
+def test_a_spike_is_direction_aware():
+    seconds, n = STEPS["1h"]
+    x = daily(n, seconds, 3)
+    at = int(n * 0.8)
+    x[at] += 12.0
+    down = run(x, seconds, "down")
+    assert down["anomalous"].iloc[at] == 0  # a rise is not bad for a "down" query
+    x[at] -= 24.0
+    down = run(x, seconds, "down")
+    assert "spike" in down["reasons"].iloc[at].split(";")
+
+
+def test_an_excursion_longer_than_three_points_is_not_a_spike():
+    seconds, n = STEPS["1m"]
+    x = daily(n, seconds, 4)
+    at = int(n * 0.8)
+    x[at : at + 30] += 12.0  # half an hour: a level shift
+    out = run(x, seconds)
+    reasons = out["reasons"].iloc[at + 3 : at + 30]
+    assert not any("spike" in r.split(";") for r in reasons)
+    assert out["anomalous"].iloc[at + 10] == 1
+    assert "level_shift" in out["reasons"].iloc[at + 10]
+
+
+def test_spike_is_a_reason_of_the_contract():
+    assert "spike" in REASONS
+    s = load_settings(metrics=None, config=None)
+    assert s.spike_z == 5.0 and Thresholds.from_settings(s).spike_z == 5.0
+    assert (
+        Thresholds.from_settings(load_settings(metrics=None, config=None, spike_z=8)).spike_z == 8
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_no_anomaly_starts_inside_the_band(seed):
+    """Every onset is a point outside the expected band on the bad side, whatever the
+    explainers' extrapolating baseline says (here a daily ramp with wandering peaks)."""
+    rng = np.random.default_rng(seed)
+    n, step = 6000, 60.0
+    t = np.arange(n)
+    phase = np.cumsum(rng.normal(0, 0.002, n))  # the daily peak drifts in time
+    x = 100 + 40 * np.sin(2 * np.pi * t / 1440 + phase) + rng.normal(0, 2, n)
+    x[4000:4020] += 60  # and one real incident
+    spec = FeatureSpec(step=step, baseline=300 * step, season=86400.0)
+    r = replay(x, spec, Thresholds(), "both")
+    onset = r.anomalous[0] & ~np.concatenate([[False], r.anomalous[0, :-1]])
+    z = np.abs(r.features.band_z[0])
+    assert onset.any()
+    assert (z[onset] >= Thresholds().z_thresh).all(), z[onset]
+    assert r.anomalous[0, 4000:4020].any()  # the incident is found
+
+
+def test_the_band_is_robust_to_a_past_spike():
+    """A spike neither moves the band's middle nor widens it for the points after it."""
+    x = daily(3000, 60.0, 5)
+    before = compute_features(x.copy(), FeatureSpec(step=60.0))
+    x[2000] += 200.0
+    after = compute_features(x, FeatureSpec(step=60.0))
+    rows = slice(2001, 2090)  # the next 89 points still hold the spike in their window
+    width0, width1 = before.band_scale[0, rows], after.band_scale[0, rows]
+    assert np.allclose(width1, width0, rtol=0.1), (width0.max(), width1.max())
+    assert np.allclose(after.band_center[0, rows], before.band_center[0, rows], atol=0.5)
+
+
+def test_the_band_of_a_count_never_goes_below_zero():
+    rng = np.random.default_rng(6)
+    n = 24 * 30
+    t = np.arange(n)
+    counts = rng.poisson(np.maximum(0.3, 3 + 3 * np.sin(2 * np.pi * t / 24))).astype(float)
+    out = run(counts, 3600.0)
+    low = out["band_low"].to_numpy()
+    assert np.isfinite(low[200:]).all()
+    assert (low[np.isfinite(low)] >= 0).all()
+    # unclipped, the same band would have gone below zero: the clip is what holds it
+    f = compute_features(counts, FeatureSpec(step=3600.0))
+    raw = f.band_center[0] - 3.0 * f.band_scale[0]
+    assert np.nanmin(raw) < 0
+
+
+def test_the_band_of_a_ratio_stays_within_0_and_1_and_a_signed_series_is_not_clipped():
+    value = np.array([0.99, 0.995, 1.0, 0.98])
+    low, high = expected_band(value, np.full(4, 0.99), np.full(4, 0.01), 3.0)
+    assert (high <= 1.0).all() and np.isclose(high[0], 1.0)
+    signed_value = np.array([-1.0, 2.0, 0.5, 0.1])
+    low, high = expected_band(signed_value, np.zeros(4), np.ones(4), 3.0)
+    assert np.allclose(low, -3.0) and np.allclose(high, 3.0)
