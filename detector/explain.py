@@ -253,7 +253,7 @@ class SpikeExplainer:
         short = trailing_mean(outside, SPIKE_POINTS + 1) < 1.0 - 1e-9
         known = np.isfinite(f.band_center)
         strength = np.where(known, bad, 0.0) / self.threshold
-        fired = _ge(strength, 1.0) & short & known & f.ready
+        fired = _ge(strength, 1.0) & _ge(bad, self.band) & short & known & f.ready
         window = np.zeros(fired.shape, dtype=np.int64)
         delta = f.value - f.band_center
         return Evidence(self.name, fired, window, f.band_z, delta, self.threshold, strength)

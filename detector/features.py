@@ -354,7 +354,9 @@ def compute_features(
         past = past_slices(x, period, spec.season_cycles)
     elif past.shape[1:] != (x.shape[0], x.shape[1] + 2 * NEIGHBOUR_REACH):
         raise ValueError(f"past slices have shape {past.shape}, values {x.shape}")
-    ratio = seasonal_fit(past, spec.baseline_points + spec.longest)
+    # where a gap in the last period hides how well the profile predicts, the last
+    # judgement holds (a scrape outage yesterday does not switch today's profile off)
+    ratio = _hold_last(seasonal_fit(past, spec.baseline_points + spec.longest))
     lo, hi = spec.season_gain - spec.season_band, spec.season_gain + spec.season_band
     with np.errstate(invalid="ignore"):
         use = np.nan_to_num(np.clip((hi - ratio) / max(hi - lo, 1e-9), 0.0, 1.0))
@@ -402,6 +404,15 @@ def robust_band(a: np.ndarray, points: int, floor: np.ndarray) -> tuple[np.ndarr
     sd = np.where(known >= BAND_MIN_POINTS, sd, np.nan)
     center = np.where(known >= BAND_MIN_POINTS, center, np.nan)
     return center, sd
+
+
+def _hold_last(a: np.ndarray) -> np.ndarray:
+    """Each row's NaNs replaced by its last finite value before them (NaN before any)."""
+    ok = np.isfinite(a)
+    idx = np.where(ok, np.arange(a.shape[1])[None, :], 0)
+    np.maximum.accumulate(idx, axis=1, out=idx)
+    out = a[np.arange(a.shape[0])[:, None], idx]
+    return np.where(ok | ok[np.arange(a.shape[0])[:, None], idx], out, np.nan)
 
 
 def trailing_mean(a: np.ndarray, width: int) -> np.ndarray:

@@ -43,6 +43,8 @@ from detector.features import Features, trailing_mean
 
 #: Reasons that are a change of level: a return to the earlier level does not start them.
 LEVEL_REASONS = frozenset({"level_shift", "percent_change", "trend_break"})
+#: Reasons without a direction: the point may leave the band on either side.
+UNSIGNED_REASONS = frozenset({"volatility_spike"})
 
 #: A reason this many times its threshold starts an anomaly without the forest's score.
 STRONG = 2.0
@@ -93,7 +95,12 @@ def judge(
     weight = np.zeros(f.ready.shape)
     with np.errstate(invalid="ignore"):
         back = np.abs(f.return_z) < thresholds.z_thresh * thresholds.return_ratio
+    # an anomaly starts only outside the expected band: on the bad side for the signed
+    # reasons, on either side for a change of dispersion
+    outside = outside_band(f, thresholds.z_thresh, direction)
+    outside_any = outside if direction == "both" else outside_band(f, thresholds.z_thresh, "both")
     for ev in strict_ev:
+        ev.fired = ev.fired & (outside_any if ev.reason in UNSIGNED_REASONS else outside)
         if ev.reason in LEVEL_REASONS:
             ev.fired = ev.fired & ~back
         if thresholds.novelty > 0 and ev.strength is not None:
@@ -111,7 +118,6 @@ def judge(
         if ev.strength is not None:
             strong |= ev.fired & (np.nan_to_num(ev.strength) >= STRONG)
     gate = forest_gate(scores, thresholds.score_thresh) | strong
-    gate &= outside_band(f, thresholds.z_thresh, direction)
     strict = f.mature & any_fired(strict_ev) & gate
     relaxed = fr.ready & any_fired(relaxed_ev)
     if thresholds.resolve_points > 0:

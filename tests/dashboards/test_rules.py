@@ -15,6 +15,7 @@ ALERTS = {
     "AIOpsAnomalyDetected",
     "AIOpsDetectorDown",
     "AIOpsDetectorStale",
+    "AIOpsSpikeDetected",
     "RunbooksActionFailures",
     "RunbooksCircuitOpen",
 }

@@ -55,7 +55,9 @@ BURST = 700
 
 def back_at(r, points: int, z: float = 3.0) -> int:
     """The first row after the burst with the last ``points`` points inside the band."""
-    inside = np.abs(r.features.band_z[0]) < z
+    f = r.features
+    # inside the band now and inside the band of one longest window earlier
+    inside = (np.abs(f.band_z[0]) < z) & (np.nan_to_num(np.abs(f.held_z[0]), nan=0.0) < z)
     t = BURST + 15
     while not inside[t - points + 1 : t + 1].all():
         t += 1

@@ -30,6 +30,7 @@ def batch_and_past() -> tuple[SeriesBatch, np.ndarray]:
     full = level * (1 + amp * np.sin(2 * np.pi * t / DAY)) * (1 + rng.normal(0, 0.02, (n, len(t))))
     full[rng.random(full.shape) < 0.01] = np.nan
     full[:10, -40:] *= 1.4  # level shifts
+    full[16:20, -40:] *= 0.6  # and drops
     full[10:16, -30:] += rng.normal(0, 0.3, (6, 30)) * level[10:16]  # volatility
     full[20:23, :-70] = np.nan  # warming up
     x = full[:, -T - 1 : -1].copy()
