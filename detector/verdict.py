@@ -20,7 +20,8 @@ For every (series, time):
 5. outside the band: an anomaly starts only at a point outside the expected band
    (``detector.features.robust_band``: the median of the last 100 points ± its robust
    spread, seasonal where the profile explains the series) by ``AIOPS_Z_THRESH`` band
-   sds on the bad side. A baseline that extrapolates a daily ramp too far, or lags a
+   sds on the bad side (either side for volatility_spike; for a change of level, the
+   middle window's points may also leave it together, ``window_outside``). A baseline that extrapolates a daily ramp too far, or lags a
    peak, no longer makes an anomaly of data that a person would call normal;
 6. the data is back: once ``AIOPS_RESOLVE_POINTS`` points in a row lie inside that
    band, there is no verdict, strict or relaxed, whatever the windows still hold: the
@@ -45,6 +46,10 @@ from detector.features import Features, trailing_mean
 LEVEL_REASONS = frozenset({"level_shift", "percent_change", "trend_break"})
 #: Reasons without a direction: the point may leave the band on either side.
 UNSIGNED_REASONS = frozenset({"volatility_spike"})
+
+#: A change of level starts outside the band also when the middle window's points
+#: together lie this many times AIOPS_Z_THRESH outside it (``window_outside``).
+WINDOW_BAND = 3.0
 
 #: A reason this many times its threshold starts an anomaly without the forest's score.
 STRONG = 2.0
@@ -99,8 +104,14 @@ def judge(
     # reasons, on either side for a change of dispersion
     outside = outside_band(f, thresholds.z_thresh, direction)
     outside_any = outside if direction == "both" else outside_band(f, thresholds.z_thresh, "both")
+    # a change of level may also leave the band as a window: the points of the middle
+    # window together (a noisy KPI's drop that no single point makes plain)
+    level_outside = outside | window_outside(f, WINDOW_BAND * thresholds.z_thresh, direction)
     for ev in strict_ev:
-        ev.fired = ev.fired & (outside_any if ev.reason in UNSIGNED_REASONS else outside)
+        if ev.reason in LEVEL_REASONS:
+            ev.fired = ev.fired & level_outside
+        else:
+            ev.fired = ev.fired & (outside_any if ev.reason in UNSIGNED_REASONS else outside)
         if ev.reason in LEVEL_REASONS:
             ev.fired = ev.fired & ~back
         if thresholds.novelty > 0 and ev.strength is not None:
@@ -134,6 +145,22 @@ def outside_band(f: Features, z_thresh: float, direction: str) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         out = np.nan_to_num(bad, nan=-np.inf) >= z_thresh
     return out | (np.isfinite(f.value) & ~np.isfinite(f.band_center))
+
+
+def window_outside(f: Features, z_thresh: float, direction: str) -> np.ndarray:
+    """Where the points of the middle recent window (three shortest windows: 15 points at
+    1 minute) lie outside the expected band together: their mean band z times the square
+    root of their count reaches ``z_thresh`` on the bad side, with at least half of them
+    known."""
+    w = 3 * f.short_points
+    ok = np.isfinite(f.band_z)
+    width = np.minimum(np.arange(1, ok.shape[1] + 1), w)[None, :]
+    total = trailing_mean(np.where(ok, f.band_z, 0.0), w) * width
+    count = trailing_mean(ok.astype(np.float64), w) * width
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = total / np.sqrt(count)
+    bad = np.nan_to_num(signed(stat, direction), nan=-np.inf)
+    return (bad >= z_thresh) & (count >= w / 2)
 
 
 def back_in_band(f: Features, z_thresh: float, points: int) -> np.ndarray:

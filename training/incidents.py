@@ -365,8 +365,12 @@ def _window(spec: CaseSpec) -> tuple[int, int] | None:
     if spec.expected is None:
         return None
     spans = [e for e in spec.effects if isinstance(e, Shift | Ramp | Flap | Jitter)]
-    start = min(math.floor(e.at) for e in spans)
-    end = max(math.ceil(e.at + e.minutes + RATE_WINDOW / 60.0) for e in spans)
+    outliers = [e for e in spec.effects if isinstance(e, Outlier)]
+    start = min([math.floor(e.at) for e in spans] + [e.at for e in outliers])
+    end = max(
+        [math.ceil(e.at + e.minutes + RATE_WINDOW / 60.0) for e in spans]
+        + [e.at + 1 for e in outliers]
+    )
     return start, min(end, N_POINTS)
 
 
@@ -456,6 +460,20 @@ SPECS: tuple[CaseSpec, ...] = (
     CaseSpec("percent_change/checkouts_evening_drop", "checkouts", "percent_change", 406, 12.0,
              (Reset(200), Shift(450, 60, 0.6)), level=1.0,
              story="checkout button broken for one browser: −40 % on the evening ramp"),
+    # ------------------------------------------------- spike (shown, never paged)
+    CaseSpec("spike/latency_one_slow_evaluation", "latency_p99", "spike", 508, 15.0,
+             (Outlier(450, 4.0),), story="one evaluation reads a 4× p99"),
+    CaseSpec("spike/latency_gc_stall", "latency_p99", "spike", 601, 10.0,
+             (Outlier(430, 3.0),), story="a stop-the-world pause triples one minute's p99"),
+    CaseSpec("spike/success_single_bad_scrape", "success_rate", "spike", 602, 13.0,
+             (Outlier(440, 0.97),), story="one scrape of a half-started pod: 3 % of requests fail"),
+    CaseSpec("spike/sessions_crawler_minute", "sessions", "spike", 603, 11.0,
+             (Outlier(420, 3.0),), story="a crawler triples sessions for one minute"),
+    CaseSpec("spike/sessions_lost_minute", "sessions", "spike", 604, 16.0,
+             (Outlier(445, 0.2),), story="a load balancer reload drops 80 % of a minute of sessions"),
+    CaseSpec("spike/checkouts_stalled_minute", "checkouts", "spike", 605, 14.0,
+             (Outlier(435, 0.05),), level=4.0,
+             story="the payment gateway stalls for one evaluation: almost no checkouts"),
     # ------------------------------------------------------ look-alikes (no page)
     CaseSpec("lookalike/evening_peak_checkouts", "checkouts", None, 501, 13.0, daily=1.0,
              story="a shop's evening peak at 20:00 and the fall after it"),
@@ -473,8 +491,6 @@ SPECS: tuple[CaseSpec, ...] = (
              (Drift(1.1),), story="latency creeps up 10 % in 10 hours, inside the noise"),
     CaseSpec("lookalike/slow_drift_success", "success_rate", None, 507, 12.0,
              (Drift(1.3),), story="5xx ratio creeps from 0.20 % to 0.26 % in 10 hours"),
-    CaseSpec("lookalike/single_outlier_latency", "latency_p99", None, 508, 15.0,
-             (Outlier(450, 4.0),), story="one evaluation reads a 4× p99"),
     CaseSpec("lookalike/gap_then_recovery_success", "success_rate", None, 509, 10.0,
              (Gap(400, 20),), story="20 minutes without scrapes, then the same level"),
     CaseSpec("lookalike/counter_reset_checkouts", "checkouts", None, 510, 13.0,
