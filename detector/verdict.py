@@ -21,8 +21,9 @@ For every (series, time):
    (``detector.features.robust_band``: the median of the last 100 points ± its robust
    spread, seasonal where the profile explains the series) by ``AIOPS_Z_THRESH`` band
    sds on the bad side (either side for volatility_spike; for a change of level, the
-   middle window's points may also leave it together, ``window_outside``). A baseline that extrapolates a daily ramp too far, or lags a
-   peak, no longer makes an anomaly of data that a person would call normal;
+   middle window's points may also leave it together, ``window_outside``). A baseline
+   that extrapolates a daily ramp too far, or lags a peak, no longer makes an anomaly
+   of data that a person would call normal;
 6. the data is back: once ``AIOPS_RESOLVE_POINTS`` points in a row lie inside that
    band, there is no verdict, strict or relaxed, whatever the windows still hold: the
    episode ends when the data returns, not when the window statistics have decayed

@@ -470,7 +470,7 @@ SPECS: tuple[CaseSpec, ...] = (
     CaseSpec("spike/sessions_crawler_minute", "sessions", "spike", 603, 11.0,
              (Outlier(420, 3.0),), story="a crawler triples sessions for one minute"),
     CaseSpec("spike/sessions_lost_minute", "sessions", "spike", 604, 16.0,
-             (Outlier(445, 0.2),), story="a load balancer reload drops 80 % of a minute of sessions"),
+             (Outlier(445, 0.2),), story="a reload drops 80 % of one minute of sessions"),
     CaseSpec("spike/checkouts_stalled_minute", "checkouts", "spike", 605, 14.0,
              (Outlier(435, 0.05),), level=4.0,
              story="the payment gateway stalls for one evaluation: almost no checkouts"),
