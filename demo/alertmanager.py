@@ -35,8 +35,12 @@ class AlertmanagerProcess:
                 "group_wait": "0s",
                 "group_interval": "1s",
                 "repeat_interval": "1h",
+                # a spike (AIOpsSpikeDetected, severity info) is for people, not the
+                # webhook: as in dashboards/alertmanager-route.example.yml
+                "routes": [{"receiver": "people", "matchers": ['severity="info"']}],
             },
             "receivers": [
+                {"name": "people"},
                 {
                     "name": "aiops",
                     "webhook_configs": [
@@ -46,7 +50,7 @@ class AlertmanagerProcess:
                             "http_config": {"authorization": {"credentials": token}},
                         }
                     ],
-                }
+                },
             ],
         }
         (workdir / "alertmanager.yml").write_text(yaml.safe_dump(config))

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from detector.catalogue import Query, resolve_catalogue
 from detector.errors import QueryError
+from detector.explain import PASSIVE_REASONS
 from detector.exporter import AnomalyCollector, DetectorMetrics
 from detector.pipeline import SeriesResult, Thresholds, detect_batch, feature_spec, usable_cpus
 from detector.redact import redact
@@ -117,6 +118,8 @@ class Detector:
         self.last_cycle: float | None = None
         self.cycles = 0
         self._onsets: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        #: open anomalies whose ``firing`` event was sent (see ``_track_onsets``)
+        self._sent: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
         self._last: dict[tuple[str, tuple[tuple[str, str], ...]], SeriesResult] = {}
         #: firing events of anomalies open before a restart (from the webhook outbox)
         self._restored: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
@@ -144,6 +147,7 @@ class Detector:
                 continue
             key = (event["metric"], tuple(sorted(labels.items())))
             self._onsets[key] = float(event["started_at"])
+            self._sent.add(key)
             self._restored[key] = event
 
     # -- start-up ---------------------------------------------------------------------------
@@ -376,6 +380,7 @@ class Detector:
                     [{"id": event_id(k[0], dict(k[1]), self._onsets[k])} for k in gone]
                 )
             self._onsets = {k: v for k, v in self._onsets.items() if k[0] != q.name}
+            self._sent = {k for k in self._sent if k[0] != q.name}
             for k in gone:
                 self._restored.pop(k, None)
 
@@ -389,7 +394,6 @@ class Detector:
                 if key not in self._onsets:
                     self._onsets[key] = r.observed_at
                     r.started_at = r.observed_at
-                    self._notify(r, "firing")
                     log.warning(
                         "anomaly started metric=%s labels=%s score=%.3f reasons=%s",
                         query,
@@ -398,11 +402,21 @@ class Detector:
                         ",".join(x.reason for x in r.reasons),
                     )
                 r.started_at = self._onsets[key]
+                # the webhook hears of an anomaly once a reason other than a spike holds
+                # it (a spike is shown, not acted on): same onset, same event id
+                if key not in self._sent and any(
+                    x.reason not in PASSIVE_REASONS for x in r.reasons
+                ):
+                    self._sent.add(key)
+                    self._notify(r, "firing")
         for key in [k for k in self._onsets if k[0] == query and k not in seen]:
             log.info("anomaly ended metric=%s labels=%s", query, dict(key[1]))
             del self._onsets[key]
             last = self._last.pop(key, None)
             restored = self._restored.pop(key, None)
+            if key not in self._sent:
+                continue  # a spike alone: no firing event was sent, so no resolved one
+            self._sent.discard(key)
             if last is not None:
                 self._notify(last, "resolved")
             elif restored is not None and self.notifier is not None:

@@ -54,6 +54,9 @@ TREND_MIN_Z = 3.5
 #: level_shift: at least this share of the shortest window's points must be beyond
 #: the threshold themselves.
 PERSIST_SHARE = 0.5
+#: Reasons that are shown but not acted on: the detector sends the webhook no event for
+#: an anomaly that only they hold, and a policy rule acts on them only by naming them.
+PASSIVE_REASONS = frozenset({"spike"})
 #: spike: at most this many points in a row outside the expected band.
 SPIKE_POINTS = 3
 #: A line must fit the last hour within this many baseline sds to call it a trend.
@@ -240,11 +243,19 @@ class SpikeExplainer:
     name = "spike"
 
     def __init__(
-        self, *, threshold: float = 5.0, band: float = 3.0, direction: str = "both"
+        self,
+        *,
+        threshold: float = 5.0,
+        band: float = 3.0,
+        direction: str = "both",
+        hold: bool = False,
     ) -> None:
         self.threshold = threshold
         self.band = band
         self.direction = direction
+        #: holding an anomaly (the relaxed thresholds): outside the band is enough, for
+        #: as long as it lasts, until another reason explains it (``detector.verdict``)
+        self.hold = hold
 
     def evaluate(self, f: Features) -> Evidence:
         bad = np.nan_to_num(signed(f.band_z, self.direction), nan=0.0)
@@ -253,7 +264,10 @@ class SpikeExplainer:
         short = trailing_mean(outside, SPIKE_POINTS + 1) < 1.0 - 1e-9
         known = np.isfinite(f.band_center)
         strength = np.where(known, bad, 0.0) / self.threshold
-        fired = _ge(strength, 1.0) & _ge(bad, self.band) & short & known & f.ready
+        if self.hold:
+            fired = _ge(bad, self.band) & known & f.ready
+        else:
+            fired = _ge(strength, 1.0) & _ge(bad, self.band) & short & known & f.ready
         window = np.zeros(fired.shape, dtype=np.int64)
         delta = f.value - f.band_center
         return Evidence(self.name, fired, window, f.band_z, delta, self.threshold, strength)
@@ -269,7 +283,13 @@ Explainer = (
 
 
 def default_explainers(
-    *, z_thresh: float, vol_mult: float, pct_thresh: float, direction: str, spike_z: float = 5.0
+    *,
+    z_thresh: float,
+    vol_mult: float,
+    pct_thresh: float,
+    direction: str,
+    spike_z: float = 5.0,
+    hold: bool = False,
 ) -> list[Explainer]:
     """The five explainers with the configured thresholds, for one query's direction."""
     return [
@@ -277,7 +297,7 @@ def default_explainers(
         VolatilityExplainer(threshold=vol_mult),
         TrendBreakExplainer(threshold=z_thresh, direction=direction),
         PercentChangeExplainer(threshold=pct_thresh, direction=direction),
-        SpikeExplainer(threshold=spike_z, band=z_thresh, direction=direction),
+        SpikeExplainer(threshold=spike_z, band=z_thresh, direction=direction, hold=hold),
     ]
 
 

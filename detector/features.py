@@ -644,8 +644,9 @@ def _compute(x: np.ndarray, spec: FeatureSpec, ref: np.ndarray | None = None) ->
     # become its own yardstick before that (the episode's end needs both, verdict)
     late = longest - 1
     held_center, held_scale = np.full_like(center, np.nan), np.full_like(band_scale, np.nan)
-    held_center[:, late:] = center[:, : n_times - late]
-    held_scale[:, late:] = band_scale[:, : n_times - late]
+    if n_times > late:
+        held_center[:, late:] = center[:, : n_times - late]
+        held_scale[:, late:] = band_scale[:, : n_times - late]
     with np.errstate(divide="ignore", invalid="ignore"):
         band_z = np.where(finite, (x0 - center) / band_scale, np.nan)
         held_z = np.where(finite, (x0 - held_center) / held_scale, np.nan)

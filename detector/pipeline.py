@@ -41,6 +41,8 @@ class Thresholds:
     resolve_points: int = 3
     #: a spike: a point this many expected-band sds outside the band (detector.explain)
     spike_z: float = 5.0
+    #: the relaxed thresholds hold an anomaly: a point still outside the band holds it
+    holding: bool = False
 
     @classmethod
     def from_settings(cls, s: Settings) -> Thresholds:
@@ -69,6 +71,7 @@ class Thresholds:
             return_ratio=self.return_ratio,
             resolve_points=self.resolve_points,
             spike_z=self.spike_z * r,
+            holding=True,
         )
 
     def explainers(self, direction: str) -> list[Explainer]:
@@ -78,6 +81,7 @@ class Thresholds:
             pct_thresh=self.pct_thresh,
             direction=direction,
             spike_z=self.spike_z,
+            hold=self.holding,
         )
 
 

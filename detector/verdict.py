@@ -131,6 +131,12 @@ def judge(
             strong |= ev.fired & (np.nan_to_num(ev.strength) >= STRONG)
     gate = forest_gate(scores, thresholds.score_thresh) | strong
     strict = f.mature & any_fired(strict_ev) & gate
+    # a point still outside the band holds an anomaly as `spike` only until another
+    # reason explains it (a shift whose windows have filled reads level_shift)
+    others = any_fired([ev for ev in relaxed_ev if ev.reason != "spike"])
+    for ev in relaxed_ev:
+        if ev.reason == "spike":
+            ev.fired = ev.fired & ~others
     relaxed = fr.ready & any_fired(relaxed_ev)
     if thresholds.resolve_points > 0:
         strict &= ~back_in_band(f, thresholds.z_thresh, thresholds.resolve_points)

@@ -40,11 +40,10 @@ from typing import Any
 import yaml
 
 from detector.errors import ConfigError
+from detector.explain import PASSIVE_REASONS
 from runbooks.actions import ACTIONS, ActionError
 
 RISKS = ("low", "medium", "high")
-#: Reasons a rule acts on only when it names them (``reason: spike``).
-PASSIVE_REASONS = frozenset({"spike"})
 
 
 @dataclass(frozen=True)

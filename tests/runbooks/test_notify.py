@@ -145,3 +145,50 @@ def test_the_detector_posts_one_event_per_onset_and_one_when_it_ends(monkeypatch
     assert events[0]["reasons"][0]["reason"] == "level_shift"
     assert events[0]["started_at"] == events[0]["observed_at"] <= now
     server.shutdown()
+
+
+def test_a_spike_alone_sends_no_event_and_a_spike_that_grows_sends_one(monkeypatch):
+    """A spike is shown on the gauges, not acted on: the webhook hears nothing of it. An
+    anomaly that starts as a spike and goes on as a shift is posted once the shift holds
+    it, with the onset (and event id) of the spike."""
+    import numpy as np
+
+    from tests.detector.test_exporter import scripted_detector, series
+
+    server = scripted()
+    det, source, _ = scripted_detector(
+        monkeypatch,
+        webhook_url=f"http://127.0.0.1:{server.server_address[1]}/anomalies",
+        webhook_secret=SECRET,
+    )
+    labels = [{"app": "checkout"}]
+    now = 1_700_000_000.0
+    spiked = series(1)
+    spiked[-1] += 0.2  # fifty sds, one point
+    source.rows["latency_p99"] = (labels, np.stack([spiked]))
+    (r,) = det.run_cycle(now).all_results()
+    assert r.anomalous and [x.reason for x in r.reasons] == ["spike"]
+    source.rows["latency_p99"] = (labels, np.stack([series(1)]))
+    assert not any(r.anomalous for r in det.run_cycle(now + 60).all_results())
+    assert det.notifier.drain()
+    assert server.got == []
+    # the same first point, then the shift goes on: one firing event, from the onset
+    grown = series(2)
+    source.rows["latency_p99"] = (labels, np.stack([np.concatenate([grown[1:], [0.3]])]))
+    (r,) = det.run_cycle(now + 120).all_results()
+    assert r.anomalous and [x.reason for x in r.reasons] == ["spike"]
+    onset = r.observed_at
+    source.rows["latency_p99"] = (labels, np.stack([series(2, shift=0.1)]))
+    reasons = []
+    for i in range(1, 30):
+        (r,) = det.run_cycle(now + 120 + 60 * i).all_results()
+        assert r.anomalous, i
+        reasons = [x.reason for x in r.reasons]
+        if set(reasons) - {"spike"}:
+            break
+    assert set(reasons) - {"spike"}, reasons
+    assert det.notifier.drain()
+    events = [json.loads(body) for _, body in server.got]
+    assert [e["status"] for e in events] == ["firing"]
+    assert events[0]["started_at"] == onset < events[0]["observed_at"]
+    server.shutdown()
