@@ -377,6 +377,10 @@ def compute_features(
     return merged
 
 
+#: The largest band z kept (beyond any threshold; bounds the window sums over it).
+Z_CAP = 1e6
+
+
 def robust_band(a: np.ndarray, points: int, floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The expected band of every point from the ``points`` points before it (NaN: missing).
 
@@ -648,8 +652,10 @@ def _compute(x: np.ndarray, spec: FeatureSpec, ref: np.ndarray | None = None) ->
         held_center[:, late:] = center[:, : n_times - late]
         held_scale[:, late:] = band_scale[:, : n_times - late]
     with np.errstate(divide="ignore", invalid="ignore"):
-        band_z = np.where(finite, (x0 - center) / band_scale, np.nan)
-        held_z = np.where(finite, (x0 - held_center) / held_scale, np.nan)
+        # capped: a count that was always 0 has a band of width ~0, and a z of 1e19
+        # would swamp the window sums taken over it (prefix sums lose the small terms)
+        band_z = np.clip(np.where(finite, (x0 - center) / band_scale, np.nan), -Z_CAP, Z_CAP)
+        held_z = np.clip(np.where(finite, (x0 - held_center) / held_scale, np.nan), -Z_CAP, Z_CAP)
 
     mean: dict[str, np.ndarray] = {}
     z: dict[str, np.ndarray] = {}

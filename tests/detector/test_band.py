@@ -144,3 +144,24 @@ def test_the_band_of_a_ratio_stays_within_0_and_1_and_a_signed_series_is_not_cli
     signed_value = np.array([-1.0, 2.0, 0.5, 0.1])
     low, high = expected_band(signed_value, np.zeros(4), np.ones(4), 3.0)
     assert np.allclose(low, -3.0) and np.allclose(high, 3.0)
+
+
+def test_a_jump_off_a_flat_zero_count_does_not_swamp_the_later_window_verdicts():
+    """A count that was always 0 has a band of width ~0: its first non-zero point is
+    outside by any measure, and its band z is capped so the sums over the windows that
+    follow are those of the recent points alone (whole history == its recent tail)."""
+    from detector.verdict import WINDOW_BAND, window_outside
+
+    rng = np.random.default_rng(3)
+    x = np.zeros(3000)
+    x[1500] = 5e7  # one write burst off a disk that never wrote
+    x[2000:] = rng.gamma(2.0, 1e5, 1000)  # then ordinary writes
+    f = compute_features(x, FeatureSpec(step=300.0))
+    assert np.nanmax(np.abs(f.band_z)) <= 1e6
+    assert np.abs(f.band_z[0, 1500]) >= Thresholds().z_thresh
+    th = Thresholds()
+    whole = window_outside(f, WINDOW_BAND * th.z_thresh, "both")[0]
+    tail = 200
+    for t in range(2200, 3000, 37):
+        part = window_outside(f.take(slice(t + 1 - tail, t + 1)), WINDOW_BAND * th.z_thresh, "both")
+        assert part[0, -1] == whole[t], t
