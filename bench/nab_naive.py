@@ -38,13 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import parser, write_json
 from bench.nab import CATEGORIES, DATA, PROFILES, nab_inputs
 from detector.catalogue import Query
-from detector.explain import Evidence
+from detector.explain import PASSIVE_REASONS, Evidence
 from detector.features import compute_features
 from detector.pipeline import Thresholds, feature_spec
 from detector.scoring import MIN_FIT_ROWS, IsolationForestScorer, fit_rows, scoring_rows
 from detector.verdict import Judgement, judge, reasons_behind
 from training import runner
 from training.nab import nab_scores
+from training.runner import PASSIVE_WEIGHT
 
 
 def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_every: int = 500):
@@ -64,6 +65,7 @@ def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_ev
     reasons = np.full(T, "", dtype=object)
     forest: IsolationForestScorer | None = None
     prev = False
+    escalated = False  # the current anomaly has been held by an active reason
     for t in range(T):
         if t >= first and (t - first) % refit_every == 0:
             forest = None
@@ -90,6 +92,10 @@ def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_ev
         if np.isnan(score[t]):  # no forest yet, or the row is not ready: no verdict
             strict = relaxed = False
         now = strict or (prev and relaxed)
+        # an active reason (not a passive one such as spike) at the strict thresholds
+        active = strict and any(
+            bool(ev.fired[0, -1]) for ev in j.strict_evidence if ev.reason not in PASSIVE_REASONS
+        )
         if now:
             last = Judgement(
                 j.strict[:, -1:],
@@ -101,12 +107,16 @@ def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_ev
             evidence = reasons_behind(last, np.array([[True]]))
             fired = [ev.reason for ev in evidence if ev.fired[0, 0]]
             reasons[t] = ";".join(fired)
-            if not prev:  # an onset: its weight (training.runner.event_score)
+            # a detection: an onset, or an active reason joining an anomaly that only
+            # passive ones held (training.runner.event_score)
+            if not prev or (active and not escalated):
                 # 0.5 where the row had an undefined feature (scored with it neutral)
                 defined = np.isfinite(f.matrix(direction, at)).all()
                 forest_score = score[t] if defined else 0.5
                 weight = np.log1p(max(j.weight[0, -1], 1.0)) * np.sqrt(max(len(fired), 1.0))
-                event[t] = weight * forest_score
+                share = 1.0 if active else PASSIVE_WEIGHT
+                event[t] = weight * forest_score * share
+            escalated = active if not prev else (escalated or active)
         anomalous[t] = now
         prev = now
     return score, anomalous, event, reasons

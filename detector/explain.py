@@ -245,7 +245,7 @@ class SpikeExplainer:
     def __init__(
         self,
         *,
-        threshold: float = 5.0,
+        threshold: float = 7.0,
         band: float = 3.0,
         direction: str = "both",
         hold: bool = False,
@@ -288,7 +288,7 @@ def default_explainers(
     vol_mult: float,
     pct_thresh: float,
     direction: str,
-    spike_z: float = 5.0,
+    spike_z: float = 7.0,
     hold: bool = False,
 ) -> list[Explainer]:
     """The five explainers with the configured thresholds, for one query's direction."""

@@ -38,9 +38,9 @@ class Thresholds:
     return_ratio: float = 0.5
     #: an anomaly ends once this many points in a row are back inside the expected band
     #: (baseline ± z_thresh sds), whatever the windows still say (0: only the hysteresis)
-    resolve_points: int = 3
+    resolve_points: int = 2
     #: a spike: a point this many expected-band sds outside the band (detector.explain)
-    spike_z: float = 5.0
+    spike_z: float = 7.0
     #: the relaxed thresholds hold an anomaly: a point still outside the band holds it
     holding: bool = False
 
@@ -222,6 +222,7 @@ class _Part:
 
     last: Features
     strict: np.ndarray  # (m,) strict verdict before the forest's gate
+    ungated: np.ndarray  # (m,) where it holds whatever the forest says (verdict.judge)
     relaxed: np.ndarray  # (m,)
     strict_evidence: list[Evidence]
     relaxed_evidence: list[Evidence]
@@ -272,6 +273,7 @@ def _detect_chunk(
     part = _Part(
         last=feats.take(np.array([feats.ready.shape[1] - 1])),  # a copy, not a view
         strict=j.strict[:, -1],
+        ungated=j.ungated[:, -1] if j.ungated is not None else np.zeros(len(values), bool),
         relaxed=j.relaxed[:, -1],
         strict_evidence=[_newest(ev) for ev in j.strict_evidence],
         relaxed_evidence=[_newest(ev) for ev in j.relaxed_evidence],
@@ -402,9 +404,11 @@ def detect_batch(
     # yet) is not judged: it is reported warming up, never anomalous.
     scored = np.isfinite(scores)
 
-    # The verdict on the newest column: the forest's gate (as in ``judge``), then hysteresis.
+    # The verdict on the newest column: the forest's gate (as in ``judge``: a STRONG or
+    # ungated reason passes without it), then hysteresis.
     gate = forest_gate(scores, th.score_thresh)
     strict = np.concatenate([p.strict for p in parts]) & gate
+    strict |= np.concatenate([p.ungated for p in parts])
     relaxed = np.concatenate([p.relaxed for p in parts])
     newest = Judgement(
         strict[:, None],

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     )
     z_thresh: float = Field(3.0, gt=0, validation_alias=AliasChoices("AIOPS_Z_THRESH", "z_thresh"))
     vol_mult: float = Field(2.0, gt=1, validation_alias=AliasChoices("AIOPS_VOL_MULT", "vol_mult"))
-    spike_z: float = Field(5.0, gt=0, validation_alias=AliasChoices("AIOPS_SPIKE_Z", "spike_z"))
+    spike_z: float = Field(7.0, gt=0, validation_alias=AliasChoices("AIOPS_SPIKE_Z", "spike_z"))
     pct_thresh: float = Field(
         0.3, gt=0, validation_alias=AliasChoices("AIOPS_PCT_THRESH", "pct_thresh")
     )
@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         0.75, gt=0, le=1, validation_alias=AliasChoices("AIOPS_RESOLVE_RATIO", "resolve_ratio")
     )
     resolve_points: int = Field(
-        3, ge=0, le=1000, validation_alias=AliasChoices("AIOPS_RESOLVE_POINTS", "resolve_points")
+        2, ge=0, le=1000, validation_alias=AliasChoices("AIOPS_RESOLVE_POINTS", "resolve_points")
     )
     lookback: str = Field("6h", validation_alias=AliasChoices("AIOPS_LOOKBACK", "lookback"))
     step: str = Field("60s", validation_alias=AliasChoices("AIOPS_STEP", "step"))

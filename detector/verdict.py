@@ -10,6 +10,12 @@ For every (series, time):
 2. the IsolationForest score must reach ``AIOPS_SCORE_THRESH`` (when a forest exists;
    ``forest_gate``), unless a reason is ``STRONG`` (2) times its threshold: neither
    the forest nor the explainers silence the other;
+   ``spike`` passes neither gate (``UNGATED_REASONS``): a point ``AIOPS_SPIKE_Z`` (7)
+   robust sds outside the expected band is an anomaly by itself, however often the
+   series has had one and whatever the forest's window features say (on real KPIs the
+   owners label such points: the gates hid most of them). Its novelty still weighs
+   the detection (``Judgement.weight``), so a series that spikes all the time ranks
+   its spikes low;
 3. a change of level (level_shift, percent_change, trend_break) that brings the
    series back to the level of the older half of its baseline (within
    ``return_ratio`` × the z threshold) is a *return*, not
@@ -24,10 +30,13 @@ For every (series, time):
    middle window's points may also leave it together, ``window_outside``). A baseline
    that extrapolates a daily ramp too far, or lags a peak, no longer makes an anomaly
    of data that a person would call normal;
-6. the data is back: once ``AIOPS_RESOLVE_POINTS`` points in a row lie inside that
-   band, there is no verdict, strict or relaxed, whatever the windows still hold: the
-   episode ends when the data returns, not when the window statistics have decayed
-   (a spike no longer keeps a series in alarm for the longest window).
+6. the data is back: once ``AIOPS_RESOLVE_POINTS`` (2) points in a row lie inside that
+   band, nothing holds an anomaly any more (no relaxed verdict), whatever the windows
+   still hold: the episode ends when the data returns, not when the window statistics
+   have decayed (a spike no longer keeps a series in alarm for the longest window). A
+   new anomaly may not start there either unless those points are also inside the band
+   as it was one longest window earlier (a slow drop that the band has half followed
+   is still news).
 
 The event score of an onset (what a detection "weighs") is the novelty of its
 strongest reason times the forest score.
@@ -54,6 +63,9 @@ WINDOW_BAND = 3.0
 
 #: A reason this many times its threshold starts an anomaly without the forest's score.
 STRONG = 2.0
+#: Reasons that start an anomaly at their threshold alone: neither novelty nor the forest
+#: gates them (their threshold is strict, their band robust to past spikes).
+UNGATED_REASONS = frozenset({"spike"})
 
 #: A score reaches the threshold to within this: a forest that cannot split its rows (all
 #: alike, e.g. a query whose series are all constant) scores every point 0.5, an ordinary
@@ -72,6 +84,8 @@ class Judgement:
     strict_evidence: list[Evidence]
     relaxed_evidence: list[Evidence]
     weight: np.ndarray  # strongest novelty among the strict reasons (0 where none)
+    #: where the strict verdict holds whatever the forest says (a STRONG or ungated reason)
+    ungated: np.ndarray | None = None
 
 
 def forest_gate(scores: np.ndarray, score_thresh: float) -> np.ndarray:
@@ -119,7 +133,8 @@ def judge(
             # young baselines give noisy strengths: they do not set the bar
             past = np.where(f.mature, ev.strength, 0.0)
             nov = novelty(ev.strength, thresholds.history, gap, past=past)
-            ev.fired = ev.fired & (nov >= thresholds.novelty)
+            if ev.reason not in UNGATED_REASONS:
+                ev.fired = ev.fired & (nov >= thresholds.novelty)
             weight = np.maximum(weight, np.where(ev.fired, np.minimum(nov, 50.0), 0.0))
         elif ev.strength is not None:
             weight = np.maximum(weight, np.where(ev.fired, ev.strength, 0.0))
@@ -128,9 +143,12 @@ def judge(
     strong = np.zeros_like(f.ready)
     for ev in strict_ev:
         if ev.strength is not None:
-            strong |= ev.fired & (np.nan_to_num(ev.strength) >= STRONG)
+            strong |= ev.fired & (
+                (np.nan_to_num(ev.strength) >= STRONG) | (ev.reason in UNGATED_REASONS)
+            )
     gate = forest_gate(scores, thresholds.score_thresh) | strong
     strict = f.mature & any_fired(strict_ev) & gate
+    ungated = f.mature & strong
     # a point still outside the band holds an anomaly as `spike` only until another
     # reason explains it (a shift whose windows have filled reads level_shift)
     others = any_fired([ev for ev in relaxed_ev if ev.reason != "spike"])
@@ -139,9 +157,11 @@ def judge(
             ev.fired = ev.fired & ~others
     relaxed = fr.ready & any_fired(relaxed_ev)
     if thresholds.resolve_points > 0:
-        strict &= ~back_in_band(f, thresholds.z_thresh, thresholds.resolve_points)
-        relaxed &= ~back_in_band(fr, thresholds.z_thresh, thresholds.resolve_points)
-    return Judgement(strict, relaxed, strict_ev, relaxed_ev, weight)
+        back = back_in_band(f, thresholds.z_thresh, thresholds.resolve_points)
+        strict &= ~back
+        ungated &= ~back
+        relaxed &= ~back_in_band(fr, thresholds.z_thresh, thresholds.resolve_points, held=False)
+    return Judgement(strict, relaxed, strict_ev, relaxed_ev, weight, ungated)
 
 
 def outside_band(f: Features, z_thresh: float, direction: str) -> np.ndarray:
@@ -170,16 +190,19 @@ def window_outside(f: Features, z_thresh: float, direction: str) -> np.ndarray:
     return (bad >= z_thresh) & (count >= w / 2)
 
 
-def back_in_band(f: Features, z_thresh: float, points: int) -> np.ndarray:
+def back_in_band(f: Features, z_thresh: float, points: int, *, held: bool = True) -> np.ndarray:
     """Where the last ``points`` points (this one included) all lie inside the expected
-    band, its middle ± ``z_thresh`` band sds, and inside the band as it was one longest
-    window earlier (a shift that persists keeps its episode open at least that long,
-    though the band follows a new level after half its points). A missing point is not
-    inside."""
+    band, its middle ± ``z_thresh`` band sds. A missing point is not inside.
+
+    With ``held``, they must also lie inside the band as it was one longest window
+    earlier: what vetoes the *start* of an anomaly (a drop the band has half followed
+    after half its points is still news). An ongoing anomaly ends on the current band
+    alone (``held=False``): once the data is back, the alarm is over."""
     with np.errstate(invalid="ignore"):
-        now = np.abs(f.band_z) < z_thresh
-        held = np.nan_to_num(np.abs(f.held_z), nan=0.0) < z_thresh
-        inside = (now & held).astype(np.float64)
+        inside_now = np.abs(f.band_z) < z_thresh
+        if held:
+            inside_now &= np.nan_to_num(np.abs(f.held_z), nan=0.0) < z_thresh
+        inside = inside_now.astype(np.float64)
     return trailing_mean(inside, points) >= 1.0 - 1e-9
 
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.explain import Evidence
+from detector.explain import PASSIVE_REASONS, Evidence
 from detector.features import Features, FeatureSpec, compute_features
 from detector.pipeline import Thresholds
 from detector.scoring import MIN_FIT_ROWS, IsolationForestScorer, scoring_rows
-from detector.verdict import hysteresis, judge, reasons_behind
+from detector.verdict import Judgement, hysteresis, judge, reasons_behind
 
 
 @dataclass
@@ -41,6 +41,9 @@ class Replay:
     onset: np.ndarray  # bool, first column of each anomalous episode
     evidence: list[Evidence]  # reasons behind the verdict (strict, or relaxed while held)
     weight: np.ndarray  # novelty of the strongest strict reason (0 where none)
+    #: where an active reason (not a passive one such as spike) starts or escalates an
+    #: anomaly: it fires at the strict thresholds and the strict verdict holds
+    active: np.ndarray | None = None
 
     @property
     def windows(self) -> tuple[str, ...]:
@@ -104,4 +107,15 @@ def replay(
     anomalous = hysteresis(j.strict, j.relaxed)
     onset = anomalous.copy()
     onset[:, 1:] &= ~anomalous[:, :-1]
-    return Replay(f, scores, anomalous, onset, reasons_behind(j, anomalous), j.weight)
+    return Replay(
+        f, scores, anomalous, onset, reasons_behind(j, anomalous), j.weight, active_strict(j)
+    )
+
+
+def active_strict(j: Judgement) -> np.ndarray:
+    """Where the strict verdict holds with an active reason (one the webhook acts on)."""
+    act = np.zeros(j.strict.shape, dtype=bool)
+    for ev in j.strict_evidence:
+        if ev.reason not in PASSIVE_REASONS:
+            act |= ev.fired
+    return act & j.strict

@@ -116,13 +116,34 @@ def find_csvs(path: Path) -> list[Path]:
     raise BacktestError(f"{path}: no such file or folder")
 
 
-def event_score(r: Replay) -> np.ndarray:
-    """Nonzero on anomaly onsets: how much a detection weighs, for one threshold over all series.
+#: A detection held only by passive reasons (a spike: shown, not acted on) weighs this
+#: share of an active one.
+PASSIVE_WEIGHT = 0.5
 
-    The forest score of the onset times ``ln(1 + novelty)`` of its strongest reason (how
+
+def detection_rows(anomalous: np.ndarray, onset: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """The detections of (series × time) verdicts: each onset, and in an episode that a
+    passive reason started (a spike), the first row where an active reason holds it:
+    the moment the live detector posts the webhook its firing event."""
+    first_active = np.zeros(anomalous.shape, dtype=bool)
+    done = np.zeros(anomalous.shape[0], dtype=bool)
+    act = active & anomalous
+    for t in range(anomalous.shape[1]):
+        done &= ~onset[:, t]
+        first_active[:, t] = act[:, t] & ~done
+        done |= act[:, t]
+    return onset | first_active
+
+
+def event_score(r: Replay) -> np.ndarray:
+    """Nonzero on detections: how much a detection weighs, for one threshold over all series.
+
+    A detection is an anomaly's onset, or the row where an active reason joins an
+    anomaly that a passive one (``spike``) started (``detection_rows``). Its weight is
+    the forest score times ``ln(1 + novelty)`` of its strongest reason (how
     far it beats the same reason's recent maximum; the log keeps a flat series' first
     wiggle from outweighing everything) times the square root of the number of reasons
-    that agree.
+    that agree; ``PASSIVE_WEIGHT`` of that for an onset that only passive reasons hold.
 
     The forest's factor is 0.5 (an ordinary point) where it gave no score, and where the
     row had an undefined feature (a percent change from a zero baseline...): the forest
@@ -133,7 +154,10 @@ def event_score(r: Replay) -> np.ndarray:
     forest = np.where(defined, np.nan_to_num(r.score, nan=0.5), 0.5)
     agree = sum(ev.fired.astype(np.float64) for ev in r.evidence)
     weight = np.log1p(np.maximum(r.weight, 1.0)) * np.sqrt(np.maximum(agree, 1.0))
-    return np.where(r.onset, weight * forest, 0.0)
+    active = r.active if r.active is not None else r.anomalous
+    detected = detection_rows(r.anomalous, r.onset, active)
+    share = np.where(active, 1.0, PASSIVE_WEIGHT)
+    return np.where(detected, weight * forest * share, 0.0)
 
 
 def reason_strings(r: Replay) -> np.ndarray:

@@ -46,11 +46,11 @@ def test_a_one_point_spike_is_found_at_any_step_with_reason_spike(step, seed):
     seconds, n = STEPS[step]
     x = daily(n, seconds, seed)
     at = int(n * 0.8)
-    x[at] += 15.0  # fifteen sds, one point: beyond STRONG × AIOPS_SPIKE_Z, no forest needed
+    x[at] += 15.0  # fifteen sds, one point: beyond AIOPS_SPIKE_Z, no forest needed
     out = run(x, seconds)
     assert out["anomalous"].iloc[at] == 1, "the spike is not flagged"
     assert "spike" in out["reasons"].iloc[at].split(";")
-    # it ends as soon as the data is back (AIOPS_RESOLVE_POINTS = 3 points inside)
+    # it ends as soon as the data is back (AIOPS_RESOLVE_POINTS = 2 points inside)
     assert not out["anomalous"].iloc[at + 3 : at + 60].any()
     # no other point of the series reads as a spike, and the rest after it is quiet
     spikes = [i for i, r in enumerate(out["reasons"]) if "spike" in r.split(";")]
@@ -85,7 +85,7 @@ def test_an_excursion_longer_than_three_points_is_not_a_spike():
 def test_spike_is_a_reason_of_the_contract():
     assert "spike" in REASONS
     s = load_settings(metrics=None, config=None)
-    assert s.spike_z == 5.0 and Thresholds.from_settings(s).spike_z == 5.0
+    assert s.spike_z == 7.0 and Thresholds.from_settings(s).spike_z == 7.0
     assert (
         Thresholds.from_settings(load_settings(metrics=None, config=None, spike_z=8)).spike_z == 8
     )
@@ -165,3 +165,52 @@ def test_a_jump_off_a_flat_zero_count_does_not_swamp_the_later_window_verdicts()
     for t in range(2200, 3000, 37):
         part = window_outside(f.take(slice(t + 1 - tail, t + 1)), WINDOW_BAND * th.z_thresh, "both")
         assert part[0, -1] == whole[t], t
+
+
+@pytest.mark.parametrize("step", ["1m", "1h"])
+def test_a_spike_that_recurs_is_flagged_each_time(step):
+    """A spike needs neither novelty nor the forest: the third spike of the same size is
+    flagged like the first (the gates used to hide all but the first of them), and the
+    later ones are less novel (their detections weigh less)."""
+    from training.backtest import replay
+    from training.runner import event_score
+
+    seconds, n = STEPS[step]
+    x = 100 + np.random.default_rng(7).normal(0, 1.0, n)
+    spikes = [int(n * f) for f in (0.6, 0.7, 0.8)]
+    # each a little smaller than the one before (novelty below 1, which used to gate
+    # them), all above AIOPS_SPIKE_Z (7) and below twice it
+    for at, height in zip(spikes, (12.0, 11.0, 10.0), strict=True):
+        x[at] += height
+    out = run(x, seconds)
+    for at in spikes:
+        assert out["anomalous"].iloc[at] == 1, at
+        assert "spike" in out["reasons"].iloc[at].split(";"), at
+    gated = Thresholds.from_settings(SETTINGS)
+    spec = FeatureSpec(step=seconds)
+    r = replay(x, spec, gated, "both")
+    events = event_score(r)[0]
+    assert events[spikes[0]] > 0 and events[spikes[2]] > 0
+    # a spike like the ones before it is less novel: its detection weighs less
+    assert r.weight[0, spikes[2]] < r.weight[0, spikes[0]]
+
+
+def test_a_spike_onset_weighs_half_and_the_shift_it_turns_into_is_a_detection_of_its_own():
+    """An anomaly that a spike starts and a level shift then holds has two detections:
+    the spike's onset at PASSIVE_WEIGHT, and the row where level_shift joins (when the
+    live detector posts the webhook)."""
+    from training.backtest import replay
+    from training.runner import PASSIVE_WEIGHT, detection_rows, event_score
+
+    seconds, n = STEPS["1m"]
+    x = daily(n, seconds, 5)
+    at = int(n * 0.8)
+    x[at : at + 40] += 12.0
+    r = replay(x, FeatureSpec(step=seconds), Thresholds.from_settings(SETTINGS), "both")
+    rows = np.nonzero(detection_rows(r.anomalous, r.onset, r.active)[0])[0]
+    assert rows[0] == at and not r.active[0, at]
+    later = [t for t in rows if at < t < at + 40]
+    assert later and r.active[0, later[0]] and r.anomalous[0, at : later[0] + 1].all()
+    events = event_score(r)[0]
+    assert events[at] > 0 and events[later[0]] > 0
+    assert PASSIVE_WEIGHT == 0.5

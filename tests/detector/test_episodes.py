@@ -91,9 +91,9 @@ def test_before_the_rule_the_windows_kept_the_alarm_long_after_the_data_was_back
 
 def test_the_shipped_default_and_its_setting():
     s = load_settings(metrics=None, config=None)
-    assert s.resolve_points == 3
-    assert Thresholds.from_settings(s).resolve_points == 3
-    assert Thresholds.from_settings(s).relaxed().resolve_points == 3
+    assert s.resolve_points == 2
+    assert Thresholds.from_settings(s).resolve_points == 2
+    assert Thresholds.from_settings(s).relaxed().resolve_points == 2
     off = load_settings(metrics=None, config=None, resolve_points=0)
     assert Thresholds.from_settings(off).resolve_points == 0
 

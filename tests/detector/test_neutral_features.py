@@ -18,7 +18,7 @@ from detector.scoring import MIN_FIT_ROWS, IsolationForestScorer, fit_rows, neut
 from detector.settings import load_settings
 from detector.verdict import SCORE_TOLERANCE, forest_gate
 from training.backtest import replay
-from training.runner import event_score
+from training.runner import PASSIVE_WEIGHT, event_score
 from training.train import Outcome, _series_data
 
 SPEC = FeatureSpec(step=60.0, windows=((180.0, 3), (360.0, 6), (720.0, 12)), baseline=1800.0)
@@ -102,7 +102,9 @@ def test_a_backtest_scores_a_zero_baseline_series_and_weighs_its_onsets_as_ordin
     events = event_score(r)
     agree = sum(ev.fired[0, t] for ev in r.evidence)
     weight = np.log1p(max(r.weight[0, t], 1.0)) * np.sqrt(max(agree, 1.0))
-    assert events[0, t] == pytest.approx(weight * 0.5)
+    # an onset that only a passive reason (spike) holds weighs PASSIVE_WEIGHT of that
+    share = 1.0 if r.active[0, t] else PASSIVE_WEIGHT
+    assert events[0, t] == pytest.approx(weight * 0.5 * share)
 
 
 def test_training_a_constant_zero_series_fits_on_neutral_rows():
