@@ -410,6 +410,26 @@ def robust_band(a: np.ndarray, points: int, floor: np.ndarray) -> tuple[np.ndarr
     return center, sd
 
 
+def counting_floor(
+    raw: np.ndarray, finite: np.ndarray, center: np.ndarray, points: int
+) -> np.ndarray:
+    """The band sd of a count: ``sqrt(center + 1)`` (Poisson noise, one at a level of 0)
+    where the ``points`` values before each point are all non-negative whole numbers
+    (at least ``BAND_MIN_POINTS`` of them), else 0.
+
+    A count that is mostly 0 has a robust spread of ~0, and a single 1 would read as a
+    huge excursion (a purchase in a quiet hour, one 503 in a quiet minute); no person
+    calls that a spike. Rates and ratios are rarely whole numbers: they keep their band.
+    """
+    with np.errstate(invalid="ignore"):
+        whole = (raw >= 0) & (np.abs(raw - np.round(raw)) < 1e-9)
+    other = _window(_prefix((finite & ~whole).astype(np.float64)), 1, points)
+    known = _window(_prefix(finite.astype(np.float64)), 1, points)
+    is_count = (other < 0.5) & (known >= BAND_MIN_POINTS)
+    floor = np.sqrt(np.maximum(np.nan_to_num(center), 0.0) + 1.0)
+    return np.where(is_count, floor, 0.0)
+
+
 def _hold_last(a: np.ndarray) -> np.ndarray:
     """Each row's NaNs replaced by its last finite value before them (NaN before any)."""
     ok = np.isfinite(a)
@@ -644,6 +664,10 @@ def _compute(x: np.ndarray, spec: FeatureSpec, ref: np.ndarray | None = None) ->
     # the band's own floor: the relative and absolute ones, not the baselines' spread
     band_floor = np.maximum(spec.rel_scale_floor * np.abs(expected), max(spec.min_scale, 1e-12))
     center, band_scale = robust_band(np.where(finite, x0, np.nan), spec.band_points, band_floor)
+    # a count is never expected to be quieter than counting noise (0 → 1 is no spike)
+    raw = x if ref is None else x + ref
+    raw_center = center + offset + (0.0 if ref is None else ref)
+    band_scale = np.fmax(band_scale, counting_floor(raw, finite, raw_center, spec.band_points))
     # the band as it was one longest window ago: an incident that persists does not
     # become its own yardstick before that (the episode's end needs both, verdict)
     late = longest - 1

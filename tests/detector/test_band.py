@@ -214,3 +214,24 @@ def test_a_spike_onset_weighs_half_and_the_shift_it_turns_into_is_a_detection_of
     events = event_score(r)[0]
     assert events[at] > 0 and events[later[0]] > 0
     assert PASSIVE_WEIGHT == 0.5
+
+
+@pytest.mark.parametrize("step", ["1m", "1h"])
+def test_a_quiet_count_is_not_a_spike_at_every_one_but_a_burst_is(step):
+    """A count that is mostly 0 (a purchase in a quiet hour, one 503 in a quiet minute):
+    a lone 1 or 2 is counting noise (the band's sd is never below sqrt(level + 1) for
+    whole non-negative numbers), twenty at once is a spike."""
+    seconds, n = STEPS[step]
+    rng = np.random.default_rng(3)
+    x = (rng.random(n) < 0.02).astype(float)  # a 1 now and then
+    x[rng.random(n) < 0.003] = 2.0
+    burst = int(n * 0.85)
+    x[burst] = 20.0
+    out = run(x, seconds, "up")
+    spikes = [i for i, r in enumerate(out["reasons"]) if "spike" in r.split(";")]
+    assert spikes == [burst], spikes
+    # a rate of the same shape (not whole numbers) keeps its own, narrower band
+    f = compute_features((x * 0.37)[None, :], FeatureSpec(step=seconds))
+    g = compute_features(x[None, :], FeatureSpec(step=seconds))
+    assert np.nanmax(g.band_scale[0, n // 2 :]) >= 1.0
+    assert np.nanmedian(f.band_scale[0, n // 2 :]) < 0.5
