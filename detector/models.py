@@ -17,6 +17,7 @@ models already loaded and sets ``aiops_detector_database_up`` to 0.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class _Loaded:
     fitted_at: float
     feature_names: tuple[str, ...]
     model: object
+    spike_level: float = float("nan")  # learned by the retrain (detector.verdict)
 
 
 @dataclass
@@ -88,6 +90,14 @@ class RegistryModelProvider:
     # -- trained models -------------------------------------------------------------------
     def trained(self, query: str) -> list[TrainedGroup]:
         return self._groups.get(query, [])
+
+    def spike_levels(self, query: str) -> dict[str, float]:
+        """Series key → the spike level its promoted model was trained with (where known)."""
+        return {
+            key: m.spike_level
+            for key, m in self._loaded.items()
+            if m.metric == query and math.isfinite(m.spike_level)
+        }
 
     def refresh(self) -> None:
         """Pick up promoted versions that changed since the last call."""
@@ -147,6 +157,7 @@ class RegistryModelProvider:
                 rec.created_at,  # when it was trained: a rollback does not make it younger
                 tuple(rec.feature_names),
                 model,
+                _finite(rec.evaluation.get("spike_level") if rec.evaluation else None),
             )
             changed.add(rec.metric)
             log.info("model loaded series=%s version=%s", key, rec.tag)
@@ -177,3 +188,12 @@ class RegistryModelProvider:
 
     def failures(self) -> dict[str, tuple[int, str, str]]:
         return dict(self.state.failures)
+
+
+def _finite(v: object) -> float:
+    """A stored number, or NaN for anything else (an older model has no spike level)."""
+    try:
+        x = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+    return x if math.isfinite(x) else float("nan")

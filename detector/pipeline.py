@@ -253,6 +253,7 @@ def _detect_chunk(
     direction: str,
     keep_candidates: bool,
     clock: _Clock,
+    spike_level: np.ndarray | None = None,
 ) -> _Part:
     feats = compute_features(values, spec, past)
     clock.lap("features")
@@ -269,6 +270,7 @@ def _detect_chunk(
         # the relaxed verdict looks back the shortest window, the "back in band" rule
         # its resolve points: the newest columns must hold both
         relaxed_columns=max(feats.short_points, th.resolve_points, 1),
+        spike_level=spike_level,
     )
     part = _Part(
         last=feats.take(np.array([feats.ready.shape[1] - 1])),  # a copy, not a view
@@ -358,6 +360,7 @@ def detect_batch(
     n_columns = len(feature_names(tuple(spec.window_points)))
     model = reusable(query.name, n_columns, now=now) if reusable else None
     spent: list[dict[str, float]] = []
+    levels = _trained_spike_levels(provider, query, batch)
 
     def chunk(s: int) -> _Part:
         own: dict[str, float] = {}
@@ -370,6 +373,7 @@ def detect_batch(
             query.direction,
             model is None,
             _Clock(own),
+            None if levels is None else levels[s : s + CHUNK_SERIES],
         )
 
     starts = range(0, len(batch), CHUNK_SERIES)
@@ -478,6 +482,21 @@ def detect_batch(
         )
     clock.lap("explanation")
     return results
+
+
+def _trained_spike_levels(
+    provider: ModelProvider, query: Query, batch: SeriesBatch
+) -> np.ndarray | None:
+    """Each series' spike level from its promoted trained model (NaN: none), or None
+    when no series of the query has one. The live lookback (6 h) is too short for the
+    series' own tail (``detector.verdict.spike_levels``): the nightly retrain learns it
+    from the training history and stores it with the model."""
+    known = getattr(provider, "spike_levels", None)
+    table = known(query.name) if known else {}
+    if not table:
+        return None
+    keys = [series_key(query.name, lb) for lb in batch.labels]
+    return np.array([table.get(k, np.nan) for k in keys], dtype=np.float64)
 
 
 def _score_trained(

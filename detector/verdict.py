@@ -26,8 +26,9 @@ For every (series, time):
 5. outside the band: an anomaly starts only at a point outside the expected band
    (``detector.features.robust_band``: the median of the last 100 points ± its robust
    spread, seasonal where the profile explains the series) by ``AIOPS_Z_THRESH`` band
-   sds on the bad side (either side for volatility_spike; for a change of level, the
-   middle window's points may also leave it together, ``window_outside``). A baseline
+   sds on the bad side (either side for volatility_spike; for a level_shift or a
+   percent_change, the middle window's points may also leave it together,
+   ``window_outside``; a trend_break needs the point itself outside). A baseline
    that extrapolates a daily ramp too far, or lags a peak, no longer makes an anomaly
    of data that a person would call normal;
 6. the data is back: once ``AIOPS_RESOLVE_POINTS`` (2) points in a row lie inside that
@@ -50,10 +51,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from detector.explain import Evidence, any_fired, evaluate, novelty, signed
-from detector.features import Features, trailing_mean
+from detector.features import Features, _prefix, _window, trailing_mean
 
 #: Reasons that are a change of level: a return to the earlier level does not start them.
 LEVEL_REASONS = frozenset({"level_shift", "percent_change", "trend_break"})
+#: Changes of level that start only where the point itself is outside the band: a ramp
+#: whose points stay inside it is no break a person would page for (and re-firing on the
+#: window's points made a ramp flap in and out of alarm).
+POINT_REASONS = frozenset({"trend_break"})
 #: Reasons without a direction: the point may leave the band on either side.
 UNSIGNED_REASONS = frozenset({"volatility_spike"})
 
@@ -66,6 +71,17 @@ STRONG = 2.0
 #: Reasons that start an anomaly at their threshold alone: neither novelty nor the forest
 #: gates them (their threshold is strict, their band robust to past spikes).
 UNGATED_REASONS = frozenset({"spike"})
+
+#: The series' own spike level (``spike_levels``): the lowest rung of AIOPS_SPIKE_Z ×
+#: SPIKE_RUNG**k (k = 0 … SPIKE_RUNGS - 1; beyond them the next rung) that at most
+#: SPIKE_ALLOWED of the series' last SPIKE_MEMORY points reached, once SPIKE_MIN_KNOWN of
+#: them are known (before that, AIOPS_SPIKE_Z). A 1-minute series whose tails are heavy
+#: (7-sd points every few hours) keeps its spikes for what is rare for it.
+SPIKE_MEMORY = 2000
+SPIKE_MIN_KNOWN = 1000
+SPIKE_ALLOWED = 4
+SPIKE_RUNG = 1.4
+SPIKE_RUNGS = 6
 
 #: A score reaches the threshold to within this: a forest that cannot split its rows (all
 #: alike, e.g. a query whose series are all constant) scores every point 0.5, an ordinary
@@ -103,13 +119,27 @@ def judge(
     gap: int,
     *,
     relaxed_columns: int | None = None,
+    spike_level: np.ndarray | None = None,
 ) -> Judgement:
     """Strict and relaxed verdicts for every column of ``f`` (scores: NaN = no forest).
 
     ``relaxed_columns``: the relaxed verdict and evidence only for that many newest
     columns (the live cycle needs one; they look back no further than the shortest
-    window, while the strict ones need every column for the novelty)."""
+    window, while the strict ones need every column for the novelty).
+
+    ``spike_level``: each series' spike level learned by training (NaN: none), which
+    replaces the one ``spike_levels`` finds in ``f`` (the live lookback is short)."""
     strict_ev = evaluate(thresholds.explainers(direction), f)
+    level = spike_levels(f.band_z, thresholds.spike_z)
+    if spike_level is not None:
+        trained = np.asarray(spike_level, dtype=np.float64).reshape(-1, 1)
+        level = np.where(np.isfinite(trained), np.maximum(trained, thresholds.spike_z), level)
+    for ev in strict_ev:
+        if ev.reason == "spike":
+            with np.errstate(invalid="ignore"):
+                bad = np.nan_to_num(signed(f.band_z, direction), nan=0.0)
+            ev.fired = ev.fired & (bad >= level - 1e-9)
+            ev.threshold = level
     fr = f if relaxed_columns is None else f.take(slice(-relaxed_columns, None))
     relaxed_ev = evaluate(thresholds.relaxed().explainers(direction), fr)
     weight = np.zeros(f.ready.shape)
@@ -123,7 +153,9 @@ def judge(
     # window together (a noisy KPI's drop that no single point makes plain)
     level_outside = outside | window_outside(f, WINDOW_BAND * thresholds.z_thresh, direction)
     for ev in strict_ev:
-        if ev.reason in LEVEL_REASONS:
+        if ev.reason in POINT_REASONS:
+            ev.fired = ev.fired & outside
+        elif ev.reason in LEVEL_REASONS:
             ev.fired = ev.fired & level_outside
         else:
             ev.fired = ev.fired & (outside_any if ev.reason in UNSIGNED_REASONS else outside)
@@ -235,3 +267,33 @@ def reasons_behind(j: Judgement, anomalous: np.ndarray) -> list[Evidence]:
             )
         )
     return out
+
+
+def spike_levels(band_z: np.ndarray, base: float) -> np.ndarray:
+    """The spike level of every (series, time): the lowest of ``base`` × SPIKE_RUNG**k
+    that at most SPIKE_ALLOWED of the SPIKE_MEMORY points before it reached (in band sds,
+    either side), or ``base`` while fewer than SPIKE_MIN_KNOWN of them are known.
+
+    A count of past exceedances per rung (prefix sums): a discrete upper quantile of the
+    series' own |band z|, causal, the same in backtests and wherever the history is long
+    enough; ``latest_spike_level`` gives the one after a history (training stores it).
+    """
+    z = np.abs(np.asarray(band_z, dtype=np.float64))
+    known = np.isfinite(z)
+    zz = np.where(known, z, 0.0)
+    n_known = _window(_prefix(known.astype(np.float64)), 1, SPIKE_MEMORY)
+    level = np.full(z.shape, base * SPIKE_RUNG**SPIKE_RUNGS)
+    for k in range(SPIKE_RUNGS - 1, -1, -1):  # the lowest rung that qualifies wins
+        rung = base * SPIKE_RUNG**k
+        reached = _window(_prefix((zz >= rung).astype(np.float64)), 1, SPIKE_MEMORY)
+        level = np.where(reached <= SPIKE_ALLOWED, rung, level)
+    return np.where(n_known >= SPIKE_MIN_KNOWN, level, base)
+
+
+def latest_spike_level(band_z: np.ndarray, base: float) -> np.ndarray:
+    """The spike level of each series for the point after its history ``band_z``
+    (n_series × n_times); NaN where the history is too short to say."""
+    z = np.asarray(band_z, dtype=np.float64)
+    ext = np.concatenate([z, np.full((z.shape[0], 1), np.nan)], axis=1)
+    n_known = _window(_prefix(np.isfinite(ext).astype(np.float64)), 1, SPIKE_MEMORY)[:, -1]
+    return np.where(n_known >= SPIKE_MIN_KNOWN, spike_levels(ext, base)[:, -1], np.nan)

@@ -44,6 +44,7 @@ from detector.pipeline import feature_spec
 from detector.scoring import fit_rows, scoring_rows
 from detector.settings import Settings
 from detector.source import SeriesBatch, series_key
+from detector.verdict import latest_spike_level
 from feature_store import tables
 from feature_store.locks import Lease
 from feature_store.registry import ModelLoadError, ModelRegistry, dump_model
@@ -81,6 +82,9 @@ class SeriesData:
     params: dict[str, Any]
     train_start: float
     train_end: float
+    #: the series' spike level after its history (detector.verdict.latest_spike_level;
+    #: NaN: too short a history), stored in the evaluation for the live detector
+    spike_level: float = float("nan")
 
 
 @dataclass
@@ -165,6 +169,7 @@ def prepare(
     for c in range(0, len(wanted), per_chunk):
         rows = wanted[c : c + per_chunk]
         feats = compute_features(batch.values[rows], spec)
+        levels = latest_spike_level(feats.band_z, settings.spike_z)
         if store is not None:
             # only rows newer than what an earlier run stored: a nightly run adds a day
             since = np.array([max(latest.get(keys[i], -np.inf), keep_from) for i in rows])
@@ -186,6 +191,7 @@ def prepare(
             if isinstance(data, Outcome):
                 skipped.append(data)
             else:
+                data.spike_level = float(levels[j])
                 out.append(data)
     return out, skipped, stored
 
@@ -278,6 +284,8 @@ def fit_one(data: SeriesData) -> tuple[dict[str, Any], bytes]:
         "tail_mean_score": float(np.mean(tail_scores)),
         "tail_p99_score": float(np.quantile(tail_scores, 0.99)),
         "fit_seconds": round(time.perf_counter() - t0, 4),
+        # the series' own spike level (detector.verdict.spike_levels), None: too short
+        "spike_level": (round(data.spike_level, 4) if np.isfinite(data.spike_level) else None),
     }
     return evaluation, dump_model(model)
 

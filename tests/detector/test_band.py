@@ -235,3 +235,28 @@ def test_a_quiet_count_is_not_a_spike_at_every_one_but_a_burst_is(step):
     g = compute_features(x[None, :], FeatureSpec(step=seconds))
     assert np.nanmax(g.band_scale[0, n // 2 :]) >= 1.0
     assert np.nanmedian(f.band_scale[0, n // 2 :]) < 0.5
+
+
+def test_a_trend_break_starts_only_where_the_point_itself_is_outside_the_band():
+    """A slope change whose points climb near the top of a wide band (a noisy KPI's
+    ramp) may leave the band as a window but never point by point: it starts no
+    trend_break; the same ramp that takes its points out of the band does."""
+    from detector.verdict import judge
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    x = 100 + rng.normal(0, 4.0, n)
+    ramp = np.arange(60, dtype=float)
+    spec = FeatureSpec(step=60.0, baseline=300 * 60.0)
+    th = Thresholds()
+    for height, expect in ((10.0, False), (60.0, True)):
+        y = x.copy()
+        y[2500:2560] += height * ramp / 60
+        y[2560:] += height
+        f = compute_features(y[None, :], spec)
+        j = judge(f, th, "both", np.full(f.ready.shape, np.nan), spec.longest)
+        (trend,) = [ev for ev in j.strict_evidence if ev.reason == "trend_break"]
+        z = np.abs(f.band_z[0])
+        fired = np.nonzero(trend.fired[0])[0]
+        assert (z[fired] >= th.z_thresh).all(), (height, z[fired])
+        assert bool(len(fired)) == expect, (height, fired)

@@ -302,3 +302,22 @@ def test_feature_rows_are_kept_for_the_retention_only(tmp_path):
         first = conn.execute(select(func.min(tables.features.c.ts))).scalar()
     assert first == NOW - 12 * 3600 + STEP
     engine.dispose()
+
+
+def test_the_retrain_stores_each_series_spike_level_and_the_detector_reads_it(settings, engine):
+    """The series' own spike level (detector.verdict.spike_levels) after its history is
+    stored in the evaluation; the live detector's registry provider hands it to the
+    verdict, since its own 6 h lookback is too short to learn it."""
+    from detector.models import RegistryModelProvider
+    from detector.scoring import BaselineModelProvider
+
+    trainer(settings, engine).run(now=NOW, progress=False)
+    registry = ModelRegistry(engine)
+    promoted = registry.promoted(metric="lat")
+    levels = {r.series: r.evaluation["spike_level"] for r in promoted}
+    # four days of quiet 1-minute noise: the base level, AIOPS_SPIKE_Z
+    assert set(levels.values()) == {settings.spike_z}
+    provider = RegistryModelProvider(registry, BaselineModelProvider(refit_seconds=3600))
+    provider.refresh()
+    assert provider.spike_levels("lat") == levels
+    assert provider.spike_levels("other") == {}
