@@ -42,7 +42,16 @@ from detector.explain import PASSIVE_REASONS, Evidence
 from detector.features import compute_features
 from detector.pipeline import Thresholds, feature_spec
 from detector.scoring import MIN_FIT_ROWS, IsolationForestScorer, fit_rows, scoring_rows
-from detector.verdict import Judgement, judge, reasons_behind
+from detector.verdict import (
+    SPIKE_ALLOWED,
+    SPIKE_MEMORY,
+    SPIKE_MIN_KNOWN,
+    SPIKE_RUNG,
+    SPIKE_RUNGS,
+    Judgement,
+    judge,
+    reasons_behind,
+)
 from training import runner
 from training.nab import nab_scores
 from training.runner import PASSIVE_WEIGHT
@@ -54,6 +63,7 @@ def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_ev
     th = Thresholds.from_settings(settings)
     direction = query.direction
     f = compute_features(values[None, :], spec)
+    band_z = np.abs(f.band_z[0])
     T = len(values)
     lag = spec.longest
     first = spec.warmup_points + lag + 8
@@ -87,7 +97,9 @@ def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_ev
         recent = f.take(slice(lo, t + 1))
         scores = np.full(recent.ready.shape, np.nan)
         scores[0, -1] = score[t]
-        j = judge(recent, th, direction, scores, lag)
+        # the series' own spike level, counted here row by row (the slice is too short)
+        level = _spike_level(band_z[max(0, t - SPIKE_MEMORY) : t], th.spike_z)
+        j = judge(recent, th, direction, scores, lag, spike_level=np.array([level]))
         strict, relaxed = bool(j.strict[0, -1]), bool(j.relaxed[0, -1])
         if np.isnan(score[t]):  # no forest yet, or the row is not ready: no verdict
             strict = relaxed = False
@@ -120,6 +132,19 @@ def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_ev
         anomalous[t] = now
         prev = now
     return score, anomalous, event, reasons
+
+
+def _spike_level(before: np.ndarray, base: float) -> float:
+    """detector.verdict.spike_levels for one point, from the |band z| of the points
+    before it, in a plain loop: the lowest rung that at most SPIKE_ALLOWED reached."""
+    known = before[np.isfinite(before)]
+    if len(known) < SPIKE_MIN_KNOWN:
+        return base
+    for k in range(SPIKE_RUNGS):
+        rung = base * SPIKE_RUNG**k
+        if (known >= rung).sum() <= SPIKE_ALLOWED:
+            return rung
+    return base * SPIKE_RUNG**SPIKE_RUNGS
 
 
 def _last(ev: Evidence) -> Evidence:
