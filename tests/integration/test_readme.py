@@ -235,13 +235,16 @@ def gauges_show_the_reason(walk: Walk, command: str) -> None:
 
 #: payments' series an error burst moves; the first to reach the webhook gets the dry
 #: run, the other one the cooldown (same target, same action), as the README says
-ERROR_METRICS = ("success_rate", "error_budget_burn")
+#: payments' series the error burst moves: its 5xx show in the success rate and the error
+#: budget burn, and in p99 latency too; a success rate that starts as a spike (shown, not
+#: posted) may reach the webhook after the latency's level_shift
+ERROR_METRICS = ("success_rate", "error_budget_burn", "latency_p99")
 
 
 def audit_dry_run(walk: Walk, command: str) -> None:
     """The audit's ``dry_run`` rows: an incident of payments' success_rate (or its error
-    budget burn) went request → incident_opened → policy_match → dry_run, and nothing
-    ran."""
+    budget burn, or its p99 latency) went request → incident_opened → policy_match →
+    dry_run, and nothing ran."""
 
     def has_payments(out: subprocess.CompletedProcess) -> bool:
         if out.returncode != 0:
