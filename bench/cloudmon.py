@@ -163,14 +163,16 @@ def targets(overall: dict, quiet: dict[str, dict[str, int]]) -> list[dict[str, A
 
 def score(dataset: Path, out: Path, scorer: ModuleType | None = None) -> dict[str, Any]:
     """Score the backtest outputs in ``out`` with ``dataset/score.py``: its Markdown
-    table (the detector, its forest score and the baselines), all its figures, the alarm
+    table (the detector, its calibrated score and the baselines), all its figures, the alarm
     episodes on the series without labels and issue 18's targets."""
     scorer = scorer or load_scorer(dataset)
     series = scorer.load_dataset(dataset)
     per_file = {s.name: scorer.detector_outputs(s, out) for s in series}
+    # the scorer reads the output's ``score`` column as ":forest": it is the calibrated
+    # score (aiops_anomaly_score) now, named so here
     methods = [
-        scorer.Method(DETECTOR + suffix, None, {f: o[suffix] for f, o in per_file.items()})
-        for suffix in ("", ":forest")
+        scorer.Method(DETECTOR + name, None, {f: o[column] for f, o in per_file.items()})
+        for name, column in (("", ""), (":score", ":forest"))
     ]
     for name in BASELINES:
         fn, threshold = scorer.BASELINES[name]

@@ -38,11 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import parser, write_json
 from bench.nab import CATEGORIES, DATA, PROFILES, nab_inputs
 from detector.catalogue import Query
-from detector.explain import PASSIVE_REASONS, Evidence
+from detector.explain import PASSIVE_REASONS, Evidence, evaluate
 from detector.features import compute_features
 from detector.pipeline import Thresholds, feature_spec
 from detector.scoring import MIN_FIT_ROWS, IsolationForestScorer, fit_rows, scoring_rows
 from detector.verdict import (
+    LEVEL_ALLOWED,
+    LEVEL_MEMORY,
+    LEVEL_MIN_KNOWN,
     SPIKE_ALLOWED,
     SPIKE_MEMORY,
     SPIKE_MIN_KNOWN,
@@ -64,6 +67,14 @@ def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_ev
     direction = query.direction
     f = compute_features(values[None, :], spec)
     band_z = np.abs(f.band_z[0])
+    # each reason's strength at every row, before any gate (causal: a row's strength
+    # uses the rows up to it), for the series' own level of that reason
+    ready = f.ready[0]
+    rises = {
+        ev.reason: _rises(np.nan_to_num(ev.strength[0], nan=0.0), ready)
+        for ev in evaluate(th.explainers(direction), f)
+        if ev.reason != "spike" and ev.strength is not None
+    }
     T = len(values)
     lag = spec.longest
     first = spec.warmup_points + lag + 8
@@ -76,9 +87,11 @@ def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_ev
     forest: IsolationForestScorer | None = None
     prev = False
     escalated = False  # the current anomaly has been held by an active reason
+    next_fit = first  # a forest is tried at every row until one is fitted, then refitted
     for t in range(T):
-        if t >= first and (t - first) % refit_every == 0:
+        if t >= next_fit:
             forest = None
+            next_fit = t + 1
             ii, tt = np.nonzero(f.ready[:, : t - lag])
             if len(ii) >= MIN_FIT_ROWS:
                 if len(ii) > 20000:
@@ -87,6 +100,7 @@ def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_ev
                 X = fit_rows(f.matrix(direction, (ii, tt)))
                 if len(X) >= MIN_FIT_ROWS:
                     forest = IsolationForestScorer(random_state=0).fit(X)
+                    next_fit = t + refit_every
         at = (np.array([0]), np.array([t]))
         if forest is not None:
             # an undefined feature of a ready row is neutral (0); a row not ready stays NaN
@@ -97,9 +111,14 @@ def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_ev
         recent = f.take(slice(lo, t + 1))
         scores = np.full(recent.ready.shape, np.nan)
         scores[0, -1] = score[t]
-        # the series' own spike level, counted here row by row (the slice is too short)
-        level = _spike_level(band_z[max(0, t - SPIKE_MEMORY) : t], th.spike_z)
-        j = judge(recent, th, direction, scores, lag, spike_level=np.array([level]))
+        # the series' own levels, counted here row by row (the slice is too short)
+        levels = {
+            "spike": np.array([_spike_level(band_z[max(0, t - SPIKE_MEMORY) : t], th.spike_z)])
+        }
+        lo_r = max(0, t - LEVEL_MEMORY)
+        for reason, up in rises.items():
+            levels[reason] = np.array([_reason_level(up, ready, lo_r, t)])
+        j = judge(recent, th, direction, scores, lag, levels=levels)
         strict, relaxed = bool(j.strict[0, -1]), bool(j.relaxed[0, -1])
         if np.isnan(score[t]):  # no forest yet, or the row is not ready: no verdict
             strict = relaxed = False
@@ -145,6 +164,27 @@ def _spike_level(before: np.ndarray, base: float) -> float:
         if (known >= rung).sum() <= SPIKE_ALLOWED:
             return rung
     return base * SPIKE_RUNG**SPIKE_RUNGS
+
+
+def _rises(strength: np.ndarray, ready: np.ndarray) -> list[np.ndarray]:
+    """Per rung SPIKE_RUNG**k: where the strength (0 where not ready) rises to it."""
+    s = np.where(ready, strength, 0.0)
+    out = []
+    for k in range(SPIKE_RUNGS):
+        hit = s >= SPIKE_RUNG**k
+        out.append(hit & ~np.concatenate([[False], hit[:-1]]))
+    return out
+
+
+def _reason_level(rises: list[np.ndarray], ready: np.ndarray, lo: int, t: int) -> float:
+    """detector.verdict.reason_levels for row ``t``, from rows lo..t-1 alone: the lowest
+    rung the strength rose to at most LEVEL_ALLOWED times there."""
+    if int(ready[lo:t].sum()) < LEVEL_MIN_KNOWN:
+        return 1.0
+    for k in range(SPIKE_RUNGS):
+        if int(rises[k][lo:t].sum()) <= LEVEL_ALLOWED:
+            return SPIKE_RUNG**k
+    return SPIKE_RUNG**SPIKE_RUNGS
 
 
 def _last(ev: Evidence) -> Evidence:
@@ -203,7 +243,7 @@ def main() -> None:
         same = (
             np.array_equal(frame["anomalous"].to_numpy(), anomalous.astype(int))
             and np.array_equal(ours[name], naive[name])
-            and np.array_equal(frame["score"].to_numpy(), np.round(score, 6), equal_nan=True)
+            and np.array_equal(frame["forest_score"].to_numpy(), np.round(score, 6), equal_nan=True)
             and list(frame["reasons"]) == list(reasons)
         )
         if not same:

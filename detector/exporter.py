@@ -41,7 +41,7 @@ class AnomalyCollector(Collector):
     def update(self, query: str, results: Iterable[SeriesResult]) -> None:
         """Replace everything exported for ``query`` with ``results``."""
         families = self._families()
-        current, score, info, zscore, delta, model, model_age = families
+        current, score, forest, info, zscore, delta, model, model_age = families
         for r in results:
             labels = {"metric": r.metric, **r.labels}
             current.add_sample("aiops_anomaly_current", labels, 1.0 if r.anomalous else 0.0)
@@ -62,6 +62,8 @@ class AnomalyCollector(Collector):
                     )
             if math.isfinite(r.score):
                 score.add_sample("aiops_anomaly_score", labels, r.score)
+            if math.isfinite(r.forest_score):
+                forest.add_sample("aiops_anomaly_forest_score", labels, r.forest_score)
             if math.isfinite(r.delta):
                 delta.add_sample("aiops_anomaly_delta", labels, r.delta)
             for window, z in r.zscores.items():
@@ -99,7 +101,13 @@ class AnomalyCollector(Collector):
         return (
             GaugeMetricFamily("aiops_anomaly_current", "1 while the series is anomalous, else 0"),
             GaugeMetricFamily(
-                "aiops_anomaly_score", "IsolationForest anomaly score of the latest point, 0..1"
+                "aiops_anomaly_score",
+                "Calibrated anomaly score of the latest point: the strongest reason over the"
+                " series' own threshold for it; >= 1 exactly while the series is anomalous",
+            ),
+            GaugeMetricFamily(
+                "aiops_anomaly_forest_score",
+                "IsolationForest score of the latest point, 0..1 (0.5: an ordinary point)",
             ),
             GaugeMetricFamily(
                 "aiops_anomaly_info", "1 for each active reason of an anomalous series"

@@ -49,7 +49,8 @@ class _Loaded:
     fitted_at: float
     feature_names: tuple[str, ...]
     model: object
-    spike_level: float = float("nan")  # learned by the retrain (detector.verdict)
+    #: reason -> the series' own level, learned by the retrain (detector.verdict)
+    levels: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,13 +92,10 @@ class RegistryModelProvider:
     def trained(self, query: str) -> list[TrainedGroup]:
         return self._groups.get(query, [])
 
-    def spike_levels(self, query: str) -> dict[str, float]:
-        """Series key → the spike level its promoted model was trained with (where known)."""
-        return {
-            key: m.spike_level
-            for key, m in self._loaded.items()
-            if m.metric == query and math.isfinite(m.spike_level)
-        }
+    def levels(self, query: str) -> dict[str, dict[str, float]]:
+        """Series key → reason → the series' own level its promoted model was trained with
+        (``detector.verdict.latest_levels``; only the known ones)."""
+        return {key: m.levels for key, m in self._loaded.items() if m.metric == query and m.levels}
 
     def refresh(self) -> None:
         """Pick up promoted versions that changed since the last call."""
@@ -157,7 +155,7 @@ class RegistryModelProvider:
                 rec.created_at,  # when it was trained: a rollback does not make it younger
                 tuple(rec.feature_names),
                 model,
-                _finite(rec.evaluation.get("spike_level") if rec.evaluation else None),
+                stored_levels(rec.evaluation),
             )
             changed.add(rec.metric)
             log.info("model loaded series=%s version=%s", key, rec.tag)
@@ -190,8 +188,19 @@ class RegistryModelProvider:
         return dict(self.state.failures)
 
 
+def stored_levels(evaluation: dict | None) -> dict[str, float]:
+    """Reason → level from a model's evaluation (``levels``; a model trained before they
+    were stored has only ``spike_level``, or nothing): the finite ones."""
+    ev = evaluation or {}
+    raw = ev.get("levels")
+    if not isinstance(raw, dict):
+        raw = {"spike": ev.get("spike_level")}
+    out = {str(r): _finite(v) for r, v in raw.items()}
+    return {r: v for r, v in out.items() if math.isfinite(v)}
+
+
 def _finite(v: object) -> float:
-    """A stored number, or NaN for anything else (an older model has no spike level)."""
+    """A stored number, or NaN for anything else."""
     try:
         x = float(v)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -55,6 +55,7 @@ def anomaly_event(result: Any, status: str, now: float) -> dict[str, Any]:
         "metric": result.metric,
         "labels": dict(result.labels),
         "score": num(result.score),
+        "forest_score": num(getattr(result, "forest_score", None)),
         "reasons": [r.as_dict() for r in result.reasons],
         "value": num(result.value),
         "baseline": num(result.baseline),

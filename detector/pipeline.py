@@ -21,7 +21,14 @@ from detector.features import Features, FeatureSpec, compute_features, feature_n
 from detector.scoring import MIN_FIT_ROWS, ModelProvider, scoring_rows
 from detector.settings import Settings
 from detector.source import SeriesBatch, series_key
-from detector.verdict import Judgement, forest_gate, hysteresis, judge, reasons_behind
+from detector.verdict import (
+    Judgement,
+    calibrated_score,
+    forest_gate,
+    hysteresis,
+    judge,
+    reasons_behind,
+)
 
 
 @dataclass
@@ -91,9 +98,11 @@ class SeriesResult:
 
     metric: str
     labels: dict[str, str]
-    status: str  # "ok" (score in 0..1) or "warming_up" (not enough data to score it yet)
+    status: str  # "ok" (scored) or "warming_up" (not enough data to score it yet)
     value: float = float("nan")
     baseline: float = float("nan")
+    #: calibrated: the strongest reason over the series' own level for it; >= 1 exactly
+    #: while anomalous (``detector.verdict.calibrated_score``)
     score: float = float("nan")
     anomalous: bool = False
     reasons: list[Reason] = field(default_factory=list)
@@ -105,6 +114,7 @@ class SeriesResult:
     model_fitted_at: float | None = None
     scale: float = float("nan")
     features: dict[str, float] = field(default_factory=dict)  # the scored row, by name
+    forest_score: float = float("nan")  # the IsolationForest's score, 0..1
 
     def as_dict(self) -> dict[str, Any]:
         def num(v: float) -> float | None:
@@ -117,6 +127,7 @@ class SeriesResult:
             "value": num(self.value),
             "baseline": num(self.baseline),
             "score": num(self.score),
+            "forest_score": num(self.forest_score),
             "anomalous": self.anomalous,
             "reasons": [r.as_dict() for r in self.reasons],
             "zscores": {k: num(v) for k, v in self.zscores.items()},
@@ -224,6 +235,7 @@ class _Part:
     strict: np.ndarray  # (m,) strict verdict before the forest's gate
     ungated: np.ndarray  # (m,) where it holds whatever the forest says (verdict.judge)
     relaxed: np.ndarray  # (m,)
+    calibrated: np.ndarray  # (m,) strongest reason over the series' own level for it
     strict_evidence: list[Evidence]
     relaxed_evidence: list[Evidence]
     n_candidates: int  # candidate training rows
@@ -253,7 +265,7 @@ def _detect_chunk(
     direction: str,
     keep_candidates: bool,
     clock: _Clock,
-    spike_level: np.ndarray | None = None,
+    levels: dict[str, np.ndarray] | None = None,
 ) -> _Part:
     feats = compute_features(values, spec, past)
     clock.lap("features")
@@ -270,13 +282,14 @@ def _detect_chunk(
         # the relaxed verdict looks back the shortest window, the "back in band" rule
         # its resolve points: the newest columns must hold both
         relaxed_columns=max(feats.short_points, th.resolve_points, 1),
-        spike_level=spike_level,
+        levels=levels,
     )
     part = _Part(
         last=feats.take(np.array([feats.ready.shape[1] - 1])),  # a copy, not a view
         strict=j.strict[:, -1],
         ungated=j.ungated[:, -1] if j.ungated is not None else np.zeros(len(values), bool),
         relaxed=j.relaxed[:, -1],
+        calibrated=j.calibrated[:, -1] if j.calibrated is not None else np.zeros(len(values)),
         strict_evidence=[_newest(ev) for ev in j.strict_evidence],
         relaxed_evidence=[_newest(ev) for ev in j.relaxed_evidence],
         n_candidates=len(candidates),
@@ -360,7 +373,7 @@ def detect_batch(
     n_columns = len(feature_names(tuple(spec.window_points)))
     model = reusable(query.name, n_columns, now=now) if reusable else None
     spent: list[dict[str, float]] = []
-    levels = _trained_spike_levels(provider, query, batch)
+    levels = _trained_levels(provider, query, batch)
 
     def chunk(s: int) -> _Part:
         own: dict[str, float] = {}
@@ -373,7 +386,7 @@ def detect_batch(
             query.direction,
             model is None,
             _Clock(own),
-            None if levels is None else levels[s : s + CHUNK_SERIES],
+            None if levels is None else {r: v[s : s + CHUNK_SERIES] for r, v in levels.items()},
         )
 
     starts = range(0, len(batch), CHUNK_SERIES)
@@ -427,6 +440,9 @@ def detect_batch(
         was_active = np.zeros(len(batch), dtype=bool)
     verdict = hysteresis(newest.strict, newest.relaxed, was_active) & scored[:, None]
     anomalous = verdict[:, 0].tolist()
+    calibrated = np.concatenate([p.calibrated for p in parts])
+    score_l = calibrated_score(calibrated, verdict[:, 0]).tolist()
+    forest_l = scores.tolist()
     evidence = reasons_behind(newest, verdict)
 
     # the newest finite value of each series (the grid's last point may be a gap)
@@ -440,7 +456,6 @@ def detect_batch(
     # Python objects for the exporter, the events and the CLI: from plain lists
     ready = (last.ready[:, 0] & scored).tolist()
     baseline = last.baseline[:, 0].tolist()
-    score_l = scores.tolist()
     zs = {w: last.z[w][:, 0].tolist() for w in windows}
     delta = last.delta[windows[0]][:, 0].tolist()
     scale = last.scale[:, 0].tolist()
@@ -469,6 +484,7 @@ def detect_batch(
                 value=latest[i],
                 baseline=baseline[i],
                 score=score_l[i],
+                forest_score=forest_l[i],
                 anomalous=anomalous[i],
                 reasons=reasons_at(evidence, windows, i, 0) if anomalous[i] else [],
                 zscores={w: zs[w][i] for w in windows},
@@ -484,19 +500,23 @@ def detect_batch(
     return results
 
 
-def _trained_spike_levels(
+def _trained_levels(
     provider: ModelProvider, query: Query, batch: SeriesBatch
-) -> np.ndarray | None:
-    """Each series' spike level from its promoted trained model (NaN: none), or None
-    when no series of the query has one. The live lookback (6 h) is too short for the
-    series' own tail (``detector.verdict.spike_levels``): the nightly retrain learns it
-    from the training history and stores it with the model."""
-    known = getattr(provider, "spike_levels", None)
+) -> dict[str, np.ndarray] | None:
+    """Reason → each series' own level from its promoted trained model (NaN: none), or
+    None when no series of the query has one. The live lookback (6 h) is too short for
+    the series' own tail (``detector.verdict.own_levels``): the nightly retrain learns the
+    levels from the training history and stores them with the model."""
+    known = getattr(provider, "levels", None)
     table = known(query.name) if known else {}
     if not table:
         return None
     keys = [series_key(query.name, lb) for lb in batch.labels]
-    return np.array([table.get(k, np.nan) for k in keys], dtype=np.float64)
+    reasons = sorted({r for per in table.values() for r in per})
+    return {
+        r: np.array([table.get(k, {}).get(r, np.nan) for k in keys], dtype=np.float64)
+        for r in reasons
+    }
 
 
 def _score_trained(

@@ -83,6 +83,17 @@ SPIKE_ALLOWED = 4
 SPIKE_RUNG = 1.4
 SPIKE_RUNGS = 6
 
+#: Every other reason's own level (``reason_levels``): the lowest of SPIKE_RUNG**k times
+#: its threshold (k = 0 … SPIKE_RUNGS - 1) whose crossing (its strength rising to it)
+#: the series made at most LEVEL_ALLOWED times in its last LEVEL_MEMORY points, once
+#: LEVEL_MIN_KNOWN of them are ready (before that, the threshold). A series whose usual
+#: day holds a level_shift of 2 thresholds (an ingress rate that stops every evening) pages
+#: for what is rare *for it*: the same false-alarm rate on a noisy series and a quiet one.
+#: Crossings, not points: a change of level lasts many points and is one event.
+LEVEL_MEMORY = 1440
+LEVEL_MIN_KNOWN = 1000
+LEVEL_ALLOWED = 1
+
 #: A score reaches the threshold to within this: a forest that cannot split its rows (all
 #: alike, e.g. a query whose series are all constant) scores every point 0.5, an ordinary
 #: point, give or take float rounding (0.4999999999999993 or 0.5000000000000007 by the
@@ -102,6 +113,8 @@ class Judgement:
     weight: np.ndarray  # strongest novelty among the strict reasons (0 where none)
     #: where the strict verdict holds whatever the forest says (a STRONG or ungated reason)
     ungated: np.ndarray | None = None
+    #: the strongest reason's strength over the series' own level for it (0 where none)
+    calibrated: np.ndarray | None = None
 
 
 def forest_gate(scores: np.ndarray, score_thresh: float) -> np.ndarray:
@@ -119,7 +132,7 @@ def judge(
     gap: int,
     *,
     relaxed_columns: int | None = None,
-    spike_level: np.ndarray | None = None,
+    levels: dict[str, np.ndarray] | None = None,
 ) -> Judgement:
     """Strict and relaxed verdicts for every column of ``f`` (scores: NaN = no forest).
 
@@ -127,19 +140,34 @@ def judge(
     columns (the live cycle needs one; they look back no further than the shortest
     window, while the strict ones need every column for the novelty).
 
-    ``spike_level``: each series' spike level learned by training (NaN: none), which
-    replaces the one ``spike_levels`` finds in ``f`` (the live lookback is short)."""
+    ``levels``: reason → each series' own level learned by training (``latest_levels``;
+    NaN: none), which replaces the one ``own_levels`` finds in ``f`` (the live lookback is
+    short): the spike's in band sds, every other reason's as a multiple of its threshold.
+
+    ``Judgement.calibrated`` is the strongest reason's strength over the series' own level
+    for it: 1 at the level (see ``calibrated_score``)."""
     strict_ev = evaluate(thresholds.explainers(direction), f)
-    level = spike_levels(f.band_z, thresholds.spike_z)
-    if spike_level is not None:
-        trained = np.asarray(spike_level, dtype=np.float64).reshape(-1, 1)
-        level = np.where(np.isfinite(trained), np.maximum(trained, thresholds.spike_z), level)
+    own = own_levels(f, strict_ev, thresholds.spike_z)
+    for reason, trained in (levels or {}).items():
+        if reason in own:
+            t = np.asarray(trained, dtype=np.float64).reshape(-1, 1)
+            floor = thresholds.spike_z if reason == "spike" else 1.0
+            own[reason] = np.where(np.isfinite(t), np.maximum(t, floor), own[reason])
+    calibrated = np.zeros(f.ready.shape)
     for ev in strict_ev:
         if ev.reason == "spike":
             with np.errstate(invalid="ignore"):
                 bad = np.nan_to_num(signed(f.band_z, direction), nan=0.0)
+            level = own["spike"]
             ev.fired = ev.fired & (bad >= level - 1e-9)
             ev.threshold = level
+            calibrated = np.maximum(calibrated, bad / level)
+        elif ev.strength is not None and ev.reason in own:
+            rel = own[ev.reason]
+            strength = np.nan_to_num(ev.strength, nan=0.0)
+            ev.fired = ev.fired & (strength >= rel - 1e-9)
+            ev.threshold = ev.threshold * rel
+            calibrated = np.maximum(calibrated, strength / rel)
     fr = f if relaxed_columns is None else f.take(slice(-relaxed_columns, None))
     relaxed_ev = evaluate(thresholds.relaxed().explainers(direction), fr)
     weight = np.zeros(f.ready.shape)
@@ -193,7 +221,7 @@ def judge(
         strict &= ~back
         ungated &= ~back
         relaxed &= ~back_in_band(fr, thresholds.z_thresh, thresholds.resolve_points, held=False)
-    return Judgement(strict, relaxed, strict_ev, relaxed_ev, weight, ungated)
+    return Judgement(strict, relaxed, strict_ev, relaxed_ev, weight, ungated, calibrated)
 
 
 def outside_band(f: Features, z_thresh: float, direction: str) -> np.ndarray:
@@ -269,31 +297,113 @@ def reasons_behind(j: Judgement, anomalous: np.ndarray) -> list[Evidence]:
     return out
 
 
-def spike_levels(band_z: np.ndarray, base: float) -> np.ndarray:
-    """The spike level of every (series, time): the lowest of ``base`` × SPIKE_RUNG**k
-    that at most SPIKE_ALLOWED of the SPIKE_MEMORY points before it reached (in band sds,
-    either side), or ``base`` while fewer than SPIKE_MIN_KNOWN of them are known.
+def crossing_levels(
+    stat: np.ndarray,
+    known: np.ndarray,
+    base: float,
+    *,
+    memory: int,
+    allowed: int,
+    min_known: int,
+    crossings: bool,
+) -> np.ndarray:
+    """A series' own level for a statistic, at every (series, time): the lowest of
+    ``base`` × SPIKE_RUNG**k (k = 0 … SPIKE_RUNGS - 1; beyond them the next rung) that the
+    ``memory`` points before it reached at most ``allowed`` times (each point at or above
+    the rung, or with ``crossings`` each rise to it), or ``base`` while fewer than
+    ``min_known`` of them are ``known``.
 
-    A count of past exceedances per rung (prefix sums): a discrete upper quantile of the
-    series' own |band z|, causal, the same in backtests and wherever the history is long
-    enough; ``latest_spike_level`` gives the one after a history (training stores it).
-    """
-    z = np.abs(np.asarray(band_z, dtype=np.float64))
-    known = np.isfinite(z)
-    zz = np.where(known, z, 0.0)
-    n_known = _window(_prefix(known.astype(np.float64)), 1, SPIKE_MEMORY)
-    level = np.full(z.shape, base * SPIKE_RUNG**SPIKE_RUNGS)
+    Counts per rung over a trailing window (prefix sums): a discrete upper quantile of
+    the series' own statistic, causal, the same in backtests and wherever the history is
+    long enough."""
+    if np.shape(stat)[-1] <= min_known:  # no point has min_known before it (the live lookback)
+        return np.full(np.shape(stat), base)
+    s = np.where(known, np.nan_to_num(np.asarray(stat, dtype=np.float64), nan=0.0), 0.0)
+    n_known = _window(_prefix(known.astype(np.float64)), 1, memory)
+    level = np.full(s.shape, base * SPIKE_RUNG**SPIKE_RUNGS)
     for k in range(SPIKE_RUNGS - 1, -1, -1):  # the lowest rung that qualifies wins
         rung = base * SPIKE_RUNG**k
-        reached = _window(_prefix((zz >= rung).astype(np.float64)), 1, SPIKE_MEMORY)
-        level = np.where(reached <= SPIKE_ALLOWED, rung, level)
-    return np.where(n_known >= SPIKE_MIN_KNOWN, level, base)
+        hit = s >= rung
+        if crossings:
+            hit[:, 1:] &= ~hit[:, :-1]
+        reached = _window(_prefix(hit.astype(np.float64)), 1, memory)
+        level = np.where(reached <= allowed, rung, level)
+    return np.where(n_known >= min_known, level, base)
 
 
-def latest_spike_level(band_z: np.ndarray, base: float) -> np.ndarray:
-    """The spike level of each series for the point after its history ``band_z``
-    (n_series × n_times); NaN where the history is too short to say."""
-    z = np.asarray(band_z, dtype=np.float64)
-    ext = np.concatenate([z, np.full((z.shape[0], 1), np.nan)], axis=1)
-    n_known = _window(_prefix(np.isfinite(ext).astype(np.float64)), 1, SPIKE_MEMORY)[:, -1]
-    return np.where(n_known >= SPIKE_MIN_KNOWN, spike_levels(ext, base)[:, -1], np.nan)
+def spike_levels(band_z: np.ndarray, base: float) -> np.ndarray:
+    """The spike level of every (series, time), in band sds: the lowest of ``base`` ×
+    SPIKE_RUNG**k that at most SPIKE_ALLOWED of the SPIKE_MEMORY points before it reached
+    (either side), or ``base`` while fewer than SPIKE_MIN_KNOWN of them are known."""
+    z = np.abs(np.asarray(band_z, dtype=np.float64))
+    return crossing_levels(
+        z,
+        np.isfinite(z),
+        base,
+        memory=SPIKE_MEMORY,
+        allowed=SPIKE_ALLOWED,
+        min_known=SPIKE_MIN_KNOWN,
+        crossings=False,
+    )
+
+
+def reason_levels(strength: np.ndarray, ready: np.ndarray) -> np.ndarray:
+    """A reason's own level at every (series, time), as a multiple of its threshold: the
+    lowest of SPIKE_RUNG**k that the series' strength rose to at most LEVEL_ALLOWED times
+    in its last LEVEL_MEMORY points, or 1 while fewer than LEVEL_MIN_KNOWN are ready."""
+    return crossing_levels(
+        strength,
+        np.asarray(ready, dtype=bool),
+        1.0,
+        memory=LEVEL_MEMORY,
+        allowed=LEVEL_ALLOWED,
+        min_known=LEVEL_MIN_KNOWN,
+        crossings=True,
+    )
+
+
+def own_levels(f: Features, strict_ev: list[Evidence], spike_z: float) -> dict[str, np.ndarray]:
+    """Reason → the series' own level at every (series, time), from the history in
+    ``f``: the spike's in band sds (``spike_levels``), the others' as a multiple of their
+    threshold (``reason_levels``, from the strength before any gate)."""
+    out = {"spike": spike_levels(f.band_z, spike_z)}
+    for ev in strict_ev:
+        if ev.reason != "spike" and ev.strength is not None:
+            out[ev.reason] = reason_levels(ev.strength, f.ready)
+    return out
+
+
+def latest_levels(f: Features, thresholds: Thresholds, direction: str) -> dict[str, np.ndarray]:
+    """Reason → each series' own level for the point after its history ``f`` (training
+    stores them with the model); NaN where the history is too short to say."""
+    n = f.ready.shape[0]
+    nan = np.full((n, 1), np.nan)
+    z = np.concatenate([f.band_z, nan], axis=1)
+    z_known = _window(_prefix(np.isfinite(z).astype(np.float64)), 1, SPIKE_MEMORY)[:, -1]
+    out = {
+        "spike": np.where(
+            z_known >= SPIKE_MIN_KNOWN, spike_levels(z, thresholds.spike_z)[:, -1], np.nan
+        )
+    }
+    ready = np.concatenate([f.ready, np.zeros((n, 1), dtype=bool)], axis=1)
+    r_known = _window(_prefix(ready.astype(np.float64)), 1, LEVEL_MEMORY)[:, -1]
+    for ev in evaluate(thresholds.explainers(direction), f):
+        if ev.reason != "spike" and ev.strength is not None:
+            s = np.concatenate([ev.strength, nan], axis=1)
+            level = reason_levels(s, ready)[:, -1]
+            out[ev.reason] = np.where(r_known >= LEVEL_MIN_KNOWN, level, np.nan)
+    return out
+
+
+def calibrated_score(calibrated: np.ndarray, anomalous: np.ndarray) -> np.ndarray:
+    """``aiops_anomaly_score``: the strongest reason's strength over the series' own level
+    for it, so that 1 means the same on every series, and at least 1 exactly where the
+    series is anomalous: an anomaly held on (its reasons at the relaxed thresholds) reads
+    1, a point that reaches its level but that a gate holds back (inside the expected
+    band, not novel, the forest disagrees) just below 1 (``BELOW_ONE``)."""
+    c = np.nan_to_num(np.asarray(calibrated, dtype=np.float64), nan=0.0)
+    return np.where(anomalous, np.maximum(c, 1.0), np.minimum(c, BELOW_ONE))
+
+
+#: The highest score of a point that is not anomalous.
+BELOW_ONE = 0.99

@@ -7,7 +7,8 @@ streaming order: the verdict on column ``t`` uses columns ``0..t`` only.
 - Features are causal by construction (prefix sums over the past).
 - The forest is refitted every ``refit_every`` columns on feature rows that end
   one longest window before the refit point, and scores the columns up to the
-  next refit: what a detector running since the start would have used. Fitted and
+  next refit: what a detector running since the start would have used. The first
+  forest comes at the first column with enough ready rows behind it, as live. Fitted and
   scored rows go through ``detector.scoring.fit_rows`` / ``scoring_rows`` as live:
   an undefined feature of a ready row is neutral (0).
 - Hysteresis is the live rule: a series that was anomalous at ``t - 1`` stays
@@ -28,7 +29,7 @@ from detector.explain import PASSIVE_REASONS, Evidence
 from detector.features import Features, FeatureSpec, compute_features
 from detector.pipeline import Thresholds
 from detector.scoring import MIN_FIT_ROWS, IsolationForestScorer, scoring_rows
-from detector.verdict import Judgement, hysteresis, judge, reasons_behind
+from detector.verdict import Judgement, calibrated_score, hysteresis, judge, reasons_behind
 
 
 @dataclass
@@ -44,6 +45,9 @@ class Replay:
     #: where an active reason (not a passive one such as spike) starts or escalates an
     #: anomaly: it fires at the strict thresholds and the strict verdict holds
     active: np.ndarray | None = None
+    #: the calibrated score (``aiops_anomaly_score``): >= 1 exactly where anomalous (NaN
+    #: before the first fit, as ``score``)
+    calibrated: np.ndarray | None = None
 
     @property
     def windows(self) -> tuple[str, ...]:
@@ -67,20 +71,27 @@ def streaming_scores(
     scores = np.full((n, T), np.nan)
     lag = spec.longest  # training rows end a longest window before the refit point
     first = spec.warmup_points + lag + 8
-    for start in range(first, T, refit_every):
-        stop = min(start + refit_every, T)
+    # ready rows before each column: until a first forest exists, one is tried at every
+    # column that has enough of them (as live, where a query gets its forest at the
+    # first cycle with enough baseline rows), then refitted every ``refit_every``
+    ready_before = np.concatenate([[0], np.cumsum(f.ready.sum(axis=0))])
+    start = first
+    while start < T:
         upto = start - lag
-        ii, tt = np.nonzero(f.ready[:, :upto])
-        if len(ii) < MIN_FIT_ROWS:
+        if ready_before[max(upto, 0)] < MIN_FIT_ROWS:
+            start += 1
             continue
+        ii, tt = np.nonzero(f.ready[:, :upto])
         if len(ii) > max_train_rows:  # the most recent rows
             keep = np.argsort(tt, kind="stable")[-max_train_rows:]
             ii, tt = ii[keep], tt[keep]
+        stop = min(start + refit_every, T)
         scorer = IsolationForestScorer(random_state=random_state).fit(f.matrix(direction, (ii, tt)))
         cols = np.arange(start, stop)
         si, st = np.meshgrid(np.arange(n), cols, indexing="ij")
         X = scoring_rows(f, direction, (si.ravel(), st.ravel()))
         scores[:, start:stop] = scorer.score(X).reshape(n, len(cols))
+        start = stop
     return scores
 
 
@@ -107,8 +118,17 @@ def replay(
     anomalous = hysteresis(j.strict, j.relaxed)
     onset = anomalous.copy()
     onset[:, 1:] &= ~anomalous[:, :-1]
+    assert j.calibrated is not None
+    calibrated = np.where(scored, calibrated_score(j.calibrated, anomalous), np.nan)
     return Replay(
-        f, scores, anomalous, onset, reasons_behind(j, anomalous), j.weight, active_strict(j)
+        f,
+        scores,
+        anomalous,
+        onset,
+        reasons_behind(j, anomalous),
+        j.weight,
+        active_strict(j),
+        calibrated,
     )
 
 

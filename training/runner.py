@@ -1,9 +1,12 @@
 """``aiops backtest``: replay CSV files or Prometheus history through the live detector.
 
 For each series the output CSV has one row per input row:
-``timestamp, value, score, anomaly_score, anomalous, reasons, baseline, band_low, band_high``
+``timestamp, value, score, forest_score, anomaly_score, anomalous, reasons, baseline,
+band_low, band_high``
 
-- ``score``: the IsolationForest score of the row (0..1, as ``aiops_anomaly_score``);
+- ``score``: the calibrated score of the row, as ``aiops_anomaly_score``: the strongest
+  reason over the series' own level for it, at least 1 exactly where anomalous;
+- ``forest_score``: the IsolationForest score of the row (0..1);
 - ``anomalous``: the live verdict (1 for every row of an anomaly, as ``aiops_anomaly_current``);
 - ``anomaly_score``: nonzero only on the first row of each anomaly (a detection, as
   the webhook would receive one event): the strongest reason's statistic over its
@@ -174,6 +177,7 @@ def frames(
     """One output frame per input series: its own rows, read off its grid."""
     events = event_score(r)
     reasons = reason_strings(r)
+    calibrated = r.calibrated if r.calibrated is not None else np.full(r.score.shape, np.nan)
     f = r.features
     for i, (s, g) in enumerate(zip(inputs, grids, strict=True)):
         at = g.rows
@@ -182,7 +186,8 @@ def frames(
             {
                 "timestamp": s.timestamps,
                 "value": s.values,
-                "score": np.round(r.score[i, at], 6),
+                "score": np.round(calibrated[i, at], 6),
+                "forest_score": np.round(r.score[i, at], 6),
                 "anomaly_score": np.round(events[i, at], 6),
                 "anomalous": r.anomalous[i, at].astype(int),
                 "reasons": reasons[i, at],

@@ -40,11 +40,11 @@ from sqlalchemy import Engine, func, select
 from detector.catalogue import Query
 from detector.errors import AiopsError
 from detector.features import CALENDAR_FEATURES, Features, compute_features
-from detector.pipeline import feature_spec
+from detector.pipeline import Thresholds, feature_spec
 from detector.scoring import fit_rows, scoring_rows
 from detector.settings import Settings
 from detector.source import SeriesBatch, series_key
-from detector.verdict import latest_spike_level
+from detector.verdict import latest_levels
 from feature_store import tables
 from feature_store.locks import Lease
 from feature_store.registry import ModelLoadError, ModelRegistry, dump_model
@@ -82,9 +82,9 @@ class SeriesData:
     params: dict[str, Any]
     train_start: float
     train_end: float
-    #: the series' spike level after its history (detector.verdict.latest_spike_level;
-    #: NaN: too short a history), stored in the evaluation for the live detector
-    spike_level: float = float("nan")
+    #: reason -> the series' own level after its history (detector.verdict.latest_levels;
+    #: only where the history is long enough), stored in the evaluation for the live detector
+    levels: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -169,7 +169,7 @@ def prepare(
     for c in range(0, len(wanted), per_chunk):
         rows = wanted[c : c + per_chunk]
         feats = compute_features(batch.values[rows], spec)
-        levels = latest_spike_level(feats.band_z, settings.spike_z)
+        levels = latest_levels(feats, Thresholds.from_settings(settings), query.direction)
         if store is not None:
             # only rows newer than what an earlier run stored: a nightly run adds a day
             since = np.array([max(latest.get(keys[i], -np.inf), keep_from) for i in rows])
@@ -191,7 +191,7 @@ def prepare(
             if isinstance(data, Outcome):
                 skipped.append(data)
             else:
-                data.spike_level = float(levels[j])
+                data.levels = {r: float(v[j]) for r, v in levels.items() if np.isfinite(v[j])}
                 out.append(data)
     return out, skipped, stored
 
@@ -284,8 +284,9 @@ def fit_one(data: SeriesData) -> tuple[dict[str, Any], bytes]:
         "tail_mean_score": float(np.mean(tail_scores)),
         "tail_p99_score": float(np.quantile(tail_scores, 0.99)),
         "fit_seconds": round(time.perf_counter() - t0, 4),
-        # the series' own spike level (detector.verdict.spike_levels), None: too short
-        "spike_level": (round(data.spike_level, 4) if np.isfinite(data.spike_level) else None),
+        # the series' own level for each reason (detector.verdict.latest_levels; the
+        # spike's in band sds, the others' times their threshold), none: too short a history
+        "levels": {r: round(v, 4) for r, v in sorted(data.levels.items())},
     }
     return evaluation, dump_model(model)
 

@@ -381,8 +381,10 @@ def _detect(x: np.ndarray) -> tuple[list[SeriesResult], CollectorRegistry]:
         assert r.status in ("ok", "warming_up")  # scored, or clearly not enough data yet
         labels = {"metric": QUERY.name, **r.labels}
         if r.status == "ok":
-            # a finite score in 0..1 (an undefined feature is neutral), so the gauge is there
-            assert 0.0 <= r.score <= 1.0, r.score
+            # a finite forest score in 0..1 (an undefined feature is neutral), and a finite
+            # calibrated score, at least 1 exactly while anomalous: so the gauges are there
+            assert 0.0 <= r.forest_score <= 1.0, r.forest_score
+            assert r.score >= 0.0 and (r.score >= 1.0) == r.anomalous, r.score
             assert registry.get_sample_value("aiops_anomaly_score", labels) == r.score
             assert all(np.isfinite(list(r.zscores.values())))
             assert all(np.isfinite(list(r.features.values())))  # the row that was scored
@@ -446,7 +448,8 @@ def test_a_constant_zero_series_gets_a_finite_score_and_its_gauge(others):
     results, registry = _detect(x)
     assert len(results) == 3 and all(r.status == "ok" for r in results)
     zero = results[0]
-    assert np.isfinite(zero.score) and 0.0 <= zero.score <= 1.0
+    assert np.isfinite(zero.score) and 0.0 <= zero.score < 1.0
+    assert 0.0 <= zero.forest_score <= 1.0
     assert zero.features["pct_change"] == 0.0  # neutral
     assert registry.get_sample_value("aiops_anomaly_score", {"metric": "kpi", "i": "0"}) == (
         zero.score
@@ -465,7 +468,8 @@ def test_a_jump_from_a_zero_baseline_is_scored_and_detected(others):
     x[0, -3:] = 50.0
     results, registry = _detect(x)
     jump = results[0]
-    assert jump.status == "ok" and np.isfinite(jump.score) and 0.0 <= jump.score <= 1.0
+    assert jump.status == "ok" and np.isfinite(jump.score) and jump.score >= 1.0
+    assert 0.0 <= jump.forest_score <= 1.0
     assert registry.get_sample_value("aiops_anomaly_score", {"metric": "kpi", "i": "0"}) == (
         jump.score
     )

@@ -84,7 +84,11 @@ def test_gauges_reasons_and_removal(setup):
     assert val(reg, "aiops_anomaly_current", **good) == 0
     assert val(reg, "aiops_anomaly_info", **bad, reason="level_shift") == 1
     assert val(reg, "aiops_anomaly_info", **good, reason="level_shift") is None
-    assert 0 < val(reg, "aiops_anomaly_score", **bad) <= 1
+    # calibrated: at least 1 exactly while anomalous; the forest's own score beside it
+    assert val(reg, "aiops_anomaly_score", **bad) >= 1
+    assert 0 <= val(reg, "aiops_anomaly_score", **good) < 1
+    assert 0 < val(reg, "aiops_anomaly_forest_score", **bad) <= 1
+    assert 0 < val(reg, "aiops_anomaly_forest_score", **good) <= 1
     assert val(reg, "aiops_anomaly_zscore", **bad, window="15m") > 3
     assert val(reg, "aiops_anomaly_delta", **bad) == pytest.approx(0.1, rel=0.2)
     assert val(reg, "aiops_detector_series_scored", query="latency_p99") == 2

@@ -133,7 +133,7 @@ def test_promoted_model_scores_its_series_and_the_others_keep_the_baseline(world
     assert checkout.model_version == "v1"
     assert search.model_version.startswith("baseline-")
     assert list(checkout.features) == list(names)  # the columns the model was trained on
-    assert checkout.score == pytest.approx(expected_score(model, names, checkout), abs=1e-12)
+    assert checkout.forest_score == pytest.approx(expected_score(model, names, checkout), abs=1e-12)
     # ... and not what the baseline model says about the same row
     baseline = det.provider.current(QUERY.name)
     row = np.array([[checkout.features[n] for n in names]])
@@ -160,15 +160,15 @@ def test_a_new_promotion_and_a_rollback_are_picked_up_without_restart(world):
     assert rec2.tag == "v2"
     second = by_app(det.run_cycle(now + 60))["checkout"]
     assert second.model_version == "v2"
-    assert second.score == pytest.approx(expected_score(v2, names, second), abs=1e-12)
-    assert abs(expected_score(v1, names, second) - second.score) > 1e-6
+    assert second.forest_score == pytest.approx(expected_score(v2, names, second), abs=1e-12)
+    assert abs(expected_score(v1, names, second) - second.forest_score) > 1e-6
     assert model_info(det, CHECKOUT, "v2", "registry") == 1
     assert model_info(det, CHECKOUT, "v1", "registry") is None
 
     ModelRegistry(det.engine).rollback(KEY)
     third = by_app(det.run_cycle(now + 120))["checkout"]
     assert third.model_version == "v1"
-    assert third.score == pytest.approx(expected_score(v1, names, third), abs=1e-12)
+    assert third.forest_score == pytest.approx(expected_score(v1, names, third), abs=1e-12)
     # the model's age counts from its training, not from the rollback that promoted it again
     assert ModelRegistry(det.engine).get(KEY).promoted_at > rec1.created_at
     assert third.model_fitted_at == pytest.approx(rec1.created_at, abs=1e-6)

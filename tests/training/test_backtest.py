@@ -27,6 +27,31 @@ def series(n: int = 1500, seed: int = 3) -> np.ndarray:
     return x
 
 
+def test_the_first_forest_comes_as_soon_as_there_are_enough_ready_rows():
+    """A series whose start is too holey for a forest at the first refit point gets one
+    at the first later column with enough ready rows behind it (as live, where a query
+    gets its forest at the first cycle with enough baseline rows), not a refit later."""
+    from detector.scoring import MIN_FIT_ROWS
+
+    x = series(2000)
+    first = SPEC.warmup_points + SPEC.longest + 8
+    x[: first + 300] = np.nan  # nothing ready at the first refit point
+    x[first + 300 :: 97] = np.nan  # and a hole now and then after it
+    r = replay(x, SPEC, Thresholds(), "both", refit_every=500)
+    scored = np.flatnonzero(np.isfinite(r.score[0]))
+    assert len(scored), "never scored"
+    at = scored[0]
+    ready_before = np.cumsum(r.features.ready[0])
+    # the first column whose rows up to one longest window earlier hold enough ready ones
+    want = next(
+        t for t in range(first, len(x)) if ready_before[t - SPEC.longest - 1] >= MIN_FIT_ROWS
+    )
+    assert at == want
+    assert at < first + 500  # the old schedule would have waited for the next refit point
+    # from there on, every ready column is scored
+    assert np.isfinite(r.score[0, at:][r.features.ready[0, at:]]).all()
+
+
 def test_no_look_ahead_row_by_row_equals_vectorised():
     x = series()
     th = Thresholds()
@@ -89,15 +114,20 @@ def test_cli_writes_per_row_results(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     result = pd.read_csv(out / "sub" / "svc.csv")
-    assert list(result.columns[:6]) == [
+    assert list(result.columns[:7]) == [
         "timestamp",
         "value",
         "score",
+        "forest_score",
         "anomaly_score",
         "anomalous",
         "reasons",
     ]
     assert len(result) == len(x)
+    # the calibrated score is at least 1 exactly on anomalous rows
+    scored = result["score"].notna()
+    assert ((result["score"] >= 1) == (result["anomalous"] == 1))[scored].all()
+    assert result["forest_score"].dropna().between(0, 1).all()
     detections = result[result.anomaly_score > 0]
     assert len(detections) >= 1
     assert detections.reasons.notna().all()

@@ -304,20 +304,28 @@ def test_feature_rows_are_kept_for_the_retention_only(tmp_path):
     engine.dispose()
 
 
-def test_the_retrain_stores_each_series_spike_level_and_the_detector_reads_it(settings, engine):
-    """The series' own spike level (detector.verdict.spike_levels) after its history is
-    stored in the evaluation; the live detector's registry provider hands it to the
-    verdict, since its own 6 h lookback is too short to learn it."""
-    from detector.models import RegistryModelProvider
+def test_the_retrain_stores_each_series_own_levels_and_the_detector_reads_them(settings, engine):
+    """The series' own level for each reason (detector.verdict.latest_levels) after its
+    history is stored in the evaluation; the live detector's registry provider hands them
+    to the verdict, since its own 6 h lookback is too short to learn them. A model trained
+    before the levels were stored has only its spike level, and that is still read."""
+    from detector.explain import REASONS
+    from detector.models import RegistryModelProvider, stored_levels
     from detector.scoring import BaselineModelProvider
 
     trainer(settings, engine).run(now=NOW, progress=False)
     registry = ModelRegistry(engine)
     promoted = registry.promoted(metric="lat")
-    levels = {r.series: r.evaluation["spike_level"] for r in promoted}
-    # four days of quiet 1-minute noise: the base level, AIOPS_SPIKE_Z
-    assert set(levels.values()) == {settings.spike_z}
+    levels = {r.series: r.evaluation["levels"] for r in promoted}
+    assert levels and all(set(v) == set(REASONS) for v in levels.values())
+    # four days of quiet 1-minute noise: the spike's base level, AIOPS_SPIKE_Z, and every
+    # other reason at a level of at least its threshold
+    assert {v["spike"] for v in levels.values()} == {settings.spike_z}
+    assert all(x >= 1.0 for v in levels.values() for r, x in v.items() if r != "spike")
     provider = RegistryModelProvider(registry, BaselineModelProvider(refit_seconds=3600))
     provider.refresh()
-    assert provider.spike_levels("lat") == levels
-    assert provider.spike_levels("other") == {}
+    assert provider.levels("lat") == levels
+    assert provider.levels("other") == {}
+    assert stored_levels({"spike_level": 9.8}) == {"spike": 9.8}
+    assert stored_levels({"spike_level": None}) == {} and stored_levels(None) == {}
+    assert stored_levels({"levels": {"spike": 7.0, "level_shift": float("nan")}}) == {"spike": 7.0}
