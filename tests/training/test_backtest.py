@@ -153,3 +153,25 @@ def test_cli_errors_are_one_line(tmp_path, args, message):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_backtest_speed_benchmark_prints_its_figures(tmp_path):
+    """bench/backtest_speed.py replays one query's series together and prints rows/s
+    per number of series (the figures themselves are the benchmark's, not asserted)."""
+    out = tmp_path / "speed.json"
+    args = ["--series", "1,3", "--days", "2", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "bench/backtest_speed.py", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if "rows/s" in ln]
+    assert len(lines) == 2 and "target 50,000" in lines[0]
+    import json
+
+    results = json.loads(out.read_text())["results"]
+    assert [r["series"] for r in results] == [1, 3]
+    assert [r["rows"] for r in results] == [2 * 1440, 3 * 2 * 1440]
+    assert all(r["rows_per_s"] > 0 and 0 < r["forest_share"] <= 1 for r in results)
