@@ -62,7 +62,7 @@ from training.runner import PASSIVE_WEIGHT
 
 def naive_file(values: np.ndarray, step: float, settings, query: Query, refit_every: int = 500):
     """Per-row replay of one series; returns (forest score, anomalous, event score, reasons)."""
-    spec = feature_spec(query, settings, step)
+    spec = feature_spec(query, settings, step, weekly=True)
     th = Thresholds.from_settings(settings)
     direction = query.direction
     f = compute_features(values[None, :], spec)
@@ -290,7 +290,7 @@ def _fit_time(settings, query: Query, path: Path, root: Path) -> float:
     """Median wall time of fitting one forest on a file's baseline feature rows."""
     inp = runner.read_csv(path, root)
     step = runner.infer_step(inp.timestamps)
-    spec = feature_spec(query, settings, step)
+    spec = feature_spec(query, settings, step, weekly=True)
     f = compute_features(runner.on_grid(inp.timestamps, inp.values, step).values[None, :], spec)
     ii, tt = np.nonzero(f.ready)
     X = fit_rows(f.matrix(query.direction, (ii[-20000:], tt[-20000:])))

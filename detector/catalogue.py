@@ -25,6 +25,10 @@ _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 Direction = Literal["up", "down", "both"]
 
 
+DAY_SECONDS = 86400.0
+WEEK_SECONDS = 7 * DAY_SECONDS
+
+
 class Query(BaseModel):
     """One catalogue entry."""
 
@@ -35,8 +39,9 @@ class Query(BaseModel):
     direction: Direction = "both"
     labels: tuple[str, ...] | None = None
     #: seasonal period whose profile is removed where it explains the series (adaptive,
-    #: needs a lookback of at least one period); unset means daily, "none" turns it off
-    seasonality: Literal["daily", "weekly", "none"] | None = None
+    #: per series); unset or "auto": the daily or the weekly profile, whichever explains
+    #: the series better where its history holds three weeks; "none" turns it off
+    seasonality: Literal["auto", "daily", "weekly", "none"] | None = None
     lookback: str | None = None
     step: str | None = None
     #: the three recent windows compared with the baseline, shortest first (durations);
@@ -96,7 +101,12 @@ class Query(BaseModel):
         return parse_duration(self.lookback or settings.lookback)
 
     def season_seconds(self) -> float:
-        return {"none": 0.0, "weekly": 7 * 86400.0}.get(self.seasonality or "daily", 86400.0)
+        """The seasonal period (seconds; 0: none): daily unless set to weekly or none."""
+        return {"none": 0.0, "weekly": WEEK_SECONDS}.get(self.seasonality or "auto", DAY_SECONDS)
+
+    def season_alt_seconds(self) -> float:
+        """The period each series may take instead where it explains more (``auto``)."""
+        return WEEK_SECONDS if (self.seasonality or "auto") == "auto" else 0.0
 
     def step_seconds(self, settings: Settings) -> float:
         return parse_duration(self.step or settings.step)

@@ -21,7 +21,14 @@ from detector.catalogue import Query, resolve_catalogue
 from detector.errors import QueryError
 from detector.explain import PASSIVE_REASONS
 from detector.exporter import AnomalyCollector, DetectorMetrics
-from detector.pipeline import SeriesResult, Thresholds, detect_batch, feature_spec, usable_cpus
+from detector.pipeline import (
+    SeriesResult,
+    Thresholds,
+    detect_batch,
+    feature_spec,
+    trained_weekly,
+    usable_cpus,
+)
 from detector.redact import redact
 from detector.scoring import BaselineModelProvider, ModelProvider
 from detector.season import SeasonalHistory, fetch_failed
@@ -226,7 +233,9 @@ class Detector:
                 log.warning("query=%s %s", q.name, warning)
             t1 = time.perf_counter()
             try:
-                past = self.seasons.slices(q, batch, feature_spec(q, self.settings, batch.step))
+                weekly = trained_weekly(self.provider, q, batch)
+                spec = feature_spec(q, self.settings, batch.step, weekly=weekly is not None)
+                past = self.seasons.slices(q, batch, spec)
             except QueryError as exc:
                 past = None
                 fetch_failed(q, exc)
@@ -244,6 +253,7 @@ class Detector:
                 past=past,
                 timings=phases,
                 threads=self.threads,
+                weekly=weekly if past is not None else None,
             )
             t2 = time.perf_counter()
             self._track_onsets(q.name, results)

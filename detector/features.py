@@ -96,6 +96,9 @@ class FeatureSpec:
     robust_clip: float = 4.0
     scale_memory: float = 1.0  # scale floor: this share of the series' typical spread so far
     season: float = 0.0  # seconds of the seasonal period (0: none), e.g. 86400 for daily
+    #: a second period each series takes instead where its profile explains more (0: none),
+    #: e.g. 604800: weekly where the history shows a week (a quiet weekend), else daily
+    season_alt: float = 0.0
     season_cycles: int = 3  # past periods the seasonal profile is the median of
     season_gain: float = 0.7  # the profile is used where it cuts the spread below this share
     season_band: float = 0.1  # ± around season_gain, features blend from seasonal to plain
@@ -128,6 +131,22 @@ class FeatureSpec:
             return 0
         pts = round(self.season / self.step)
         return pts if pts >= 2 * self.longest else 0
+
+    @property
+    def alt_points(self) -> int:
+        """Points per alternative period (``season_alt``); 0 when off or too short."""
+        if self.season <= 0 or self.season_alt <= 0:
+            return 0
+        pts = round(self.season_alt / self.step)
+        return pts if pts >= 2 * self.longest and pts != self.season_points else 0
+
+    @property
+    def periods(self) -> tuple[int, ...]:
+        """The seasonal periods in points, the main one first (empty: not seasonal)."""
+        main = self.season_points
+        if main == 0:
+            return ()
+        return (main, self.alt_points) if self.alt_points else (main,)
 
     @property
     def warmup_points(self) -> int:
@@ -320,14 +339,39 @@ def _best_step_resid(
         return np.sqrt(np.maximum(best, 0.0) / np.maximum(n - 2, 1))
 
 
+def weekly_choice(parts: list[np.ndarray], week: int) -> np.ndarray:
+    """Where each series takes the alternative period's profile (weekly): where it
+    predicted the last whole such period better than the daily one did, by
+    ``WEEKLY_GAIN``. Judged over a week, not the features' horizon, so that a Saturday
+    is not judged on a Friday and the choice holds from one hour to the next; it
+    needs a week to judge and one before it to predict that week: two and a half
+    weeks of history at least (training stores the choice at the end of its history)."""
+    whole = [_hold_last(seasonal_fit(part, week)) for part in parts]
+    with np.errstate(invalid="ignore"):
+        daily = np.nan_to_num(whole[0], nan=np.inf)
+        return np.isfinite(whole[1]) & (whole[1] < WEEKLY_GAIN * daily)
+
+
+#: The alternative period's profile (weekly) is taken where it left at most this share
+#: of the daily one's residual spread over the last week: the daily profile, three days
+#: old at most, follows a trend sooner and stays where a week adds little.
+WEEKLY_GAIN = 0.8
+
+
 def compute_features(
-    values: np.ndarray, spec: FeatureSpec, past: np.ndarray | None = None
+    values: np.ndarray,
+    spec: FeatureSpec,
+    past: np.ndarray | None = None,
+    alt: np.ndarray | None = None,
 ) -> Features:
     """Features of every series at every time index; see the module docstring.
 
     With a seasonal period (``spec.season``), features are computed twice: on the
     values, and on the residuals from their seasonal profile (the median of the same
-    time of day in the last ``season_cycles`` periods, see ``seasonal_profile``).
+    time of day in the last ``season_cycles`` periods, see ``seasonal_profile``). With
+    an alternative period too (``spec.season_alt``, weekly), each (series, time) takes
+    the profile of the period that predicted its last period better (a shop whose
+    weekends are quiet: weekly, once three weeks are known; otherwise daily).
     Each (series, time) takes the seasonal variant where the profile explains the
     series: its residuals spread less than ``season_gain`` times the values over the
     baseline (which ends one longest window ago, so an ongoing incident does not
@@ -337,26 +381,41 @@ def compute_features(
     The profile needs the values one, two, … periods before each time: a backtest
     or training run over a long history has them in ``values`` itself; the live
     detector, which fetches only its lookback, passes them as ``past`` (see
-    ``past_slices``), and gets the same features at the newest point.
+    ``past_slices``: the slices of each period of ``spec.periods`` in turn), and gets
+    the same features at the newest point. Its window is too short to choose the
+    weekly profile (the choice looks at a whole week): it passes the choice the nightly
+    retrain stored for each series as ``alt`` (n_series,), and with it the weekly slices.
     """
     x = np.asarray(values, dtype=np.float64)
     if x.ndim == 1:
         x = x[None, :]
+    given_alt = alt
     if x.shape[1] == 0:  # no point yet: the features of one missing point, without it
         return _compute(np.full((x.shape[0], 1), np.nan), spec).take(slice(0, 0))
     plain = _compute(x, spec)
-    period = spec.season_points
-    if period == 0:
+    periods = spec.periods
+    if not periods:
         return plain
+    cycles = spec.season_cycles
     if past is None:
-        if x.shape[1] <= period + spec.warmup_points:
+        if x.shape[1] <= periods[0] + spec.warmup_points:
             return plain
-        past = past_slices(x, period, spec.season_cycles)
-    elif past.shape[1:] != (x.shape[0], x.shape[1] + 2 * NEIGHBOUR_REACH):
+        past = np.concatenate([past_slices(x, p, cycles) for p in periods])
+    elif past.shape != (len(periods) * cycles, x.shape[0], x.shape[1] + 2 * NEIGHBOUR_REACH):
         raise ValueError(f"past slices have shape {past.shape}, values {x.shape}")
+    parts = [past[k * cycles : (k + 1) * cycles] for k in range(len(periods))]
     # where a gap in the last period hides how well the profile predicts, the last
     # judgement holds (a scrape outage yesterday does not switch today's profile off)
-    ratio = _hold_last(seasonal_fit(past, spec.baseline_points + spec.longest))
+    horizon = spec.baseline_points + spec.longest
+    ratios = [_hold_last(seasonal_fit(part, horizon)) for part in parts]
+    ratio = ratios[0]
+    alt = np.zeros(x.shape, dtype=bool)
+    if len(parts) > 1 and given_alt is not None:
+        alt = np.broadcast_to(np.asarray(given_alt, dtype=bool).reshape(-1, 1), x.shape)
+        ratio = np.where(alt, ratios[1], ratios[0])
+    elif len(parts) > 1:
+        alt = weekly_choice(parts, periods[1])
+        ratio = np.where(alt, ratios[1], ratios[0])
     lo, hi = spec.season_gain - spec.season_band, spec.season_gain + spec.season_band
     with np.errstate(invalid="ignore"):
         use = np.nan_to_num(np.clip((hi - ratio) / max(hi - lo, 1e-9), 0.0, 1.0))
@@ -364,8 +423,10 @@ def compute_features(
         return plain
     # the seasonal variant only for the series that use it somewhere (the others: plain)
     rows = np.nonzero(use.any(axis=1))[0]
-    x, past, u = x[rows], past[:, rows], use[rows]
-    profile = seasonal_profile(x, past)
+    x, u = x[rows], use[rows]
+    profile = seasonal_profile(x, parts[0][:, rows])
+    if alt[rows].any():
+        profile = np.where(alt[rows], seasonal_profile(x, parts[1][:, rows]), profile)
     expected = np.nan_to_num(profile)
     seasonal = _compute(x - profile, spec, ref=expected)
     seasonal.value = plain.value[rows]
@@ -374,6 +435,8 @@ def compute_features(
         seasonal.mean[name] = seasonal.mean[name] + trailing_mean(expected, w)
     merged = _merge(u, seasonal, _rows(plain, rows), into=plain, at=rows)
     merged.extra["seasonal"] = use
+    if len(parts) > 1:
+        merged.extra["weekly"] = alt.astype(np.float64)  # the alternative period chosen
     return merged
 
 

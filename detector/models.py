@@ -51,6 +51,8 @@ class _Loaded:
     model: object
     #: reason -> the series' own level, learned by the retrain (detector.verdict)
     levels: dict[str, float] = field(default_factory=dict)
+    #: the retrain found the weekly profile explains the series better than the daily
+    weekly: bool = False
 
 
 @dataclass
@@ -91,6 +93,10 @@ class RegistryModelProvider:
     # -- trained models -------------------------------------------------------------------
     def trained(self, query: str) -> list[TrainedGroup]:
         return self._groups.get(query, [])
+
+    def weekly(self, query: str) -> dict[str, bool]:
+        """Series key → whether its promoted model was trained on the weekly profile."""
+        return {key: m.weekly for key, m in self._loaded.items() if m.metric == query}
 
     def levels(self, query: str) -> dict[str, dict[str, float]]:
         """Series key → reason → the series' own level its promoted model was trained with
@@ -156,6 +162,7 @@ class RegistryModelProvider:
                 tuple(rec.feature_names),
                 model,
                 stored_levels(rec.evaluation),
+                bool((rec.evaluation or {}).get("weekly") is True),
             )
             changed.add(rec.metric)
             log.info("model loaded series=%s version=%s", key, rec.tag)

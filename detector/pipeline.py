@@ -138,9 +138,17 @@ class SeriesResult:
         }
 
 
-def feature_spec(query: Query, settings: Settings, step: float) -> FeatureSpec:
+def feature_spec(
+    query: Query, settings: Settings, step: float, *, weekly: bool = False
+) -> FeatureSpec:
     """The feature configuration of a query: its windows (``windows:``, default 5m/15m/1h)
-    and a baseline that is the lookback before the longest window."""
+    and a baseline that is the lookback before the longest window.
+
+    ``weekly``: with the weekly profile as each series' alternative where the query's
+    seasonality is auto: over a long history (backtests, training: the choice is made
+    from it), or live for a query some of whose series the nightly retrain found
+    weekly (``trained_weekly``). Otherwise the live window is daily (or as the query
+    says): a 6 h window cannot tell a weekly series from a daily one."""
     windows = query.window_seconds()
     spec = FeatureSpec(step=step, windows=windows, min_scale=query.min_scale)
     lookback = query.lookback_seconds(settings)
@@ -151,6 +159,7 @@ def feature_spec(query: Query, settings: Settings, step: float) -> FeatureSpec:
         min_scale=query.min_scale,
         baseline=baseline,
         season=query.season_seconds(),
+        season_alt=query.season_alt_seconds() if weekly else 0.0,
     )
 
 
@@ -266,8 +275,9 @@ def _detect_chunk(
     keep_candidates: bool,
     clock: _Clock,
     levels: dict[str, np.ndarray] | None = None,
+    weekly: np.ndarray | None = None,
 ) -> _Part:
-    feats = compute_features(values, spec, past)
+    feats = compute_features(values, spec, past, weekly)
     clock.lap("features")
     candidates = feats.matrix(direction, _candidate_rows(feats, spec))
     clock.lap("scoring")
@@ -347,11 +357,13 @@ def detect_batch(
     past: np.ndarray | None = None,
     timings: dict[str, float] | None = None,
     threads: int = 1,
+    weekly: np.ndarray | None = None,
 ) -> list[SeriesResult]:
     """Score and explain the newest point of every series in ``batch``.
 
     ``past`` holds the seasonal history of the window (``detector.season``) when the
-    query is seasonal and the window shorter than its periods.
+    query is seasonal and the window shorter than its periods; with ``weekly`` (each
+    series' choice of the weekly profile, ``trained_weekly``), the weekly slices too.
 
     ``active`` holds the label keys (sorted label items) of series that were
     anomalous at the previous cycle: they stay anomalous until their reasons fall
@@ -368,7 +380,7 @@ def detect_batch(
     if len(batch) == 0:
         return []
     clock = _Clock(timings)
-    spec = feature_spec(query, settings, batch.step)
+    spec = feature_spec(query, settings, batch.step, weekly=weekly is not None)
     reusable = getattr(provider, "reusable", None)
     n_columns = len(feature_names(tuple(spec.window_points)))
     model = reusable(query.name, n_columns, now=now) if reusable else None
@@ -387,6 +399,7 @@ def detect_batch(
             model is None,
             _Clock(own),
             None if levels is None else {r: v[s : s + CHUNK_SERIES] for r, v in levels.items()},
+            None if weekly is None else weekly[s : s + CHUNK_SERIES],
         )
 
     starts = range(0, len(batch), CHUNK_SERIES)
@@ -498,6 +511,18 @@ def detect_batch(
         )
     clock.lap("explanation")
     return results
+
+
+def trained_weekly(provider: Any, query: Query, batch: SeriesBatch) -> np.ndarray | None:
+    """Each series' choice of the weekly profile, as the nightly retrain made it from a
+    long history and stored with the model (``True``: weekly), or None when no series of
+    the query took it (the live window is then daily only, and no weekly slice is
+    fetched)."""
+    known = getattr(provider, "weekly", None)
+    table = known(query.name) if known else {}
+    if not any(table.values()):
+        return None
+    return np.array([bool(table.get(series_key(query.name, lb))) for lb in batch.labels])
 
 
 def _trained_levels(

@@ -2,7 +2,8 @@
 
 The live cycle fetches only its lookback (6 h by default), too short to learn a
 day. For a seasonal query it also needs, at every point of the window, the values
-one, two and three periods (days) before: ``detector.features.past_slices`` of a
+one, two and three periods (days; and weeks, where a series may take the weekly
+profile) before: ``detector.features.past_slices`` of a
 long history. ``SeasonalHistory`` fetches exactly those slices from Prometheus —
 the window shifted back by ``j`` periods, one step wider on each side for the
 neighbours the profile takes — and hands them to the feature function, which then
@@ -10,7 +11,8 @@ computes at the newest point what a backtest over the whole history computes.
 
 History does not change, so each slice is cached and the next cycle fetches only
 the steps that are new since (one per cycle at the default interval): the seasonal
-profile costs three small range queries per query and cycle, not three lookbacks.
+profiles cost three small range queries per period, query and cycle, not three
+lookbacks each.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ class SeasonalHistory:
         self.fetched_points = 0  # grid points requested (for tests and benchmarks)
 
     def needed(self, spec: FeatureSpec, n_times: int) -> bool:
-        """Whether a window of ``n_times`` points needs fetched slices for its profile."""
-        return spec.season_points > 0 and n_times <= spec.season_points + spec.warmup_points
+        """Whether a window of ``n_times`` points needs fetched slices for its profiles."""
+        return any(n_times <= p + spec.warmup_points for p in spec.periods)
 
     def slices(self, query: Query, batch: SeriesBatch, spec: FeatureSpec) -> np.ndarray | None:
         """``past`` for ``compute_features(batch.values, spec, past)``, or None.
@@ -64,16 +66,19 @@ class SeasonalHistory:
             return None
         r = NEIGHBOUR_REACH
         width = T + 2 * r
-        out = np.full((spec.season_cycles, n, width), np.nan)
+        cycles = spec.season_cycles
+        out = np.full((len(spec.periods) * cycles, n, width), np.nan)
         rows = {_key(lb): i for i, lb in enumerate(batch.labels)}
         keys = frozenset(rows)
-        for j in range(1, spec.season_cycles + 1):
-            start = batch.start - (j * spec.season_points + r) * batch.step
-            part = self._slice(query, j, start, batch.step, width, keys)
-            for i, lb in enumerate(part.labels):
-                row = rows.get(_key(lb))
-                if row is not None:
-                    out[j - 1, row] = part.values[i]
+        for k, period in enumerate(spec.periods):
+            for j in range(1, cycles + 1):
+                lag = j * period  # points back: one slice per lag, cached under it
+                start = batch.start - (lag + r) * batch.step
+                part = self._slice(query, lag, start, batch.step, width, keys)
+                for i, lb in enumerate(part.labels):
+                    row = rows.get(_key(lb))
+                    if row is not None:
+                        out[k * cycles + j - 1, row] = part.values[i]
         return out
 
     def forget(self, query: str) -> None:
@@ -97,17 +102,17 @@ class SeasonalHistory:
     def _slice(
         self,
         query: Query,
-        j: int,
+        lag: int,
         start: float,
         step: float,
         width: int,
         keys: frozenset = frozenset(),
     ) -> SeriesBatch:
         """The grid ``start + k·step`` (k < width), from the cache plus what is new."""
-        old = self._cache.get((query.name, j))
+        old = self._cache.get((query.name, lag))
         end = start + step * (width - 1)
         selects = getattr(self.source, "selects", False)
-        read_for = self._keys.get((query.name, j), frozenset())
+        read_for = self._keys.get((query.name, lag), frozenset())
         usable = (
             old is not None
             and (not selects or keys <= read_for)
@@ -124,8 +129,8 @@ class SeasonalHistory:
             tail = self._fetch(query, old.end - _OVERLAP * step, step, new + _OVERLAP + 1, keys)
             fresh = _splice(old, tail, start, step, width)
             read_for = keys
-        self._cache[(query.name, j)] = fresh
-        self._keys[(query.name, j)] = read_for
+        self._cache[(query.name, lag)] = fresh
+        self._keys[(query.name, lag)] = read_for
         return fresh
 
 

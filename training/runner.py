@@ -227,7 +227,7 @@ def backtest_series(
     values = np.full((len(inputs), width), np.nan)
     for i, g in enumerate(grids):
         values[i, : len(g.values)] = g.values
-    spec = feature_spec(query, settings, step)
+    spec = feature_spec(query, settings, step, weekly=True)
     th = Thresholds.from_settings(settings)
     r = replay(values, spec, th, query.direction)
     return list(frames(r, inputs, grids, th.z_thresh))

@@ -85,6 +85,9 @@ class SeriesData:
     #: reason -> the series' own level after its history (detector.verdict.latest_levels;
     #: only where the history is long enough), stored in the evaluation for the live detector
     levels: dict[str, float] = field(default_factory=dict)
+    #: the weekly profile explained the end of its history better than the daily one
+    #: (detector.features.weekly_choice), stored for the live detector
+    weekly: bool = False
 
 
 @dataclass
@@ -152,7 +155,7 @@ def prepare(
     Returns the material, outcomes for series that cannot be trained, and the
     number of feature rows stored.
     """
-    spec = feature_spec(query, settings, batch.step)
+    spec = feature_spec(query, settings, batch.step, weekly=True)
     calendar = calendar_for(query)
     times = batch.timestamps
     n_times = batch.values.shape[1]
@@ -170,6 +173,7 @@ def prepare(
         rows = wanted[c : c + per_chunk]
         feats = compute_features(batch.values[rows], spec)
         levels = latest_levels(feats, Thresholds.from_settings(settings), query.direction)
+        weekly = feats.extra.get("weekly")
         if store is not None:
             # only rows newer than what an earlier run stored: a nightly run adds a day
             since = np.array([max(latest.get(keys[i], -np.inf), keep_from) for i in rows])
@@ -192,6 +196,7 @@ def prepare(
                 skipped.append(data)
             else:
                 data.levels = {r: float(v[j]) for r, v in levels.items() if np.isfinite(v[j])}
+                data.weekly = bool(weekly[j, -1]) if weekly is not None else False
                 out.append(data)
     return out, skipped, stored
 
@@ -287,6 +292,8 @@ def fit_one(data: SeriesData) -> tuple[dict[str, Any], bytes]:
         # the series' own level for each reason (detector.verdict.latest_levels; the
         # spike's in band sds, the others' times their threshold), none: too short a history
         "levels": {r: round(v, 4) for r, v in sorted(data.levels.items())},
+        # the weekly profile, not the daily one, explains the series (seasonality: auto)
+        "weekly": data.weekly,
     }
     return evaluation, dump_model(model)
 

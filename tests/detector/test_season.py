@@ -26,6 +26,7 @@ from detector.source import SeriesBatch, align_end
 
 STEP = 60.0
 DAY = 1440
+WEEK = 7 * DAY
 T0 = 1_700_006_400.0  # a multiple of the step and of the day: midnight UTC
 LABELS = [{"app": "shop"}, {"app": "blog"}]
 
@@ -89,11 +90,14 @@ def test_fetched_slices_give_the_profile_of_the_whole_history(settings):
     t = 3 * DAY + 600  # 10:00 on the fourth day, inside the peak
     batch = window_at(source, t, settings)
     past = SeasonalHistory(source).slices(QUERY, batch, spec)
+    # three days back: live, a series takes the weekly profile only once the nightly
+    # retrain found it weekly (a 6 h window cannot tell)
+    assert spec.periods == (DAY,)
     assert past is not None and past.shape == (3, 2, batch.values.shape[1] + 2)
 
     full = x[:, : t + 1]
-    full_past = past_slices(full, DAY, 3)
     width = batch.values.shape[1]
+    full_past = past_slices(full, DAY, 3)
     np.testing.assert_array_equal(past, full_past[:, :, -(width + 2) :])
     live = seasonal_profile(batch.values, past)
     offline = seasonal_profile(full, full_past)[:, -width:]
@@ -161,3 +165,76 @@ def test_a_failed_history_fetch_scores_without_the_profile_and_says_so(settings,
         "aiops_detector_query_errors_total", {"query": QUERY.name, "kind": "timeout"}
     )
     assert errors == 1
+
+
+def test_weekly_slices_are_fetched_and_give_the_profile_of_the_whole_history(settings):
+    """For a query with series the retrain found weekly, the slices one, two and three
+    weeks back are fetched too: they are the history's own, and with the stored choice
+    the live features use the profile a backtest over the whole history uses."""
+    x = history(days=22)
+    source = ArraySource(x)
+    spec = feature_spec(QUERY, settings, STEP, weekly=True)
+    assert spec.periods == (DAY, WEEK)
+    t = 21 * DAY + 600
+    batch = window_at(source, t, settings)
+    past = SeasonalHistory(source).slices(QUERY, batch, spec)
+    full = x[:, : t + 1]
+    width = batch.values.shape[1]
+    want = np.concatenate([past_slices(full, DAY, 3), past_slices(full, WEEK, 3)])
+    np.testing.assert_array_equal(past, want[:, :, -(width + 2) :])
+    assert np.isfinite(past[3:]).any()
+    weekly = seasonal_profile(batch.values, past[3:])
+    np.testing.assert_array_equal(weekly, seasonal_profile(full, want[3:])[:, -width:])
+    # the same choice of profile, and the same use of it, at the newest point
+    offline = compute_features(full, spec)
+    live = compute_features(batch.values, spec, past, offline.extra["weekly"][:, -1] > 0)
+    for name in ("weekly", "seasonal"):
+        np.testing.assert_allclose(live.extra[name][:, -1], offline.extra[name][:, -1], rtol=1e-9)
+
+
+def shop_weeks(days: int = 28, seed: int = 5) -> np.ndarray:
+    """Two shops: busy 09:00–17:00 on weekdays, quiet all weekend (40 % of a weekday
+    night); the first week starts on a Monday."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(days * DAY)
+    phase, dow = t % DAY, (t // DAY) % 7
+    peak = np.where((phase >= 540) & (phase < 1020), 1.6, 1.0)
+    level = np.where(dow >= 5, 0.4, peak)
+    base = np.stack([100.0 * level, 40.0 * level])
+    return base * (1 + rng.normal(0, 0.01, base.shape))
+
+
+def test_a_series_the_retrain_found_weekly_keeps_its_quiet_weekend_quiet_live(settings):
+    """Saturday 10:00 in the fourth week: the daily profile (Wednesday to Friday) expects
+    the weekday peak, the weekly one the quiet weekend. The live detector takes the
+    weekly profile for the series whose trained model says so, and only for them."""
+    from detector.scoring import BaselineModelProvider
+    from detector.source import series_key
+
+    x = shop_weeks()
+    t = 3 * WEEK + 5 * DAY + 600  # Saturday 10:00, week four
+
+    class Trained(BaselineModelProvider):
+        def weekly(self, name: str) -> dict[str, bool]:
+            return {
+                series_key(name, {"app": "shop"}): True,
+                series_key(name, {"app": "blog"}): False,
+            }
+
+    def cycle(provider) -> dict:
+        det = Detector(
+            settings,
+            queries=[QUERY],
+            source=ArraySource(x),
+            provider=provider,
+            registry=CollectorRegistry(),
+        )
+        return {"now": run_at(det, t)}
+
+    plain = cycle(BaselineModelProvider(refit_seconds=3600))["now"]
+    trained = cycle(Trained(refit_seconds=3600))["now"]
+    # the daily profile calls the quiet Saturday morning an incident (both shops)...
+    assert plain["shop"].anomalous and plain["blog"].anomalous
+    # ...the weekly one, where the retrain chose it, does not
+    assert not trained["shop"].anomalous
+    assert trained["blog"].anomalous

@@ -119,3 +119,25 @@ def test_volatility_needs_significance_when_windows_hold_few_points():
     fired = ex.evaluate(f).fired
     assert by_ratio.sum() > 20  # small windows cross 2x by chance...
     assert fired.sum() < by_ratio.sum() / 5  # ...which the significance gate mostly refuses
+
+
+def test_a_backtest_takes_the_weekly_profile_where_the_weekend_is_quiet():
+    """Weekdays with a 09:00–17:00 peak, weekends at 40 %: once three weeks are known the
+    weekly profile explains the series and the fifth week's weekend is quiet; with the
+    daily profile alone (Wednesday to Friday for a Saturday) it reads as an incident."""
+    step, day = 600.0, 144
+    week = 7 * day
+    rng = np.random.default_rng(7)
+    t = np.arange(5 * week)
+    phase, dow = t % day, (t // day) % 7
+    peak = np.where((phase >= 54) & (phase < 102), 1.6, 1.0)
+    x = 100 * peak * np.where(dow >= 5, 0.4, 1.0) * (1 + rng.normal(0, 0.02, len(t)))
+    last = slice(4 * week, 5 * week)
+    weekend = dow[last] >= 5
+    daily = replay(x, FeatureSpec(step=step, season=86400.0), Thresholds(), "both")
+    auto = replay(x, FeatureSpec(step=step, season=86400.0, season_alt=7 * 86400.0), Thresholds())
+    assert daily.anomalous[0, last][weekend].any()
+    assert not auto.anomalous[0, last].any()
+    assert auto.features.extra["weekly"][0, last].all()
+    # before a week can be judged against the one before it, the daily profile is used
+    assert not auto.features.extra["weekly"][0, : 2 * week].any()

@@ -326,6 +326,10 @@ def test_the_retrain_stores_each_series_own_levels_and_the_detector_reads_them(s
     provider.refresh()
     assert provider.levels("lat") == levels
     assert provider.levels("other") == {}
+    # the query is daily: no series takes the weekly profile, and the live detector
+    # fetches no weekly slice for it
+    assert all(r.evaluation["weekly"] is False for r in promoted)
+    assert set(provider.weekly("lat")) == set(levels) and not any(provider.weekly("lat").values())
     assert stored_levels({"spike_level": 9.8}) == {"spike": 9.8}
     assert stored_levels({"spike_level": None}) == {} and stored_levels(None) == {}
     assert stored_levels({"levels": {"spike": 7.0, "level_shift": float("nan")}}) == {"spike": 7.0}
