@@ -428,7 +428,11 @@ def compute_features(
     if alt[rows].any():
         profile = np.where(alt[rows], seasonal_profile(x, parts[1][:, rows]), profile)
     expected = np.nan_to_num(profile)
-    seasonal = _compute(x - profile, spec, ref=expected)
+    # the band is never narrower than the profile's own miss at this time of day
+    spread = phase_spread(parts[0][:, rows], x.shape[1])
+    if alt[rows].any():
+        spread = np.where(alt[rows], phase_spread(parts[1][:, rows], x.shape[1]), spread)
+    seasonal = _compute(x - profile, spec, ref=expected, band_floor_at=spread)
     seasonal.value = plain.value[rows]
     seasonal.baseline = seasonal.baseline + expected
     for name, w in spec.window_points.items():
@@ -551,6 +555,36 @@ def seasonal_profile(x: np.ndarray, past: np.ndarray) -> np.ndarray:
     return _phase_median(past, x.shape[1])
 
 
+def phase_spread(past: np.ndarray, T: int) -> np.ndarray:
+    """How far the seasonal profile misses at each time of day: the robust sd (1.4826 ×
+    the median absolute value) of the residuals of the past periods at the same phase
+    and its neighbours, each period against the median of the periods before it. NaN
+    with fewer than two periods.
+
+    The expected band of a seasonal series is never narrower than this: where the busy
+    hours are noisier than the quiet ones (a daily peak whose height varies), the band
+    of the quiet night does not make every busy-hour wiggle a spike. From the slices
+    alone (the columns a live window's slices hold), so live and backtests agree.
+    """
+    r = NEIGHBOUR_REACH
+    cycles = past.shape[0]
+    parts = []
+    for j in range(cycles - 1):
+        later = np.sort(past[j + 1 :], axis=0)  # NaNs last: the median of the finite ones
+        cnt = np.isfinite(later).sum(axis=0)
+        lo = np.take_along_axis(later, np.maximum((cnt - 1) // 2, 0)[None], axis=0)[0]
+        hi = np.take_along_axis(later, np.maximum(cnt // 2, 0)[None], axis=0)[0]
+        resid = past[j] - np.where(cnt > 0, (lo + hi) / 2.0, np.nan)
+        parts.extend(resid[:, r + o : r + o + T] for o in SEASON_NEIGHBOURS)
+    if not parts:
+        return np.full((past.shape[1], T), np.nan)
+    a = np.sort(np.abs(np.stack(parts)), axis=0)
+    cnt = np.isfinite(a).sum(axis=0)
+    lo = np.take_along_axis(a, np.maximum((cnt - 1) // 2, 0)[None], axis=0)[0]
+    hi = np.take_along_axis(a, np.maximum(cnt // 2, 0)[None], axis=0)[0]
+    return np.where(cnt > 0, 1.4826 * (lo + hi) / 2.0, np.nan)
+
+
 def seasonal_fit(past: np.ndarray, horizon: int) -> np.ndarray:
     """How well the seasonal profile explains the series, judged on the last period.
 
@@ -650,9 +684,15 @@ def _past_median(a: np.ndarray, lag: int, horizon: int = 2000) -> np.ndarray:
     return np.nan_to_num(med, nan=0.0)
 
 
-def _compute(x: np.ndarray, spec: FeatureSpec, ref: np.ndarray | None = None) -> Features:
+def _compute(
+    x: np.ndarray,
+    spec: FeatureSpec,
+    ref: np.ndarray | None = None,
+    band_floor_at: np.ndarray | None = None,
+) -> Features:
     """Features of ``x``; ``ref`` (seasonal residuals) is the expected value removed from
-    ``x``, added back wherever a feature is relative to the level (scale floor, percent)."""
+    ``x``, added back wherever a feature is relative to the level (scale floor, percent);
+    ``band_floor_at`` (n, T), where given, is a floor of the expected band's sd."""
     n_series, n_times = x.shape
     # beyond ±MAX_ABS a value's square (the variance sums) would overflow: missing
     finite = np.isfinite(x) & (np.abs(x) <= MAX_ABS)
@@ -731,6 +771,8 @@ def _compute(x: np.ndarray, spec: FeatureSpec, ref: np.ndarray | None = None) ->
     raw = x if ref is None else x + ref
     raw_center = center + offset + (0.0 if ref is None else ref)
     band_scale = np.fmax(band_scale, counting_floor(raw, finite, raw_center, spec.band_points))
+    if band_floor_at is not None:
+        band_scale = np.fmax(band_scale, np.nan_to_num(band_floor_at, nan=0.0))
     # the band as it was one longest window ago: an incident that persists does not
     # become its own yardstick before that (the episode's end needs both, verdict)
     late = longest - 1

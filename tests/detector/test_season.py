@@ -18,7 +18,13 @@ from prometheus_client import CollectorRegistry
 from detector.catalogue import Query
 from detector.cycle import Detector
 from detector.errors import QueryError
-from detector.features import compute_features, past_slices, seasonal_fit, seasonal_profile
+from detector.features import (
+    compute_features,
+    past_slices,
+    phase_spread,
+    seasonal_fit,
+    seasonal_profile,
+)
 from detector.pipeline import feature_spec
 from detector.season import SeasonalHistory
 from detector.settings import load_settings
@@ -102,6 +108,10 @@ def test_fetched_slices_give_the_profile_of_the_whole_history(settings):
     live = seasonal_profile(batch.values, past)
     offline = seasonal_profile(full, full_past)[:, -width:]
     np.testing.assert_array_equal(live, offline)
+    # the band's floor from the profile's miss: from the slices' own columns, the same
+    np.testing.assert_array_equal(
+        phase_spread(past, width), phase_spread(full_past, full.shape[1])[:, -width:]
+    )
     horizon = spec.baseline_points + spec.longest
     np.testing.assert_allclose(  # prefix sums over different spans: rounding only
         seasonal_fit(past, horizon)[:, -1], seasonal_fit(full_past, horizon)[:, t], rtol=1e-9

@@ -141,3 +141,38 @@ def test_a_backtest_takes_the_weekly_profile_where_the_weekend_is_quiet():
     assert auto.features.extra["weekly"][0, last].all()
     # before a week can be judged against the one before it, the daily profile is used
     assert not auto.features.extra["weekly"][0, : 2 * week].any()
+
+
+def busy_and_quiet(seed: int, days: int = 8) -> np.ndarray:
+    """A daily square wave whose noise grows with the level (6 %): 20 ± 1.2 at night,
+    70 ± 4.2 from 09:00 to 17:00 (NAB's art_daily_small_noise is of this kind)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(days * DAY)
+    busy = (t % DAY >= 108) & (t % DAY < 204)
+    return np.where(busy, 70.0, 20.0) * (1 + rng.normal(0, 0.06, len(t)))
+
+
+def test_the_busy_hours_noise_widens_their_band_and_a_real_drop_still_fires():
+    """The expected band of a seasonal series is never narrower than the profile's own
+    miss at that time of day (``phase_spread``): the band of the quiet night no longer
+    makes the first busy-hour wiggles spikes once the profile is known."""
+    from detector.features import phase_spread
+
+    later = []
+    for seed in range(5):
+        r = replay(busy_and_quiet(seed), SEASONAL, Thresholds(), "both")
+        later.extend(onsets_after(r, 3 * DAY).tolist())
+    assert later == []
+    # the floor: at a busy hour, about the busy hours' noise; at night, the night's
+    x = busy_and_quiet(0)[None, :]
+    spread = phase_spread(past_slices(x, DAY, 3), x.shape[1])
+    day4 = np.arange(4 * DAY, 5 * DAY)
+    busy = (day4 % DAY >= 120) & (day4 % DAY < 190)
+    night = day4 % DAY < 90
+    assert 2.5 < np.median(spread[0, day4[busy]]) < 8.0
+    assert np.median(spread[0, day4[night]]) < 2.0
+    # a busy day that stays at half its level is still an incident
+    x = busy_and_quiet(1)
+    x[6 * DAY + 130 : 6 * DAY + 200] *= 0.5
+    r = replay(x, SEASONAL, Thresholds(), "both")
+    assert r.anomalous[0, 6 * DAY + 130 : 6 * DAY + 145].any()
