@@ -567,22 +567,35 @@ def phase_spread(past: np.ndarray, T: int) -> np.ndarray:
     alone (the columns a live window's slices hold), so live and backtests agree.
     """
     r = NEIGHBOUR_REACH
-    cycles = past.shape[0]
-    parts = []
+    cycles, n = past.shape[0], past.shape[1]
+    if cycles < 2:
+        return np.full((n, T), np.nan)
+    misses = np.empty(((cycles - 1) * len(SEASON_NEIGHBOURS), n, T))
+    k = 0
     for j in range(cycles - 1):
-        later = np.sort(past[j + 1 :], axis=0)  # NaNs last: the median of the finite ones
-        cnt = np.isfinite(later).sum(axis=0)
-        lo = np.take_along_axis(later, np.maximum((cnt - 1) // 2, 0)[None], axis=0)[0]
-        hi = np.take_along_axis(later, np.maximum(cnt // 2, 0)[None], axis=0)[0]
-        resid = past[j] - np.where(cnt > 0, (lo + hi) / 2.0, np.nan)
-        parts.extend(resid[:, r + o : r + o + T] for o in SEASON_NEIGHBOURS)
-    if not parts:
-        return np.full((past.shape[1], T), np.nan)
-    a = np.sort(np.abs(np.stack(parts)), axis=0)
-    cnt = np.isfinite(a).sum(axis=0)
-    lo = np.take_along_axis(a, np.maximum((cnt - 1) // 2, 0)[None], axis=0)[0]
-    hi = np.take_along_axis(a, np.maximum(cnt // 2, 0)[None], axis=0)[0]
-    return np.where(cnt > 0, 1.4826 * (lo + hi) / 2.0, np.nan)
+        resid = past[j] - _median_of(past[j + 1 :])
+        for o in SEASON_NEIGHBOURS:
+            np.abs(resid[:, r + o : r + o + T], out=misses[k])
+            k += 1
+    return 1.4826 * _median_of(misses)
+
+
+def _median_of(a: np.ndarray) -> np.ndarray:
+    """The median over axis 0 of the finite values (NaN where none)."""
+    if a.shape[0] == 1:
+        return a[0].copy()
+    if a.shape[0] == 2:
+        with np.errstate(invalid="ignore"):
+            both = (a[0] + a[1]) / 2.0
+        return np.where(np.isnan(a[0]), a[1], np.where(np.isnan(a[1]), a[0], both))
+    k = a.shape[0]
+    s = np.sort(a, axis=0)  # NaNs last: the median of the finite ones
+    cnt = np.isfinite(s).sum(axis=0)
+    if (cnt == k).all():
+        return (s[(k - 1) // 2] + s[k // 2]) / 2.0
+    lo = np.take_along_axis(s, np.maximum((cnt - 1) // 2, 0)[None], axis=0)[0]
+    hi = np.take_along_axis(s, np.maximum(cnt // 2, 0)[None], axis=0)[0]
+    return np.where(cnt > 0, (lo + hi) / 2.0, np.nan)
 
 
 def seasonal_fit(past: np.ndarray, horizon: int) -> np.ndarray:
