@@ -2,8 +2,11 @@
 
 For every (series, time):
 
-1. each explainer fires at the configured thresholds, and only if the reason is
-   *novel*: its strength beats every strength of the same reason in the series'
+1. each explainer fires at the series' own level for its reason: the configured
+   threshold, raised by rungs of 1.4 where the series' history reached it often
+   (``own_levels``: the spike's ``spike_levels``, every other reason's
+   ``reason_levels``; live, the levels the nightly retrain stored), and only if the
+   reason is *novel*: its strength beats every strength of the same reason in the series'
    recent history (``Thresholds.history`` points ending one longest window ago,
    ``AIOPS_NOVELTY`` times over). A pattern that recurs — a daily batch job, a
    ramp the baseline cannot follow — stops being news after its first time;
@@ -40,7 +43,9 @@ For every (series, time):
    is still news).
 
 The event score of an onset (what a detection "weighs") is the novelty of its
-strongest reason times the forest score.
+strongest reason times the forest score. The calibrated score (``aiops_anomaly_score``,
+``calibrated_score``) is the strongest reason's strength over the series' own level for
+it: at least 1 exactly where the series is anomalous.
 """
 
 from __future__ import annotations
