@@ -537,12 +537,7 @@ def _phase_median(past: np.ndarray, T: int) -> np.ndarray:
     """Median over the slices of ``past`` and their neighbours at each of ``T`` times."""
     r = NEIGHBOUR_REACH
     lags = np.concatenate([past[:, :, r + o : r + o + T] for o in SEASON_NEIGHBOURS], axis=0)
-    # nanmedian without its Python-level overhead: NaNs sort last, pick the middle
-    lags = np.sort(lags, axis=0)
-    cnt = np.isfinite(lags).sum(axis=0)
-    lo = np.take_along_axis(lags, np.maximum((cnt - 1) // 2, 0)[None], axis=0)[0]
-    hi = np.take_along_axis(lags, np.maximum(cnt // 2, 0)[None], axis=0)[0]
-    return np.where(cnt > 0, (lo + hi) / 2.0, np.nan)
+    return _median_of(lags)
 
 
 def seasonal_profile(x: np.ndarray, past: np.ndarray) -> np.ndarray:
@@ -581,7 +576,8 @@ def phase_spread(past: np.ndarray, T: int) -> np.ndarray:
 
 
 def _median_of(a: np.ndarray) -> np.ndarray:
-    """The median over axis 0 of the finite values (NaN where none)."""
+    """The median over axis 0 of the finite values (NaN where none): nanmedian without
+    its Python-level overhead (NaNs sort last, the middle of the finite ones is picked)."""
     if a.shape[0] == 1:
         return a[0].copy()
     if a.shape[0] == 2:
