@@ -22,6 +22,7 @@ from detector.scoring import MIN_FIT_ROWS, ModelProvider, scoring_rows
 from detector.settings import Settings
 from detector.source import SeriesBatch, series_key
 from detector.verdict import (
+    SPIKE_HOLD,
     Judgement,
     calibrated_score,
     forest_gate,
@@ -37,7 +38,9 @@ class Thresholds:
     vol_mult: float = 2.0
     pct_thresh: float = 0.3
     score_thresh: float = 0.5
-    resolve_ratio: float = 0.75
+    #: below 1: hysteresis, an ongoing anomaly holds until its reasons fall below this
+    #: share of the thresholds; 1 (the default): every point is judged on its own
+    resolve_ratio: float = 1.0
     novelty: float = 1.0  # a reason counts only this many times stronger than its recent max
     history: int = 400  # points of each reason's strength history behind the novelty
     #: a change of level back to within this share of z_thresh of the older half of the
@@ -64,9 +67,15 @@ class Thresholds:
             spike_z=s.spike_z,
         )
 
+    @property
+    def hysteresis(self) -> bool:
+        """Whether an ongoing anomaly is held by the relaxed thresholds (resolve_ratio < 1)."""
+        return self.resolve_ratio < 1.0
+
     def relaxed(self) -> Thresholds:
-        """Thresholds an ongoing anomaly must fall below to end (hysteresis against flapping)."""
-        r = self.resolve_ratio
+        """Thresholds an ongoing anomaly must fall below to end (hysteresis against flapping);
+        without hysteresis, the ones that name the reason of a held point (SPIKE_HOLD)."""
+        r = self.resolve_ratio if self.hysteresis else SPIKE_HOLD
         return Thresholds(
             z_thresh=self.z_thresh * r,
             vol_mult=1 + (self.vol_mult - 1) * r,

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     )
     novelty: float = Field(1.0, ge=0, validation_alias=AliasChoices("AIOPS_NOVELTY", "novelty"))
     resolve_ratio: float = Field(
-        0.75, gt=0, le=1, validation_alias=AliasChoices("AIOPS_RESOLVE_RATIO", "resolve_ratio")
+        1.0, gt=0, le=1, validation_alias=AliasChoices("AIOPS_RESOLVE_RATIO", "resolve_ratio")
     )
     resolve_points: int = Field(
         2, ge=0, le=1000, validation_alias=AliasChoices("AIOPS_RESOLVE_POINTS", "resolve_points")

@@ -99,6 +99,11 @@ LEVEL_MEMORY = 1440
 LEVEL_MIN_KNOWN = 1000
 LEVEL_ALLOWED = 1
 
+#: Without hysteresis (AIOPS_RESOLVE_RATIO 1, the default) an ongoing anomaly is held only
+#: by points at least this share of the series' spike level outside the band: a shift
+#: whose windows are still filling stays one anomaly, the point after a spike does not.
+SPIKE_HOLD = 0.75
+
 #: A score reaches the threshold to within this: a forest that cannot split its rows (all
 #: alike, e.g. a query whose series are all constant) scores every point 0.5, an ordinary
 #: point, give or take float rounding (0.4999999999999993 or 0.5000000000000007 by the
@@ -220,6 +225,15 @@ def judge(
     for ev in relaxed_ev:
         if ev.reason == "spike":
             ev.fired = ev.fired & ~others
+    if not thresholds.hysteresis:
+        # without hysteresis (AIOPS_RESOLVE_RATIO 1) only a point nearly as far outside the
+        # band as a spike holds an anomaly: a shift whose windows are still filling stays
+        # one anomaly, the point after a spike does not
+        far = np.nan_to_num(signed(fr.band_z, direction), nan=0.0) >= (
+            SPIKE_HOLD * thresholds.spike_z - 1e-9
+        )
+        for ev in relaxed_ev:
+            ev.fired = ev.fired & far
     relaxed = fr.ready & any_fired(relaxed_ev)
     if thresholds.resolve_points > 0:
         back = back_in_band(f, thresholds.z_thresh, thresholds.resolve_points)

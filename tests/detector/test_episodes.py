@@ -83,14 +83,43 @@ def test_an_episode_ends_when_the_data_is_back_for_its_resolve_points(seed, poin
 @pytest.mark.parametrize("seed", [3, 4, 5])
 def test_before_the_rule_the_windows_kept_the_alarm_long_after_the_data_was_back(seed):
     """What the rule changes: without it (``AIOPS_RESOLVE_POINTS=0``) the 15-minute
-    dispersion still holds the burst and hysteresis keeps the series in alarm."""
-    held = replay(burst(seed), SPEC, Thresholds(resolve_points=0), "both")
+    dispersion still holds the burst and hysteresis (``AIOPS_RESOLVE_RATIO`` 0.75) keeps
+    the series in alarm."""
+    held = replay(burst(seed), SPEC, Thresholds(resolve_points=0, resolve_ratio=0.75), "both")
     rows = alarm_rows(held)
     assert len(rows) and rows[-1] > back_at(held, 3) + 3, rows
 
 
+def test_the_point_after_a_spike_does_not_hold_the_anomaly_without_hysteresis():
+    """The default (``AIOPS_RESOLVE_RATIO`` 1): a spike of 30 sds followed by points 6 sds
+    out (outside the band, short of a spike) is an anomaly of the spike's rows only;
+    with hysteresis (0.75) the same points hold it."""
+    rng = np.random.default_rng(7)
+    t = np.arange(1100)
+    x = 100 + 5 * np.sin(2 * np.pi * t / 1440) + rng.normal(0, 1, len(t))
+    x[BURST] += 30
+    x[BURST + 1 : BURST + 4] += 6
+    plain = replay(x, SPEC, Thresholds(), "both")
+    assert plain.anomalous[0, BURST]
+    assert not plain.anomalous[0, BURST + 1 : BURST + 60].any()
+    held = replay(x, SPEC, Thresholds(resolve_ratio=0.75), "both")
+    assert held.anomalous[0, BURST : BURST + 3].all()
+
+
+def test_a_shift_far_outside_the_band_stays_one_anomaly_while_its_windows_fill():
+    """Without hysteresis the points of an 18-sd shift hold the anomaly its first points
+    start (as spike) until level_shift names it: one episode, not a spike and a shift."""
+    x = shifted()
+    x[START:END] += 9  # 18 sds
+    r = replay(x, SPEC, Thresholds(), "both")
+    first, last = episode_around(r.anomalous[0], START + 15)
+    assert first == START and last >= START + 40, (first, last)
+
+
 def test_the_shipped_default_and_its_setting():
     s = load_settings(metrics=None, config=None)
+    assert s.resolve_ratio == 1.0 and not Thresholds.from_settings(s).hysteresis
+    assert Thresholds.from_settings(load_settings(resolve_ratio=0.75)).hysteresis
     assert s.resolve_points == 2
     assert Thresholds.from_settings(s).resolve_points == 2
     assert Thresholds.from_settings(s).relaxed().resolve_points == 2

@@ -175,14 +175,20 @@ def test_reserved_label_names_are_renamed():
     }
 
 
-def test_an_ongoing_anomaly_ends_only_below_the_relaxed_thresholds(monkeypatch):
-    """Hysteresis: z 2.6 does not start an anomaly (threshold 3) but holds one (3 × 0.75).
+@pytest.mark.parametrize("ratio", [0.75, 1.0])
+def test_an_ongoing_anomaly_ends_only_below_the_relaxed_thresholds(monkeypatch, ratio):
+    """Hysteresis (AIOPS_RESOLVE_RATIO 0.75): z 2.6 does not start an anomaly (threshold 3)
+    but holds one (3 × 0.75). Without it (1, the default) the anomaly ends there.
 
     The "back in the band" end is off here (AIOPS_RESOLVE_POINTS=0): each cycle replaces
     the last 30 points, so the band has followed the shift and would end the episode
     (tests/detector/test_episodes.py covers that rule)."""
     det, source, reg = scripted_detector(
-        monkeypatch, interval_seconds=60, stale_after_seconds=300, resolve_points=0
+        monkeypatch,
+        interval_seconds=60,
+        stale_after_seconds=300,
+        resolve_points=0,
+        resolve_ratio=ratio,
     )
     labels = [{"app": "a"}]
     now = 1_700_000_000.0
@@ -201,6 +207,9 @@ def test_an_ongoing_anomaly_ends_only_below_the_relaxed_thresholds(monkeypatch):
     sd = float(f.scale[0, -1])
     assert cycle((2.6 - noise) * sd, now) == 0  # never starts below the threshold
     assert cycle(10 * sd, now + 60) == 1
+    if ratio == 1.0:
+        assert cycle((2.6 - noise) * sd, now + 120) == 0  # no hysteresis: over
+        return
     assert cycle((2.6 - noise) * sd, now + 120) == 1  # held
     assert val(reg, "aiops_anomaly_info", **bad, reason="level_shift") == 1
     assert cycle((1.5 - noise) * sd, now + 180) == 0  # ended

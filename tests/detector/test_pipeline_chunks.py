@@ -136,7 +136,8 @@ def test_features_of_a_series_do_not_depend_on_the_others(batch_and_past):
                 np.testing.assert_array_equal(a[i], b[0])
 
 
-def test_relaxed_verdict_of_the_newest_columns_only(batch_and_past):
+@pytest.mark.parametrize("ratio", [0.75, 1.0])
+def test_relaxed_verdict_of_the_newest_columns_only(batch_and_past, ratio):
     from detector.features import compute_features
     from detector.pipeline import Thresholds, feature_spec
     from detector.verdict import judge
@@ -145,7 +146,8 @@ def test_relaxed_verdict_of_the_newest_columns_only(batch_and_past):
     settings = load_settings(metrics=None, config=None)
     spec = feature_spec(Query(name="q", promql="x"), settings, batch.step)
     f = compute_features(batch.values, spec, past)
-    th = Thresholds(z_thresh=2.0)  # more reasons fire
+    # more reasons fire; without hysteresis only far points hold: a lower spike level
+    th = Thresholds(z_thresh=2.0, resolve_ratio=ratio, spike_z=7.0 if ratio < 1 else 3.0)
     scores = np.full(f.ready.shape, np.nan)
     full = judge(f, th, "both", scores, spec.longest)
     tail = judge(f, th, "both", scores, spec.longest, relaxed_columns=f.short_points)
