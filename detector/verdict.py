@@ -419,10 +419,15 @@ def calibrated_score(calibrated: np.ndarray, anomalous: np.ndarray) -> np.ndarra
     for it, so that 1 means the same on every series, and at least 1 exactly where the
     series is anomalous: an anomaly held on (its reasons at the relaxed thresholds) reads
     1, a point that reaches its level but that a gate holds back (inside the expected
-    band, not novel, the forest disagrees) just below 1 (``BELOW_ONE``)."""
-    c = np.nan_to_num(np.asarray(calibrated, dtype=np.float64), nan=0.0)
+    band, not novel, the forest disagrees) just below 1 (``BELOW_ONE``); never above
+    ``SCORE_CAP``."""
+    c = np.nan_to_num(np.asarray(calibrated, dtype=np.float64), nan=0.0, posinf=SCORE_CAP)
+    c = np.minimum(c, SCORE_CAP)
     return np.where(anomalous, np.maximum(c, 1.0), np.minimum(c, BELOW_ONE))
 
 
 #: The highest score of a point that is not anomalous.
 BELOW_ONE = 0.99
+#: The highest score: a change on a series that never moved before (a flat line, whose
+#: standard errors are all but 0) would otherwise read 10^12 and flatten every panel.
+SCORE_CAP = 100.0

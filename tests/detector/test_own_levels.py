@@ -25,6 +25,7 @@ from detector.verdict import (
     BELOW_ONE,
     LEVEL_MEMORY,
     LEVEL_MIN_KNOWN,
+    SCORE_CAP,
     SPIKE_MEMORY,
     SPIKE_MIN_KNOWN,
     SPIKE_RUNG,
@@ -193,3 +194,22 @@ def test_the_score_is_at_least_one_exactly_where_anomalous():
     cal = np.array([0.4, 1.7, 0.3, 2.5])
     anomalous = np.array([False, True, True, False])
     assert calibrated_score(cal, anomalous).tolist() == [0.4, 1.7, 1.0, BELOW_ONE]
+    # and it never runs away: a change of a flat line (standard errors near 0) reads 100
+    huge = np.array([2e12, np.inf, 2e12])
+    assert calibrated_score(huge, np.array([True, True, False])).tolist() == [
+        SCORE_CAP,
+        SCORE_CAP,
+        BELOW_ONE,
+    ]
+    assert SCORE_CAP == 100.0
+
+
+def test_a_burst_on_a_series_that_is_mostly_zero_scores_at_the_cap():
+    """A count that is 0 but for a 1 now and then, then 20 for half an hour: the change's
+    significance (over a standard error near 0) runs to 10^12; the score stops at 100."""
+    x = (np.random.default_rng(0).random(3000) < 0.01).astype(float)
+    x[2500:2530] += 20.0
+    r = replay(x, FeatureSpec(step=60.0), Thresholds(), "both")
+    assert r.anomalous[0, 2500:2510].all()
+    assert np.nanmax(r.calibrated) == SCORE_CAP
+    assert (r.calibrated[0, 2500:2530] > 10).all()
