@@ -20,6 +20,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY aiops/ aiops/
 COPY detector/ detector/
 COPY training/ training/
 COPY feature_store/ feature_store/

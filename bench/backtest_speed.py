@@ -29,9 +29,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aiops.core.settings import load_settings
 from bench.common import parser, write_json
 from detector.catalogue import Query
-from detector.settings import load_settings
 from training import backtest, runner
 
 #: issue 18's target for backtests of 1-minute series with daily seasonality

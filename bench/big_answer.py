@@ -31,9 +31,9 @@ HERE = Path(__file__).resolve()
 
 def measure(url: str, cap: int) -> dict:
     """One cycle against ``url`` in this process (call it in a fresh one)."""
+    from aiops.core.settings import load_settings
     from bench.synthetic import EPOCH, QUERY
     from detector.cycle import Detector
-    from detector.settings import load_settings
 
     settings = load_settings(prom_url=url, metrics=None, config=None, max_series_per_query=cap)
     det = Detector(settings, queries=[QUERY])

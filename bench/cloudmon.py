@@ -32,9 +32,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aiops.core.settings import load_settings
 from bench.common import markdown_table, parser, write_json
 from detector.catalogue import Query
-from detector.settings import load_settings
 from training import runner
 
 REPO = Path(__file__).resolve().parents[1]

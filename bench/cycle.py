@@ -42,11 +42,11 @@ def run_one(n: int, cycles: int, naive_max: int) -> dict:
     import numpy as np
     from prometheus_client import CollectorRegistry, generate_latest
 
+    from aiops.core.settings import load_settings
     from bench.naive import naive_cycle
     from bench.synthetic import EPOCH, QUERY, SyntheticSource
     from detector.cycle import Detector
     from detector.pipeline import feature_spec
-    from detector.settings import load_settings
 
     rss_start = peak_rss_mb()
     settings = load_settings(metrics=None, config=None, max_series_per_query=max(n, 1000))

@@ -26,7 +26,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from detector.settings import load_settings
+from aiops.core.settings import load_settings
 from training.incidents import case_results, incident_cases, summarise
 
 REASON_CAPTION = (

@@ -18,9 +18,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aiops.core.settings import Settings, load_settings
 from bench.common import parser
 from detector.catalogue import Query
-from detector.settings import Settings, load_settings
 from training import runner
 from training.evaluate import summarise
 from training.nab import load_windows, nab_scores, probation_rows

@@ -75,8 +75,8 @@ def write_history(path: Path, n: int, now: float, cycles: int) -> int:
 
 
 def run_batched(url: str, n: int, now: float, cycles: int) -> dict:
+    from aiops.core.settings import load_settings
     from detector.cycle import Detector
-    from detector.settings import load_settings
 
     settings = load_settings(
         prom_url=url, metrics=None, config=None, max_series_per_query=max(n, 1000)
@@ -109,9 +109,9 @@ def run_batched(url: str, n: int, now: float, cycles: int) -> dict:
 
 
 def run_per_series(url: str, n: int, now: float, cycles: int, k: int) -> dict:
+    from aiops.core.settings import load_settings
     from detector.catalogue import Query
     from detector.cycle import Detector
-    from detector.settings import load_settings
 
     settings = load_settings(prom_url=url, metrics=None, config=None)
     queries = [

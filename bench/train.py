@@ -29,10 +29,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aiops.core.db import make_engine
+from aiops.core.settings import load_settings
 from detector.catalogue import Query
-from detector.settings import load_settings
 from detector.source import SeriesBatch
-from feature_store.db import make_engine
 from sql.migrate import migrate
 from training.train import Trainer
 

@@ -30,8 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aiops.core.signing import signed_headers
 from demo.prometheus import free_port, wait_http_ok
-from runbooks.signing import signed_headers
 
 SECRET = "bench-secret"
 READ_TOKEN = "bench-read-token"

@@ -92,7 +92,7 @@ def up(
     ] = None,
 ) -> None:
     """Start Prometheus, the demo workload and the detector; print where to look; Ctrl-C stops."""
-    from detector.clikit import fail
+    from aiops.core.clikit import fail
 
     # every path is resolved here, once: no process started below depends on the
     # working directory (Prometheus runs inside the folder, the webhook's policy and
@@ -265,9 +265,9 @@ def _run(
     seed: int,
     specs: list[tuple[str, str, float, float]],
 ) -> None:
-    from detector.clikit import load
+    from aiops.core.clikit import load
+    from aiops.core.logs import setup_logging
     from detector.cycle import build_detector
-    from detector.logs import setup_logging
     from detector.service import create_app, make_server
 
     secret, token, read_token = (secrets.token_hex(16) for _ in range(3))
@@ -432,7 +432,7 @@ def write_catalogue(workdir: Path) -> Path:
 def write_rules(outdir: Path) -> list[str]:
     """The shipped rule files with every ``for`` cut to RULE_FOR and ``keep_firing_for``
     to RULE_KEEP_FIRING_FOR (the demo's pace)."""
-    from detector.durations import parse_duration
+    from aiops.core.durations import parse_duration
 
     outdir.mkdir(parents=True, exist_ok=True)
     limit = parse_duration(RULE_FOR)
@@ -483,9 +483,9 @@ class _Webhook:
 
 
 def start_webhook(settings: object, port: int) -> _Webhook:
-    from detector.clikit import warn
+    from aiops.core.clikit import warn
+    from aiops.core.db import make_engine
     from detector.service import make_server
-    from feature_store.db import make_engine
     from runbooks.app import create_app as webhook_app
     from runbooks.policy import load_policy
     from runbooks.startup import check_start

@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from detector.durations import format_duration, parse_duration
-from detector.errors import ConfigError
+from aiops.core.durations import format_duration, parse_duration
+from aiops.core.errors import ConfigError
+from aiops.core.settings import Settings
 from detector.features import DEFAULT_WINDOWS, FeatureSpec
-from detector.settings import Settings
 
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

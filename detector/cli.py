@@ -13,10 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from detector.clikit import ConfigOpt, Format, PromUrl, fail, load
-from detector.clikit import parse_time as _parse_time
-from detector.errors import ConfigError
-from detector.redact import redact
+from aiops.core.clikit import ConfigOpt, Format, PromUrl, fail, load
+from aiops.core.clikit import parse_time as _parse_time
+from aiops.core.errors import ConfigError
+from aiops.core.redact import redact
 
 app = typer.Typer(
     name="aiops",
@@ -40,8 +40,8 @@ def detect(
     port: Annotated[int | None, typer.Option(help="HTTP port for /metrics and /healthz")] = None,
 ) -> None:
     """Run the detector service (or one cycle with --once)."""
+    from aiops.core.logs import setup_logging
     from detector.catalogue import resolve_catalogue
-    from detector.logs import setup_logging
 
     settings = load(
         prom_url=prom_url, config=config, metrics=metrics, http_host=host, http_port=port
@@ -148,8 +148,8 @@ def backtest(
     config: ConfigOpt = None,
 ) -> None:
     """Replay history through the live detector in streaming order; score it against labels."""
+    from aiops.core.errors import QueryError
     from detector.catalogue import Query, resolve_catalogue
-    from detector.errors import QueryError
     from detector.source import PrometheusSource
     from training import runner
 

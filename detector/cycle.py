@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
+from aiops.core.errors import QueryError
+from aiops.core.redact import redact
+from aiops.core.settings import Settings
 from detector.catalogue import Query, resolve_catalogue
-from detector.errors import QueryError
 from detector.explain import PASSIVE_REASONS
 from detector.exporter import AnomalyCollector, DetectorMetrics
 from detector.pipeline import (
@@ -29,14 +31,13 @@ from detector.pipeline import (
     trained_weekly,
     usable_cpus,
 )
-from detector.redact import redact
 from detector.scoring import BaselineModelProvider, ModelProvider
 from detector.season import SeasonalHistory, fetch_failed
-from detector.settings import Settings
 
 if TYPE_CHECKING:
     from feature_store.store import FeatureStore
-from detector.source import PrometheusSource, Selection, cap_series, keep_shard, series_key
+from aiops.core.series import series_key
+from detector.source import PrometheusSource, Selection, cap_series, keep_shard
 
 log = logging.getLogger("aiops.detector")
 
@@ -492,8 +493,8 @@ def build_detector(settings: Settings, **kwargs: Any) -> Detector:
     that cannot be reached at start is logged; the detector then runs on baseline
     models and keeps trying the registry every cycle.
     """
+    from aiops.core.db import make_engine
     from detector.models import RegistryModelProvider
-    from feature_store.db import make_engine
     from feature_store.registry import ModelRegistry
     from feature_store.store import FeatureStore
     from sql.migrate import MigrationError, migrate

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from detector.durations import format_duration
+from aiops.core.durations import format_duration
 from detector.rolling import trailing_median
 
 #: Recent windows, shortest first: (seconds, at least this many points). At a 1-minute

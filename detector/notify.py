@@ -33,8 +33,8 @@ from typing import Any
 
 import httpx
 
-from detector.source import series_key
-from runbooks.signing import signed_headers
+from aiops.core.series import series_key
+from aiops.core.signing import signed_headers
 
 log = logging.getLogger("aiops.notify")
 

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from aiops.core.series import series_key
+from aiops.core.settings import Settings
 from detector.catalogue import Query
 from detector.explain import Evidence, Explainer, Reason, default_explainers, reasons_at
 from detector.features import Features, FeatureSpec, compute_features, feature_names
 from detector.scoring import MIN_FIT_ROWS, ModelProvider, scoring_rows
-from detector.settings import Settings
-from detector.source import SeriesBatch, series_key
+from detector.source import SeriesBatch
 from detector.verdict import (
     SPIKE_HOLD,
     Judgement,

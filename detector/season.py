@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from aiops.core.errors import QueryError
 from detector.catalogue import Query
-from detector.errors import QueryError
 from detector.features import NEIGHBOUR_REACH, FeatureSpec
 from detector.source import Selection, SeriesBatch
 

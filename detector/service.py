@@ -28,8 +28,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from aiops.core.redact import redact
 from detector.cycle import Detector
-from detector.redact import redact
 
 log = logging.getLogger("aiops.service")
 

@@ -22,9 +22,10 @@ import httpx
 import ijson
 import numpy as np
 
+from aiops.core.errors import QueryError
+from aiops.core.redact import redact
+from aiops.core.series import series_key
 from detector.catalogue import Query
-from detector.errors import QueryError
-from detector.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +72,6 @@ def keep_labels(metric: dict[str, str], keep: tuple[str, ...] | None) -> dict[st
             continue
         out[f"exported_{k}" if k in RESERVED_LABELS else k] = v
     return out
-
-
-def series_key(metric: str, labels: dict[str, str]) -> str:
-    """``metric{a="x",b="y"}``: labels sorted, values escaped like Prometheus does.
-
-    The key of a series in the feature store and the model registry.
-    """
-    if not labels:
-        return metric
-
-    def esc(v: str) -> str:
-        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-    inner = ",".join(f'{k}="{esc(str(v))}"' for k, v in sorted(labels.items()))
-    return f"{metric}{{{inner}}}"
 
 
 def shard_of(key: str, shards: int) -> int:

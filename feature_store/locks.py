@@ -19,7 +19,7 @@ from types import TracebackType
 from sqlalchemy import Engine, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from detector.errors import AiopsError
+from aiops.core.errors import AiopsError
 from feature_store import tables
 
 

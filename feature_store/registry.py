@@ -33,9 +33,9 @@ from sklearn.ensemble import IsolationForest
 from sqlalchemy import Engine, and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from detector.errors import AiopsError
+from aiops.core.db import retrying
+from aiops.core.errors import AiopsError
 from feature_store import tables
-from feature_store.db import retrying
 
 STATES = ("candidate", "promoted", "retired")
 #: The only types outside skops' defaults an IsolationForest artifact may contain.

@@ -18,11 +18,11 @@ import pandas as pd
 from sqlalchemy import Engine, Table, and_, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from detector.durations import parse_duration
+from aiops.core.db import retrying
+from aiops.core.durations import parse_duration
+from aiops.core.series import series_key
 from detector.features import CALENDAR_FEATURES, Features, feature_names
-from detector.source import series_key
 from feature_store import tables
-from feature_store.db import retrying
 
 #: rows per INSERT statement batch (keeps statements within SQLite's variable limit)
 BATCH_ROWS = 2000

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from detector.redact import redact, redact_url, redact_value
+from aiops.core.redact import redact, redact_url, redact_value
 
 #: label values that may be substituted into an argv or a Kubernetes name
 _SAFE = re.compile(r"^[A-Za-z0-9_.:-]{1,253}$")

@@ -47,8 +47,9 @@ from sqlalchemy import Engine, and_, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from detector.redact import redact
-from detector.settings import Settings
+from aiops.core.redact import redact
+from aiops.core.settings import Settings
+from aiops.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_event
 from feature_store import tables
 from runbooks import console, killswitch, slack
 from runbooks.access import ReadAccess, Refusals, read_refusal
@@ -82,7 +83,6 @@ from runbooks.schemas import (
     install_openapi,
     ok,
 )
-from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_event
 
 log = logging.getLogger("aiops.webhook")
 ALERTNAME = r"^[A-Za-z_:][A-Za-z0-9_:.-]*$"

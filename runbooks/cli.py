@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from detector.clikit import ConfigOpt, fail, load, warn
-from detector.errors import AiopsError
+from aiops.core.clikit import ConfigOpt, fail, load, warn
+from aiops.core.errors import AiopsError
 
 
 def webhook(
@@ -16,7 +16,7 @@ def webhook(
     config: ConfigOpt = None,
 ) -> None:
     """Run the runbook webhook: Alertmanager and detector events in, guarded fixes out."""
-    from detector.logs import setup_logging
+    from aiops.core.logs import setup_logging
     from runbooks.policy import load_policy
     from runbooks.startup import check_start
 
@@ -34,8 +34,8 @@ def webhook(
         warn(warning)
     import uvicorn
 
+    from aiops.core.db import make_engine
     from detector.service import StoppableServer
-    from feature_store.db import make_engine
     from runbooks.app import create_app
     from sql.migrate import migrate, require_current
 
@@ -99,10 +99,10 @@ def audit_export(
 
     from sqlalchemy import select
 
-    from detector.clikit import parse_time
-    from detector.redact import redact
+    from aiops.core.clikit import parse_time
+    from aiops.core.db import make_engine
+    from aiops.core.redact import redact
     from feature_store import tables
-    from feature_store.db import make_engine
 
     settings = load(config=config)
     start = parse_time(since, "--since")
@@ -154,7 +154,7 @@ ScopeOpt = Annotated[
 
 def _switch(config: Any, work: Any) -> Any:
     """Run ``work(conn)`` in one transaction on the webhook's database (one line on error)."""
-    from feature_store.db import make_engine
+    from aiops.core.db import make_engine
     from sql.migrate import require_current
 
     settings = load(config=config)
@@ -166,7 +166,7 @@ def _switch(config: Any, work: Any) -> Any:
     except AiopsError as exc:
         raise fail(f"database: {exc}") from None
     except Exception as exc:
-        from detector.redact import redact
+        from aiops.core.redact import redact
 
         msg = redact(" ".join(str(getattr(exc, "orig", exc)).split())[:200])
         raise fail(f"database unreachable: {msg}", 1) from None

@@ -27,11 +27,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from sqlalchemy import and_, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from detector.redact import redact_value
+from aiops.core.redact import redact_value
+from aiops.core.signing import approval_binding, make_approval_token
 from feature_store import tables
 from runbooks.access import read_denied, read_refusal
 from runbooks.schemas import PendingOut, ok
-from runbooks.signing import approval_binding, make_approval_token
 
 router = APIRouter()
 

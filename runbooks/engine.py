@@ -31,14 +31,14 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from detector.redact import redact
+from aiops.core.redact import redact
+from aiops.core.signing import approval_binding, make_approval_token, token_digest
 from feature_store import tables
 from runbooks import killswitch, state
 from runbooks.actions import ActionError, ActionResult, Target, make_action
 from runbooks.events import Signal
 from runbooks.guards import GuardUnavailable, Limits, SqlGuards
 from runbooks.policy import Policy, Rule
-from runbooks.signing import approval_binding, make_approval_token, token_digest
 from runbooks.writer import GroupCommitter
 
 log = logging.getLogger("aiops.runbooks")
@@ -644,7 +644,7 @@ def decide_approval(
     A forged or foreign token is refused (403) and audited ``unauthorized`` when
     ``audit_refusal(why)`` says so (the webhook's refusal counter: the first of a source
     each minute, the rest aggregated), so guessed tokens cannot fill the audit."""
-    from runbooks.signing import check_approval_token
+    from aiops.core.signing import check_approval_token
 
     secret = rem.config.approval_secret
     if not secret:

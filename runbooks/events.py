@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from detector.source import series_key
+from aiops.core.series import series_key
 
 NUL = "\x00"
 #: what a NUL of an incoming string becomes: backslash, "u", "0000" (six characters)

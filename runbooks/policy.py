@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from detector.errors import ConfigError
+from aiops.core.errors import ConfigError
 from detector.explain import PASSIVE_REASONS
 from runbooks.actions import ACTIONS, ActionError
 

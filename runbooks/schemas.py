@@ -17,8 +17,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 
+from aiops.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from runbooks.events import AlertmanagerPayload, AnomalyEvent
-from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 
 class ErrorOut(BaseModel):

@@ -46,10 +46,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
+from aiops.core.signing import verify_slack
 from runbooks.engine import ApprovalError, decide_approval
 from runbooks.events import visible_nul
 from runbooks.schemas import SlackReplyOut, ok
-from runbooks.signing import verify_slack
 
 log = logging.getLogger("aiops.slack")
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from detector.errors import ConfigError
+from aiops.core.errors import ConfigError
 
 #: the shortest secret the webhook accepts when actions really run
 MIN_SECRET_LENGTH = 16

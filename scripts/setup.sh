@@ -46,7 +46,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv || die "python3 -m venv .venv failed: install python3-venv (apt-get install python3-venv), remove .venv and try again"
 fi
-if ! .venv/bin/python -c 'import detector, pytest, ruff' 2>/dev/null \
+if ! .venv/bin/python -c 'import aiops, detector, importlinter, pytest, ruff' 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   echo "setup: installing Python packages into .venv"
   log=$(mktemp "${TMPDIR:-/tmp}/aiops-pip.XXXXXX")

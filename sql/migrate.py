@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-from detector.errors import AiopsError
+from aiops.core.errors import AiopsError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 TABLE = "aiops_schema_migrations"

@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from detector.clikit import ConfigOpt, Format, PromUrl, fail, load
-from detector.errors import AiopsError
-from detector.redact import redact
+from aiops.core.clikit import ConfigOpt, Format, PromUrl, fail, load
+from aiops.core.errors import AiopsError
+from aiops.core.redact import redact
 
 DbUrl = Annotated[
     str | None,
@@ -24,7 +24,7 @@ DbUrl = Annotated[
 
 
 def _engine(settings: Any) -> Any:
-    from feature_store.db import make_engine
+    from aiops.core.db import make_engine
 
     return make_engine(settings.database_url)
 
@@ -114,8 +114,8 @@ def train(
     database_url: DbUrl = None,
 ) -> None:
     """Fit one model per series on Prometheus history, evaluate, promote the good ones."""
+    from aiops.core.logs import setup_logging
     from detector.catalogue import resolve_catalogue
-    from detector.logs import setup_logging
     from feature_store.locks import LockHeld
     from training.train import Trainer, TrainError, prometheus_fetch
 

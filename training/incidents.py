@@ -49,9 +49,9 @@ import pandas as pd
 from scipy.signal import lfilter
 from scipy.special import ndtr
 
+from aiops.core.settings import Settings, load_settings
 from detector.catalogue import DEFAULT_QUERIES, Query
 from detector.explain import REASONS
-from detector.settings import Settings, load_settings
 from training.runner import SeriesInput, backtest_series
 
 STEP = 60.0  # seconds between rows (the detector's default step)

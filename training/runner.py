@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from aiops.core.errors import AiopsError
+from aiops.core.settings import Settings
 from detector.catalogue import Query
-from detector.errors import AiopsError
 from detector.pipeline import Thresholds, feature_spec
-from detector.settings import Settings
 from detector.source import PrometheusSource, SeriesBatch
 from training.backtest import Replay, replay
 

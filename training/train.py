@@ -37,13 +37,14 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 from sqlalchemy import Engine, func, select
 
+from aiops.core.errors import AiopsError
+from aiops.core.series import series_key
+from aiops.core.settings import Settings
 from detector.catalogue import Query
-from detector.errors import AiopsError
 from detector.features import CALENDAR_FEATURES, Features, compute_features
 from detector.pipeline import Thresholds, feature_spec
 from detector.scoring import fit_rows, scoring_rows
-from detector.settings import Settings
-from detector.source import SeriesBatch, series_key
+from detector.source import SeriesBatch
 from detector.verdict import latest_levels
 from feature_store import tables
 from feature_store.locks import Lease

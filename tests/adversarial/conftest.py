@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
+from aiops.core.signing import signed_headers
 from demo.prometheus import free_port, stop_process, wait_http_ok
-from runbooks.signing import signed_headers
 from tests.integration.conftest import aiops_command, clean_env
 from tests.runbooks.conftest import (  # noqa: F401
     RECORDER,

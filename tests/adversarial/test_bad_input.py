@@ -32,15 +32,15 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from prometheus_client import CollectorRegistry
 
+from aiops.core.settings import load_settings
+from aiops.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_event, slack_signature
 from detector.catalogue import Query
 from detector.explain import REASONS, any_fired, default_explainers, evaluate, reasons_at
 from detector.exporter import AnomalyCollector
 from detector.features import FeatureSpec, compute_features
 from detector.pipeline import SeriesResult, detect_batch, feature_spec
 from detector.scoring import BaselineModelProvider
-from detector.settings import load_settings
 from detector.source import SeriesBatch
-from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_event, slack_signature
 from tests.adversarial.conftest import served
 from tests.runbooks.conftest import READ_TOKEN, SECRET, TOKEN, alerts, anomaly
 

@@ -29,17 +29,17 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from aiops.core.errors import QueryError
+from aiops.core.settings import load_settings
+from aiops.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_event
 from bench import standin
 from demo.prometheus import PrometheusProcess, free_port, scrape_config, stop_process
 from detector.catalogue import Query
 from detector.cycle import Detector
-from detector.errors import QueryError
 from detector.exporter import DetectorMetrics
 from detector.notify import Notifier, anomaly_event
 from detector.service import create_app
-from detector.settings import load_settings
 from detector.source import MatrixBuilder, PrometheusSource, Selection
-from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_event
 from tests.integration.conftest import ServiceThread, aiops_command, detector_env, poll
 
 SECRET = "blinded-detector-test-secret-0123456789"

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 
+from aiops.core.signing import signed_headers
 from feature_store import tables
-from runbooks.signing import signed_headers
 from tests.adversarial.conftest import served
 from tests.runbooks.conftest import SECRET, TOKEN, alerts, anomaly
 

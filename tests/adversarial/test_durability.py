@@ -21,8 +21,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, func, select
 
+from aiops.core.db import make_engine
 from feature_store import tables
-from feature_store.db import make_engine
 from tests.adversarial.conftest import WebhookProcess, command_policy, post_signed
 from tests.conftest import IN_CI
 from tests.integration.conftest import poll

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from aiops.core.errors import ConfigError
+from aiops.core.settings import load_settings
+from aiops.core.signing import signed_headers
 from demo.prometheus import free_port
 from detector.catalogue import Query
 from detector.cycle import Detector
-from detector.errors import ConfigError
-from detector.settings import load_settings
 from detector.source import PrometheusSource
-from runbooks.signing import signed_headers
 from tests.detector.test_exporter import scripted_detector, series
 from tests.runbooks.conftest import SECRET, anomaly
 

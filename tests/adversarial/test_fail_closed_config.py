@@ -23,10 +23,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aiops.core.errors import ConfigError
+from aiops.core.settings import OTHER_VARIABLES, known_variables, load_settings, unknown_variables
 from demo.prometheus import free_port, stop_process
 from detector.catalogue import resolve_catalogue
-from detector.errors import ConfigError
-from detector.settings import OTHER_VARIABLES, known_variables, load_settings, unknown_variables
 from runbooks.policy import load_policy
 from runbooks.startup import MIN_SECRET_LENGTH, check_start
 from tests.integration.conftest import SETTING_PREFIXES, aiops_command, clean_env, run_aiops

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from aiops.core.signing import signed_headers, token_digest
 from feature_store import tables
-from runbooks.signing import signed_headers, token_digest
 from tests.adversarial.conftest import served
 from tests.integration.conftest import poll
 from tests.runbooks.conftest import READ_TOKEN, SECRET, anomaly

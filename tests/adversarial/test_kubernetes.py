@@ -14,8 +14,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from aiops.core.signing import signed_headers
 from runbooks.app import create_app
-from runbooks.signing import signed_headers
 from tests.adversarial.conftest import Burst, command_policy, served
 from tests.integration.conftest import poll
 from tests.runbooks.conftest import READ, SECRET, anomaly

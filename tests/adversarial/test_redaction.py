@@ -25,8 +25,8 @@ import httpx
 import pytest
 from sqlalchemy import insert
 
+from aiops.core.redact import redact, redact_url
 from demo.prometheus import free_port, stop_process
-from detector.redact import redact, redact_url
 from feature_store import tables
 from tests.integration.conftest import aiops_command, detector_env, poll, run_aiops
 from tests.runbooks.conftest import anomaly

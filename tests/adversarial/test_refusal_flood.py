@@ -19,9 +19,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from aiops.core.signing import signed_headers
 from feature_store import tables
 from runbooks.access import MAX_SOURCES
-from runbooks.signing import signed_headers
 from tests.adversarial.conftest import served
 from tests.runbooks.conftest import anomaly
 

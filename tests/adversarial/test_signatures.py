@@ -10,8 +10,8 @@ from urllib.parse import quote, urlencode
 import pytest
 from sqlalchemy import select, update
 
+from aiops.core.signing import approval_binding, make_approval_token, slack_signature
 from feature_store import tables
-from runbooks.signing import approval_binding, make_approval_token, slack_signature
 from tests.runbooks.conftest import APPROVAL_SECRET, anomaly
 
 SLACK_SECRET = "slack-signing-secret"

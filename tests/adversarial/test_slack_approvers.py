@@ -14,8 +14,8 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import select
 
+from aiops.core.signing import approval_binding, make_approval_token, slack_signature
 from feature_store import tables
-from runbooks.signing import approval_binding, make_approval_token, slack_signature
 from tests.runbooks.conftest import APPROVAL_SECRET, anomaly
 
 SIGNING = "slack-signing-secret"

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_event, slack_signature
+from aiops.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_event, slack_signature
 from tests.adversarial.test_slack_approvers import SIGNING, _held_button
 from tests.runbooks.conftest import SECRET, anomaly
 

@@ -25,10 +25,10 @@ import yaml
 from prometheus_client import CollectorRegistry
 from sqlalchemy import insert
 
+from aiops.core.db import make_engine
+from aiops.core.settings import load_settings
 from detector.exporter import AnomalyCollector, DetectorMetrics
-from detector.settings import load_settings
 from feature_store import tables
-from feature_store.db import make_engine
 from runbooks.app import RunbookMetrics, StateCollector
 from runbooks.guards import make_guards
 from sql.migrate import migrate

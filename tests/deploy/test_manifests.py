@@ -1,7 +1,7 @@
 """The deployment files: Kubernetes manifests, docker-compose.yml and the Dockerfile.
 
 Every YAML document is parsed; the checks tie the files to the code they deploy: the
-env var names are settings of ``detector.settings.Settings``, the commands are real
+env var names are settings of ``aiops.core.settings.Settings``, the commands are real
 ``aiops`` subcommands with real options, the probes hit routes the apps serve, the
 webhook's Role grants exactly what ``runbooks/actions.py`` calls, and the catalogue and
 policy in the ConfigMap load the way the services load them.
@@ -23,9 +23,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine
 
+from aiops.core.settings import Settings, load_settings
 from detector.catalogue import resolve_catalogue
 from detector.cli import app as aiops_app
-from detector.settings import Settings, load_settings
 from runbooks.actions import ACTIONS
 from runbooks.policy import load_policy, parse_file, parse_inline
 

@@ -12,9 +12,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from aiops.core.settings import load_settings
 from detector.features import FeatureSpec
 from detector.pipeline import Thresholds
-from detector.settings import load_settings
 from training.backtest import replay
 
 SPEC = FeatureSpec(step=60.0, baseline=300 * 60.0)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from aiops.core.errors import ConfigError, QueryError
+from aiops.core.settings import load_settings
 from detector.catalogue import Query
 from detector.cycle import Detector
-from detector.errors import ConfigError, QueryError
 from detector.features import FeatureSpec, compute_features
-from detector.settings import load_settings
 from detector.source import SeriesBatch, align_end
 
 T = 361

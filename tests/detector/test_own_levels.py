@@ -15,12 +15,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from aiops.core.series import series_key
+from aiops.core.settings import load_settings
 from detector.catalogue import Query
 from detector.features import FeatureSpec, compute_features
 from detector.pipeline import Thresholds, detect_batch
 from detector.scoring import BaselineModelProvider
-from detector.settings import load_settings
-from detector.source import SeriesBatch, series_key
+from detector.source import SeriesBatch
 from detector.verdict import (
     BELOW_ONE,
     LEVEL_MEMORY,

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import detector.pipeline as pipeline
+from aiops.core.settings import load_settings
 from detector.catalogue import Query
 from detector.features import past_slices
 from detector.pipeline import detect_batch
 from detector.scoring import BaselineModelProvider
-from detector.settings import load_settings
 from detector.source import SeriesBatch
 
 T, DAY = 361, 1440

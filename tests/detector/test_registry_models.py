@@ -18,10 +18,11 @@ from sklearn.ensemble import IsolationForest
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
+from aiops.core.series import series_key
+from aiops.core.settings import load_settings
 from detector.catalogue import Query
 from detector.cycle import build_detector
-from detector.settings import load_settings
-from detector.source import SeriesBatch, align_end, series_key
+from detector.source import SeriesBatch, align_end
 from feature_store import tables
 from feature_store.registry import ModelRegistry
 from training.train import fit_one, prepare

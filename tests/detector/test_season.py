@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from aiops.core.errors import QueryError
+from aiops.core.settings import load_settings
 from detector.catalogue import Query
 from detector.cycle import Detector
-from detector.errors import QueryError
 from detector.features import (
     compute_features,
     past_slices,
@@ -27,7 +28,6 @@ from detector.features import (
 )
 from detector.pipeline import feature_spec
 from detector.season import SeasonalHistory
-from detector.settings import load_settings
 from detector.source import SeriesBatch, align_end
 
 STEP = 60.0
@@ -218,8 +218,8 @@ def test_a_series_the_retrain_found_weekly_keeps_its_quiet_weekend_quiet_live(se
     """Saturday 10:00 in the fourth week: the daily profile (Wednesday to Friday) expects
     the weekday peak, the weekly one the quiet weekend. The live detector takes the
     weekly profile for the series whose trained model says so, and only for them."""
+    from aiops.core.series import series_key
     from detector.scoring import BaselineModelProvider
-    from detector.source import series_key
 
     x = shop_weeks()
     t = 3 * WEEK + 5 * DAY + 600  # Saturday 10:00, week four

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from aiops.core.errors import ConfigError
+from aiops.core.settings import Settings, load_settings
 from detector.catalogue import DEFAULT_QUERIES, resolve_catalogue
-from detector.errors import ConfigError
-from detector.settings import Settings, load_settings
 
 ENV_KEYS = [k for k in os.environ if k.startswith(("AIOPS_", "PROM_", "RUNBOOK"))]
 

@@ -1,4 +1,4 @@
-"""feature_store.db: database URLs, engines and retrying lost connections."""
+"""aiops.core.db: database URLs, engines and retrying lost connections."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from detector.errors import ConfigError
-from feature_store.db import is_disconnect, make_engine, normalise_url, retrying
+from aiops.core.db import is_disconnect, make_engine, normalise_url, retrying
+from aiops.core.errors import ConfigError
 
 # -- URLs -------------------------------------------------------------------------------------
 

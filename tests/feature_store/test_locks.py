@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
+from aiops.core.db import make_engine
 from demo.prometheus import free_port
 from feature_store import tables
-from feature_store.db import make_engine
 from feature_store.locks import Lease, LockHeld
 from sql.migrate import migrate
 from tests.feature_store.dialects import DIALECTS, database_url

@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy
 from sqlalchemy import Engine, func, insert, select, text
 
+from aiops.core.db import make_engine
 from demo.prometheus import free_port
 from feature_store import tables
-from feature_store.db import make_engine
 from sql.migrate import (
     MIGRATIONS_DIR,
     TABLE,

@@ -26,8 +26,8 @@ from sklearn.preprocessing import FunctionTransformer
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from aiops.core.db import make_engine
 from feature_store import tables
-from feature_store.db import make_engine
 from feature_store.registry import (
     ModelLoadError,
     ModelRegistry,
@@ -325,7 +325,7 @@ def test_a_forest_fitted_on_other_columns_is_refused(sqlite_engine):
 # -- kill -9 in the middle of a save ---------------------------------------------------------
 HELPER = """
 import os, sys
-from feature_store.db import make_engine
+from aiops.core.db import make_engine
 from feature_store.registry import ModelRegistry
 
 url, size = sys.argv[1], int(sys.argv[2])

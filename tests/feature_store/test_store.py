@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, func, select
 
+from aiops.core.db import make_engine
+from aiops.core.series import series_key
 from detector.explain import Reason
 from detector.features import Features, FeatureSpec, compute_features
 from detector.pipeline import SeriesResult
-from detector.source import series_key
 from feature_store import tables
-from feature_store.db import make_engine
 from feature_store.store import FeatureStore
 from sql.migrate import migrate
 from tests.feature_store.dialects import DIALECTS, database_url

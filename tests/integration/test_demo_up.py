@@ -31,8 +31,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aiops.core.db import make_engine
 from demo.prometheus import free_port, port_is_free
-from feature_store.db import make_engine
 from tests.conftest import require_binary
 from tests.dashboards.queries import dashboard_paths, promql_targets, sql_targets
 from tests.integration.conftest import aiops_command, demo_audit, detector_env, poll

@@ -16,9 +16,9 @@ import httpx
 import pandas as pd
 import pytest
 
+from aiops.core.settings import load_settings
 from detector.cycle import Detector
 from detector.service import create_app
-from detector.settings import load_settings
 from tests.integration.conftest import (
     ServiceThread,
     aiops_command,

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from aiops.core.db import make_engine
+from aiops.core.series import series_key
 from demo.server import serve
 from demo.workload import Workload
-from detector.source import series_key
 from feature_store import tables
-from feature_store.db import make_engine
 from feature_store.locks import Lease
 from tests.integration.conftest import detector_env, run_aiops, start_prometheus
 

@@ -16,12 +16,12 @@ import uvicorn
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from aiops.core.db import make_engine
+from aiops.core.settings import load_settings
+from aiops.core.signing import signed_headers
 from demo.prometheus import free_port
-from detector.settings import load_settings
-from feature_store.db import make_engine
 from runbooks.app import create_app
 from runbooks.policy import load_policy
-from runbooks.signing import signed_headers
 from sql.migrate import migrate
 from tests.integration.conftest import poll
 

@@ -10,10 +10,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from sqlalchemy import update
 
-from detector.errors import ConfigError
-from feature_store import tables
-from runbooks.policy import load_policy, parse_file, parse_inline
-from runbooks.signing import (
+from aiops.core.errors import ConfigError
+from aiops.core.signing import (
     approval_binding,
     check_approval_token,
     make_approval_token,
@@ -22,6 +20,8 @@ from runbooks.signing import (
     verify_event,
     verify_slack,
 )
+from feature_store import tables
+from runbooks.policy import load_policy, parse_file, parse_inline
 from tests.runbooks.conftest import anomaly
 
 

@@ -17,8 +17,8 @@ import pytest
 import uvicorn
 import websocket
 
+from aiops.core.signing import signed_headers
 from demo.prometheus import free_port
-from runbooks.signing import signed_headers
 from tests.conftest import require_binary
 from tests.integration.conftest import poll
 from tests.runbooks.conftest import READ_TOKEN, SECRET, anomaly

@@ -16,9 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from aiops.core.signing import signed_headers
 from runbooks.actions import ACTIONS, ActionError, ActionResult, KubeClients, Target, make_action
 from runbooks.app import create_app
-from runbooks.signing import signed_headers
 from tests.runbooks.conftest import READ, SECRET, anomaly
 from tests.runbooks.kubeapi import MUTATING, KubeAPI, kube_clients
 

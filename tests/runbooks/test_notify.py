@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from aiops.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_event
 from demo.prometheus import free_port
 from detector.exporter import DetectorMetrics
 from detector.notify import Notifier, anomaly_event, event_id
-from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_event
 from tests.integration.conftest import poll
 from tests.runbooks.conftest import SECRET
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aiops.core.signing import signed_headers
 from demo.prometheus import free_port
 from runbooks.guards import GuardUnavailable, Limits, RedisGuards
-from runbooks.signing import signed_headers
 from tests.conftest import require_binary
 from tests.integration.conftest import clean_env, poll
 from tests.redis_server import REDIS_SERVER, RedisProcess

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 
+from aiops.core.db import make_engine
+from aiops.core.settings import load_settings
 from demo.prometheus import free_port
-from detector.settings import load_settings
-from feature_store.db import make_engine
 from runbooks.app import create_app
 from runbooks.policy import load_policy
 from sql.migrate import migrate

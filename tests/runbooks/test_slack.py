@@ -13,13 +13,13 @@ from urllib.parse import urlencode
 
 import pytest
 
-from feature_store import tables
-from runbooks.signing import (
+from aiops.core.signing import (
     approval_binding,
     check_approval_token,
     slack_signature,
     token_digest,
 )
+from feature_store import tables
 from runbooks.slack import pending_notifier
 from tests.integration.conftest import poll
 from tests.runbooks.conftest import APPROVAL_SECRET, anomaly

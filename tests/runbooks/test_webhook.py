@@ -6,8 +6,8 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from aiops.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers
 from runbooks.events import AnomalyEvent, from_anomaly
-from runbooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers
 from tests.runbooks.conftest import SECRET, TOKEN, alerts, anomaly
 
 

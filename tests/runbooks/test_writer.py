@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from aiops.core.db import make_engine
 from feature_store import tables
-from feature_store.db import make_engine
 from runbooks.writer import GroupCommitter
 from sql.migrate import migrate
 

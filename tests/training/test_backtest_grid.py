@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from aiops.core.settings import load_settings
 from detector.catalogue import Query
-from detector.settings import load_settings
 from training.runner import BacktestError, SeriesInput, backtest_series, infer_step, on_grid
 
 STEP = 300.0  # 5-minute rows, four days of them

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from aiops.core.settings import load_settings
 from detector.explain import REASONS
-from detector.settings import load_settings
 from training.incidents import (
     HISTORY,
     N_POINTS,

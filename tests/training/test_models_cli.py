@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import IsolationForest
 
-from feature_store.db import make_engine
+from aiops.core.db import make_engine
 from feature_store.registry import ModelRegistry
 from sql.migrate import migrate
 from tests.integration.conftest import detector_env, run_aiops

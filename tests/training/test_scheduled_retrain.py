@@ -6,10 +6,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from aiops.core.settings import load_settings
 from detector.catalogue import Query
 from detector.cycle import build_detector
 from detector.service import _scheduled_retrain, make_scheduler
-from detector.settings import load_settings
 from feature_store.locks import Lease
 
 QUERY = Query(name="lat", promql="up", direction="up")

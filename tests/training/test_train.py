@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from aiops.core.db import make_engine
+from aiops.core.errors import QueryError
+from aiops.core.series import series_key
+from aiops.core.settings import load_settings
 from detector.catalogue import Query
-from detector.errors import QueryError
-from detector.settings import load_settings
-from detector.source import SeriesBatch, series_key
+from detector.source import SeriesBatch
 from feature_store import tables
-from feature_store.db import make_engine
 from feature_store.locks import Lease, LockHeld
 from feature_store.registry import ModelRegistry
 from sql.migrate import migrate

@@ -28,9 +28,9 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from detector.durations import parse_duration
-from detector.errors import ConfigError
-from detector.redact import redact
+from aiops.core.durations import parse_duration
+from aiops.core.errors import ConfigError
+from aiops.core.redact import redact
 
 
 class Settings(BaseSettings):
@@ -268,7 +268,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, v: str) -> str:
-        from feature_store.db import normalise_url
+        from aiops.core.db import normalise_url
 
         try:
             normalise_url(v)

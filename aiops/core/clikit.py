@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from detector.errors import ConfigError
+from aiops.core.errors import ConfigError
 
 
 class Format(str, Enum):
@@ -21,7 +21,7 @@ class Format(str, Enum):
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one line to stderr (redacted: no URL password or token); return the Exit."""
-    from detector.redact import redact
+    from aiops.core.redact import redact
 
     print(redact(f"aiops: {' '.join(message.split())}"), file=sys.stderr)
     return typer.Exit(code)
@@ -29,7 +29,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def warn(message: str) -> None:
     """Print one loud warning line to stderr (redacted), the command goes on."""
-    from detector.redact import redact
+    from aiops.core.redact import redact
 
     print(redact(f"aiops: WARNING: {' '.join(message.split())}"), file=sys.stderr)
 
@@ -41,7 +41,7 @@ def load(**overrides: Any) -> Any:
     """Settings with command-line overrides; a bad setting ends the command with one line,
     an unknown ``AIOPS_*`` / ``RUNBOOK_*`` variable (a typo) gets a warning line, once."""
     global _warned_unknown
-    from detector.settings import load_settings, unknown_variables
+    from aiops.core.settings import load_settings, unknown_variables
 
     try:
         settings = load_settings(**overrides)
@@ -64,7 +64,7 @@ ConfigOpt = Annotated[
 
 def parse_time(text: str, option: str) -> float:
     """Epoch seconds from an epoch number, an ISO date, or ``now-2d`` / ``-6h``."""
-    from detector.durations import parse_duration
+    from aiops.core.durations import parse_duration
 
     value = text.strip()
     try:

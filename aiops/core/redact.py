@@ -4,7 +4,7 @@ A URL may carry credentials: user info (``postgresql://aiops:PASSWORD@db/aiops``
 ``http://user:PASSWORD@prometheus:9090``, ``https://TOKEN@host/``) and secret-looking
 query parameters (``?token=…``, ``&api_key=…``, ``&sig=…``). ``redact_url`` masks them
 in one URL, ``redact`` in every URL of a text (and ``password=…`` pairs of a libpq
-connection string). Every log line (``detector.logs`` installs it for every logger),
+connection string). Every log line (``aiops.core.logs`` installs it for every logger),
 health answer, audit row an action writes, configuration error and one-line CLI
 failure goes through these two functions; nothing else masks secrets.
 """

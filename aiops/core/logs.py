@@ -1,7 +1,7 @@
 """Log lines for people and machines: ``time level logger message key=value ...``.
 
 Every record of every logger (ours, uvicorn's, the libraries') is redacted when it is
-made (``detector.redact.redact``: passwords and tokens inside URLs), so no handler,
+made (``aiops.core.redact.redact``: passwords and tokens inside URLs), so no handler,
 formatter or test capture ever sees a secret a message or a traceback carried.
 """
 
@@ -12,7 +12,7 @@ import sys
 import traceback
 from typing import Any
 
-from detector.redact import redact
+from aiops.core.redact import redact
 
 
 def _redacting(base: Any) -> Any:

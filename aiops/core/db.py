@@ -25,7 +25,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from detector.errors import ConfigError
+from aiops.core.errors import ConfigError
 
 log = logging.getLogger("aiops.db")
 T = TypeVar("T")

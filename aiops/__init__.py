@@ -1,0 +1,1 @@
+"""The AIOps anomaly detection service: its shared kernel (``aiops.core``) below every domain."""

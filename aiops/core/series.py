@@ -1,0 +1,18 @@
+"""Series identity: the key of a series in the feature store, the model registry and events."""
+
+from __future__ import annotations
+
+
+def series_key(metric: str, labels: dict[str, str]) -> str:
+    """``metric{a="x",b="y"}``: labels sorted, values escaped like Prometheus does.
+
+    The key of a series in the feature store and the model registry.
+    """
+    if not labels:
+        return metric
+
+    def esc(v: str) -> str:
+        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    inner = ",".join(f'{k}="{esc(str(v))}"' for k, v in sorted(labels.items()))
+    return f"{metric}{{{inner}}}"
