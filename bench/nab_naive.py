@@ -40,7 +40,7 @@ from bench.nab import CATEGORIES, DATA, PROFILES, nab_inputs
 from detector.catalogue import Query
 from detector.explain import PASSIVE_REASONS, Evidence, evaluate
 from detector.features import compute_features
-from detector.pipeline import Thresholds, feature_spec
+from detector.pipeline import feature_spec
 from detector.scoring import MIN_FIT_ROWS, IsolationForestScorer, fit_rows, scoring_rows
 from detector.verdict import (
     LEVEL_ALLOWED,
@@ -52,6 +52,7 @@ from detector.verdict import (
     SPIKE_RUNG,
     SPIKE_RUNGS,
     Judgement,
+    Thresholds,
     judge,
     reasons_behind,
 )

@@ -21,10 +21,10 @@ from aiops.core.settings import Settings
 from detector.catalogue import Query
 from detector.explain import reasons_at
 from detector.features import compute_features
-from detector.pipeline import Thresholds, feature_spec, training_rows
+from detector.pipeline import feature_spec, training_rows
 from detector.scoring import MIN_FIT_ROWS, IsolationForestScorer, fit_rows, scoring_rows
 from detector.source import SeriesBatch
-from detector.verdict import hysteresis, judge, reasons_behind
+from detector.verdict import Thresholds, hysteresis, judge, reasons_behind
 
 
 @dataclass

@@ -25,7 +25,6 @@ from detector.explain import PASSIVE_REASONS
 from detector.exporter import AnomalyCollector, DetectorMetrics
 from detector.pipeline import (
     SeriesResult,
-    Thresholds,
     detect_batch,
     feature_spec,
     trained_weekly,
@@ -33,6 +32,7 @@ from detector.pipeline import (
 )
 from detector.scoring import BaselineModelProvider, ModelProvider
 from detector.season import SeasonalHistory, fetch_failed
+from detector.verdict import Thresholds
 
 if TYPE_CHECKING:
     from feature_store.store import FeatureStore

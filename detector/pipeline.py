@@ -18,88 +18,19 @@ import numpy as np
 from aiops.core.series import series_key
 from aiops.core.settings import Settings
 from detector.catalogue import Query
-from detector.explain import Evidence, Explainer, Reason, default_explainers, reasons_at
+from detector.explain import Evidence, Reason, reasons_at
 from detector.features import Features, FeatureSpec, compute_features, feature_names
 from detector.scoring import MIN_FIT_ROWS, ModelProvider, scoring_rows
 from detector.source import SeriesBatch
 from detector.verdict import (
-    SPIKE_HOLD,
     Judgement,
+    Thresholds,
     calibrated_score,
     forest_gate,
     hysteresis,
     judge,
     reasons_behind,
 )
-
-
-@dataclass
-class Thresholds:
-    z_thresh: float = 3.0
-    vol_mult: float = 2.0
-    pct_thresh: float = 0.3
-    score_thresh: float = 0.5
-    #: below 1: hysteresis, an ongoing anomaly holds until its reasons fall below this
-    #: share of the thresholds; 1 (the default): every point is judged on its own
-    resolve_ratio: float = 1.0
-    novelty: float = 1.0  # a reason counts only this many times stronger than its recent max
-    history: int = 400  # points of each reason's strength history behind the novelty
-    #: a change of level back to within this share of z_thresh of the older half of the
-    #: baseline is a return to normal, not an onset (see detector.verdict)
-    return_ratio: float = 0.5
-    #: an anomaly ends once this many points in a row are back inside the expected band
-    #: (baseline ± z_thresh sds), whatever the windows still say (0: only the hysteresis)
-    resolve_points: int = 2
-    #: a spike: a point this many expected-band sds outside the band (detector.explain)
-    spike_z: float = 7.0
-    #: the relaxed thresholds hold an anomaly: a point still outside the band holds it
-    holding: bool = False
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> Thresholds:
-        return cls(
-            s.z_thresh,
-            s.vol_mult,
-            s.pct_thresh,
-            s.score_thresh,
-            s.resolve_ratio,
-            s.novelty,
-            resolve_points=s.resolve_points,
-            spike_z=s.spike_z,
-        )
-
-    @property
-    def hysteresis(self) -> bool:
-        """Whether an ongoing anomaly is held by the relaxed thresholds (resolve_ratio < 1)."""
-        return self.resolve_ratio < 1.0
-
-    def relaxed(self) -> Thresholds:
-        """Thresholds an ongoing anomaly must fall below to end (hysteresis against flapping);
-        without hysteresis, the ones that name the reason of a held point (SPIKE_HOLD)."""
-        r = self.resolve_ratio if self.hysteresis else SPIKE_HOLD
-        return Thresholds(
-            z_thresh=self.z_thresh * r,
-            vol_mult=1 + (self.vol_mult - 1) * r,
-            pct_thresh=self.pct_thresh * r,
-            score_thresh=0.0,
-            resolve_ratio=r,
-            novelty=0.0,
-            history=self.history,
-            return_ratio=self.return_ratio,
-            resolve_points=self.resolve_points,
-            spike_z=self.spike_z * r,
-            holding=True,
-        )
-
-    def explainers(self, direction: str) -> list[Explainer]:
-        return default_explainers(
-            z_thresh=self.z_thresh,
-            vol_mult=self.vol_mult,
-            pct_thresh=self.pct_thresh,
-            direction=direction,
-            spike_z=self.spike_z,
-            hold=self.holding,
-        )
 
 
 @dataclass

@@ -51,11 +51,19 @@ it: at least 1 exactly where the series is anomalous.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from detector.explain import Evidence, any_fired, evaluate, novelty, signed
+from aiops.core.settings import Settings
+from detector.explain import (
+    Evidence,
+    Explainer,
+    any_fired,
+    default_explainers,
+    evaluate,
+    novelty,
+    signed,
+)
 from detector.features import Features, _prefix, _window, trailing_mean
 
 #: Reasons that are a change of level: a return to the earlier level does not start them.
@@ -104,14 +112,81 @@ LEVEL_ALLOWED = 1
 #: whose windows are still filling stays one anomaly, the point after a spike does not.
 SPIKE_HOLD = 0.75
 
+
+@dataclass
+class Thresholds:
+    z_thresh: float = 3.0
+    vol_mult: float = 2.0
+    pct_thresh: float = 0.3
+    score_thresh: float = 0.5
+    #: below 1: hysteresis, an ongoing anomaly holds until its reasons fall below this
+    #: share of the thresholds; 1 (the default): every point is judged on its own
+    resolve_ratio: float = 1.0
+    novelty: float = 1.0  # a reason counts only this many times stronger than its recent max
+    history: int = 400  # points of each reason's strength history behind the novelty
+    #: a change of level back to within this share of z_thresh of the older half of the
+    #: baseline is a return to normal, not an onset (see detector.verdict)
+    return_ratio: float = 0.5
+    #: an anomaly ends once this many points in a row are back inside the expected band
+    #: (baseline ± z_thresh sds), whatever the windows still say (0: only the hysteresis)
+    resolve_points: int = 2
+    #: a spike: a point this many expected-band sds outside the band (detector.explain)
+    spike_z: float = 7.0
+    #: the relaxed thresholds hold an anomaly: a point still outside the band holds it
+    holding: bool = False
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Thresholds:
+        return cls(
+            s.z_thresh,
+            s.vol_mult,
+            s.pct_thresh,
+            s.score_thresh,
+            s.resolve_ratio,
+            s.novelty,
+            resolve_points=s.resolve_points,
+            spike_z=s.spike_z,
+        )
+
+    @property
+    def hysteresis(self) -> bool:
+        """Whether an ongoing anomaly is held by the relaxed thresholds (resolve_ratio < 1)."""
+        return self.resolve_ratio < 1.0
+
+    def relaxed(self) -> Thresholds:
+        """Thresholds an ongoing anomaly must fall below to end (hysteresis against flapping);
+        without hysteresis, the ones that name the reason of a held point (SPIKE_HOLD)."""
+        r = self.resolve_ratio if self.hysteresis else SPIKE_HOLD
+        return Thresholds(
+            z_thresh=self.z_thresh * r,
+            vol_mult=1 + (self.vol_mult - 1) * r,
+            pct_thresh=self.pct_thresh * r,
+            score_thresh=0.0,
+            resolve_ratio=r,
+            novelty=0.0,
+            history=self.history,
+            return_ratio=self.return_ratio,
+            resolve_points=self.resolve_points,
+            spike_z=self.spike_z * r,
+            holding=True,
+        )
+
+    def explainers(self, direction: str) -> list[Explainer]:
+        return default_explainers(
+            z_thresh=self.z_thresh,
+            vol_mult=self.vol_mult,
+            pct_thresh=self.pct_thresh,
+            direction=direction,
+            spike_z=self.spike_z,
+            hold=self.holding,
+        )
+
+
 #: A score reaches the threshold to within this: a forest that cannot split its rows (all
 #: alike, e.g. a query whose series are all constant) scores every point 0.5, an ordinary
 #: point, give or take float rounding (0.4999999999999993 or 0.5000000000000007 by the
 #: number of rows), and the rounding must not decide the verdict.
 SCORE_TOLERANCE = 1e-9
-
-if TYPE_CHECKING:
-    from detector.pipeline import Thresholds
 
 
 @dataclass

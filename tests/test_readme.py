@@ -16,7 +16,7 @@ import click
 import pytest
 from typer.main import get_command
 
-from detector.cli import app
+from aiops.cli import app
 from tests.integration.test_readme import check_for
 from tests.readme import README, REPO, inline_commands, run_blocks, shell_blocks, words
 

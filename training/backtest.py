@@ -27,9 +27,15 @@ import numpy as np
 
 from detector.explain import PASSIVE_REASONS, Evidence
 from detector.features import Features, FeatureSpec, compute_features
-from detector.pipeline import Thresholds
 from detector.scoring import MIN_FIT_ROWS, IsolationForestScorer, scoring_rows
-from detector.verdict import Judgement, calibrated_score, hysteresis, judge, reasons_behind
+from detector.verdict import (
+    Judgement,
+    Thresholds,
+    calibrated_score,
+    hysteresis,
+    judge,
+    reasons_behind,
+)
 
 
 @dataclass

@@ -30,8 +30,9 @@ import pandas as pd
 from aiops.core.errors import AiopsError
 from aiops.core.settings import Settings
 from detector.catalogue import Query
-from detector.pipeline import Thresholds, feature_spec
+from detector.pipeline import feature_spec
 from detector.source import PrometheusSource, SeriesBatch
+from detector.verdict import Thresholds
 from training.backtest import Replay, replay
 
 #: Prometheus refuses range queries of more than 11,000 points per series.

@@ -42,10 +42,10 @@ from aiops.core.series import series_key
 from aiops.core.settings import Settings
 from detector.catalogue import Query
 from detector.features import CALENDAR_FEATURES, Features, compute_features
-from detector.pipeline import Thresholds, feature_spec
+from detector.pipeline import feature_spec
 from detector.scoring import fit_rows, scoring_rows
 from detector.source import SeriesBatch
-from detector.verdict import latest_levels
+from detector.verdict import Thresholds, latest_levels
 from feature_store import tables
 from feature_store.locks import Lease
 from feature_store.registry import ModelLoadError, ModelRegistry, dump_model

@@ -23,9 +23,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine
 
+from aiops.cli import app as aiops_app
 from aiops.core.settings import Settings, load_settings
 from detector.catalogue import resolve_catalogue
-from detector.cli import app as aiops_app
 from runbooks.actions import ACTIONS
 from runbooks.policy import load_policy, parse_file, parse_inline
 

@@ -17,7 +17,7 @@ from aiops.core.settings import load_settings
 from detector.catalogue import Query
 from detector.explain import REASONS
 from detector.features import FeatureSpec, compute_features
-from detector.pipeline import Thresholds
+from detector.verdict import Thresholds
 from training.backtest import replay
 from training.runner import SeriesInput, backtest_series, expected_band
 

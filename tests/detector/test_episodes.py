@@ -14,7 +14,7 @@ import pytest
 
 from aiops.core.settings import load_settings
 from detector.features import FeatureSpec
-from detector.pipeline import Thresholds
+from detector.verdict import Thresholds
 from training.backtest import replay
 
 SPEC = FeatureSpec(step=60.0, baseline=300 * 60.0)

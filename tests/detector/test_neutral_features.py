@@ -14,9 +14,9 @@ import pytest
 from aiops.core.settings import load_settings
 from detector.catalogue import Query
 from detector.features import FeatureSpec, compute_features
-from detector.pipeline import Thresholds, feature_spec
+from detector.pipeline import feature_spec
 from detector.scoring import MIN_FIT_ROWS, IsolationForestScorer, fit_rows, neutral, scoring_rows
-from detector.verdict import SCORE_TOLERANCE, forest_gate
+from detector.verdict import SCORE_TOLERANCE, Thresholds, forest_gate
 from training.backtest import replay
 from training.runner import PASSIVE_WEIGHT, event_score
 from training.train import Outcome, _series_data

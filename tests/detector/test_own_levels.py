@@ -19,7 +19,7 @@ from aiops.core.series import series_key
 from aiops.core.settings import load_settings
 from detector.catalogue import Query
 from detector.features import FeatureSpec, compute_features
-from detector.pipeline import Thresholds, detect_batch
+from detector.pipeline import detect_batch
 from detector.scoring import BaselineModelProvider
 from detector.source import SeriesBatch
 from detector.verdict import (
@@ -30,6 +30,7 @@ from detector.verdict import (
     SPIKE_MEMORY,
     SPIKE_MIN_KNOWN,
     SPIKE_RUNG,
+    Thresholds,
     calibrated_score,
     latest_levels,
     reason_levels,

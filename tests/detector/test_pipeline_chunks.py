@@ -139,8 +139,8 @@ def test_features_of_a_series_do_not_depend_on_the_others(batch_and_past):
 @pytest.mark.parametrize("ratio", [0.75, 1.0])
 def test_relaxed_verdict_of_the_newest_columns_only(batch_and_past, ratio):
     from detector.features import compute_features
-    from detector.pipeline import Thresholds, feature_spec
-    from detector.verdict import judge
+    from detector.pipeline import feature_spec
+    from detector.verdict import Thresholds, judge
 
     batch, past = batch_and_past
     settings = load_settings(metrics=None, config=None)

@@ -7,7 +7,7 @@ import pytest
 
 from detector.explain import LevelShiftExplainer, VolatilityExplainer
 from detector.features import FeatureSpec, compute_features, past_slices, seasonal_profile
-from detector.pipeline import Thresholds
+from detector.verdict import Thresholds
 from training.backtest import replay
 
 STEP = 300.0  # 5-minute data: 288 points a day

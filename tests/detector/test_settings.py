@@ -171,7 +171,7 @@ def test_cli_bad_config_is_one_line_without_traceback(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
     env["AIOPS_Z_THRESH"] = "banana"
     proc = subprocess.run(
-        [sys.executable, "-m", "detector", "detect", "--once"],
+        [sys.executable, "-m", "aiops", "detect", "--once"],
         env=env,
         capture_output=True,
         text=True,

@@ -28,9 +28,9 @@ def cli_env() -> dict[str, str]:
 
 
 def start_cli(*args: str) -> subprocess.Popen[str]:
-    """``python -m detector ARGS`` in the background, stdout and stderr captured."""
+    """``python -m aiops ARGS`` in the background, stdout and stderr captured."""
     return subprocess.Popen(
-        [sys.executable, "-m", "detector", *args],
+        [sys.executable, "-m", "aiops", *args],
         cwd=REPO,
         env=cli_env(),
         stdin=subprocess.DEVNULL,

@@ -145,7 +145,7 @@ def detector_env(**extra: str) -> dict[str, str]:
 
 def aiops_command() -> list[str]:
     exe = shutil.which("aiops")
-    return [exe] if exe else [sys.executable, "-m", "detector"]
+    return [exe] if exe else [sys.executable, "-m", "aiops"]
 
 
 def run_aiops(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:

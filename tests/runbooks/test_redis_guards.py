@@ -94,7 +94,7 @@ def _webhook(
         AIOPS_LOG_LEVEL="WARNING",
     )
     exe = Path(sys.executable).with_name("aiops")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "detector"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "aiops"]
     proc = subprocess.Popen([*cmd, "webhook", "--host", "127.0.0.1", "--port", str(port)], env=env)
     url = f"http://127.0.0.1:{port}"
     poll(

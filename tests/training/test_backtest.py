@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 
 from detector.features import FeatureSpec
-from detector.pipeline import Thresholds
-from detector.verdict import hysteresis
+from detector.verdict import Thresholds, hysteresis
 from training.backtest import replay
 
 SPEC = FeatureSpec(step=60.0, baseline=300 * 60.0)
@@ -107,7 +106,7 @@ def test_cli_writes_per_row_results(tmp_path):
     pd.DataFrame({"timestamp": ts, "value": x}).to_csv(data / "svc.csv", index=False)
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "detector", "backtest", str(tmp_path / "in"), "--out", str(out)],
+        [sys.executable, "-m", "aiops", "backtest", str(tmp_path / "in"), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -144,7 +143,7 @@ def test_cli_writes_per_row_results(tmp_path):
 )
 def test_cli_errors_are_one_line(tmp_path, args, message):
     proc = subprocess.run(
-        [sys.executable, "-m", "detector", "backtest", *args, "--out", str(tmp_path)],
+        [sys.executable, "-m", "aiops", "backtest", *args, "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,4 +1,5 @@
-"""The ``aiops`` command line."""
+"""The ``aiops`` command line: the composition root, the one place that mounts every
+service's commands (the detector's here, ``training.cli``, ``runbooks.cli``, ``demo.cli``)."""
 
 from __future__ import annotations
 
