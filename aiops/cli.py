@@ -55,6 +55,7 @@ def detect(
     from detector.cycle import build_detector
     from detector.service import serve
     from sql.migrate import MigrationError
+    from training.train import retrain
 
     try:
         detector = build_detector(settings)
@@ -63,7 +64,7 @@ def detect(
     except MigrationError as exc:
         raise fail(f"database: {exc}") from None
     if not once:
-        serve(detector, host=settings.http_host, port=settings.http_port)
+        serve(detector, host=settings.http_host, port=settings.http_port, retrain=retrain)
         return
     report = detector.run_cycle()
     results = report.all_results()

@@ -269,6 +269,7 @@ def _run(
     from aiops.core.logs import setup_logging
     from detector.cycle import build_detector
     from detector.service import create_app, make_server
+    from training.train import retrain
 
     secret, token, read_token = (secrets.token_hex(16) for _ in range(3))
     direct = via in (Via.both, Via.detector)
@@ -351,7 +352,9 @@ def _run(
     hook = start_webhook(hook_settings, webhook_port)
     stack.push_stop("webhook", hook.stop)
     detector = build_detector(settings)
-    server = make_server(create_app(detector), host="127.0.0.1", port=detector_port)
+    server = make_server(
+        create_app(detector, retrain=retrain), host="127.0.0.1", port=detector_port
+    )
     stack.push_stop("detector", lambda: setattr(server, "should_exit", True))
     mode = "REALLY heals the demo app (--autofix)" if autofix else "dry run (add --autofix)"
     paths = {

@@ -11,9 +11,10 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
+from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -30,12 +31,19 @@ from prometheus_client import (
 
 from aiops.core.redact import redact
 from detector.cycle import Detector
+from feature_store.locks import LockHeld
 
 log = logging.getLogger("aiops.service")
 
 
-def make_scheduler(detector: Detector) -> BackgroundScheduler:
-    """A scheduler running ``detector.run_cycle`` now and every interval, never overlapping."""
+#: The nightly retrain the composition root hands the service (``training.train.retrain``):
+#: it runs on the detector's settings, database and catalogue and returns its report.
+Retrain = Callable[[Detector], Any]
+
+
+def make_scheduler(detector: Detector, retrain: Retrain | None = None) -> BackgroundScheduler:
+    """A scheduler running ``detector.run_cycle`` now and every interval, never overlapping,
+    and ``retrain`` at AIOPS_RETRAIN_CRON when there is one and a database."""
     interval = detector.settings.interval_seconds
     scheduler = BackgroundScheduler(timezone=timezone.utc)
     scheduler.add_job(
@@ -50,11 +58,11 @@ def make_scheduler(detector: Detector) -> BackgroundScheduler:
         next_run_time=datetime.now(timezone.utc),
     )
     cron = getattr(detector.settings, "retrain_cron", "off")
-    if cron != "off" and getattr(detector, "engine", None) is not None:
+    if retrain is not None and cron != "off" and getattr(detector, "engine", None) is not None:
         scheduler.add_job(
-            _scheduled_retrain,
+            scheduled_retrain,
             CronTrigger.from_crontab(cron, timezone="UTC"),
-            args=[detector],
+            args=[detector, retrain],
             id="retrain",
             max_instances=1,
             coalesce=True,
@@ -63,19 +71,10 @@ def make_scheduler(detector: Detector) -> BackgroundScheduler:
     return scheduler
 
 
-def _scheduled_retrain(detector: Detector) -> None:
+def scheduled_retrain(detector: Detector, retrain: Retrain) -> None:
     """The nightly retrain inside the service (AIOPS_RETRAIN_CRON); never raises."""
-    from feature_store.locks import LockHeld
-    from training.train import Trainer, prometheus_fetch
-
-    trainer = Trainer(
-        detector.settings,
-        detector.engine,
-        fetch=prometheus_fetch(detector.settings),
-        queries=detector.queries,
-    )
     try:
-        report = trainer.run(progress=False)
+        report = retrain(detector)
     except LockHeld as exc:
         log.warning("scheduled retrain skipped: %s", exc)
         detector.metrics.retrains.labels("skipped").inc()
@@ -102,15 +101,18 @@ def _safe_cycle(detector: Detector) -> None:
         detector.metrics.cycles.labels("crashed").inc()
 
 
-def create_app(detector: Detector, *, schedule: bool = True) -> FastAPI:
-    """The HTTP app; with ``schedule`` its lifespan runs the detection scheduler."""
+def create_app(
+    detector: Detector, *, schedule: bool = True, retrain: Retrain | None = None
+) -> FastAPI:
+    """The HTTP app; with ``schedule`` its lifespan runs the detection scheduler (and
+    ``retrain`` nightly, see ``make_scheduler``)."""
     for collector_cls in (ProcessCollector, PlatformCollector, GCCollector):
         with contextlib.suppress(ValueError):  # already registered on this registry
             collector_cls(registry=detector.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler = make_scheduler(detector) if schedule else None
+        scheduler = make_scheduler(detector, retrain) if schedule else None
         if scheduler is not None:
             detector.check_queries()
             scheduler.start()
@@ -172,6 +174,6 @@ def make_server(app: FastAPI, *, host: str, port: int) -> StoppableServer:
     )
 
 
-def serve(detector: Detector, *, host: str, port: int) -> None:
+def serve(detector: Detector, *, host: str, port: int, retrain: Retrain | None = None) -> None:
     """Run the service until SIGTERM/SIGINT."""
-    make_server(create_app(detector), host=host, port=port).run()
+    make_server(create_app(detector, retrain=retrain), host=host, port=port).run()

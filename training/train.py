@@ -580,3 +580,16 @@ def prometheus_fetch(settings: Any) -> Any:
         return source.fetch_range(query, start=start, end=end, step=step)
 
     return fetch
+
+
+def retrain(detector: Any) -> TrainReport:
+    """The nightly retrain of a running detector service, on its settings, database and
+    catalogue (``detector.service`` schedules it at AIOPS_RETRAIN_CRON): what
+    ``aiops train`` does, without a progress bar. A held lock raises ``LockHeld``."""
+    trainer = Trainer(
+        detector.settings,
+        detector.engine,
+        fetch=prometheus_fetch(detector.settings),
+        queries=detector.queries,
+    )
+    return trainer.run(progress=False)

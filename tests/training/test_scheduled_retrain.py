@@ -9,8 +9,9 @@ from prometheus_client import CollectorRegistry
 from aiops.core.settings import load_settings
 from detector.catalogue import Query
 from detector.cycle import build_detector
-from detector.service import _scheduled_retrain, make_scheduler
+from detector.service import make_scheduler, scheduled_retrain
 from feature_store.locks import Lease
+from training.train import retrain
 
 QUERY = Query(name="lat", promql="up", direction="up")
 
@@ -33,18 +34,22 @@ def sample(det, name: str, **labels) -> float | None:
 
 def test_the_cron_setting_schedules_the_retrain(tmp_path):
     det = detector(tmp_path, retrain_cron="30 2 * * 1-5")
-    job = make_scheduler(det).get_job("retrain")
+    job = make_scheduler(det, retrain).get_job("retrain")
     assert job is not None
     fields = {f.name: str(f) for f in job.trigger.fields}
     assert (fields["minute"], fields["hour"], fields["day_of_week"]) == ("30", "2", "1-5")
-    assert make_scheduler(detector(tmp_path, retrain_cron="off")).get_job("retrain") is None
+    assert (
+        make_scheduler(detector(tmp_path, retrain_cron="off"), retrain).get_job("retrain") is None
+    )
+    # the detector service alone (no retrain handed to it by the composition root) has none
+    assert make_scheduler(det).get_job("retrain") is None
 
 
 def test_a_retrain_that_finds_the_lock_held_is_skipped_and_counted(tmp_path):
     det = detector(tmp_path)
     lease = Lease(det.engine, "train").acquire()
     try:
-        _scheduled_retrain(det)
+        scheduled_retrain(det, retrain)
     finally:
         lease.release()
     assert sample(det, "aiops_detector_retrains_total", result="skipped") == 1.0
@@ -52,5 +57,5 @@ def test_a_retrain_that_finds_the_lock_held_is_skipped_and_counted(tmp_path):
 
 def test_a_retrain_without_prometheus_is_partial_and_never_raises(tmp_path):
     det = detector(tmp_path)
-    _scheduled_retrain(det)  # Prometheus at 127.0.0.1:9 does not answer
+    scheduled_retrain(det, retrain)  # Prometheus at 127.0.0.1:9 does not answer
     assert sample(det, "aiops_detector_retrains_total", result="partial") == 1.0
