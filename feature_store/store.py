@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -19,9 +19,7 @@ from sqlalchemy import Engine, Table, and_, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from aiops.core.db import retrying
-from aiops.core.durations import parse_duration
 from aiops.core.series import series_key
-from detector.features import CALENDAR_FEATURES, Features, feature_names
 from feature_store import tables
 
 #: rows per INSERT statement batch (keeps statements within SQLite's variable limit)
@@ -45,27 +43,20 @@ def _json_safe(v: Any) -> Any:
     return v
 
 
-_FIXED = feature_names(())
-_CALENDAR = CALENDAR_FEATURES["weekly"]
+class FeatureArrays(Protocol):
+    """What the store reads from the detector's features (``detector.features.Features``):
+    arrays of shape (n_series, n_times) and the forest's rows with their column names."""
 
+    ready: np.ndarray
+    value: np.ndarray
+    baseline: np.ndarray
+    scale: np.ndarray
 
-def _column_order(name: str) -> tuple[int, float, str]:
-    """Sort key putting feature columns in ``Features.names()`` order.
+    def names(self) -> tuple[str, ...]: ...
 
-    SQLite keeps the JSON object's key order, PostgreSQL's JSONB does not, so the
-    order is rebuilt: window z-scores shortest window first, then the fixed
-    features, then calendar columns, then anything else by name.
-    """
-    if name.startswith("z_"):
-        try:
-            return (0, parse_duration(name[2:]), name)
-        except ValueError:
-            pass
-    if name in _FIXED:
-        return (1, float(_FIXED.index(name)), name)
-    if name in _CALENDAR:
-        return (2, float(_CALENDAR.index(name)), name)
-    return (3, 0.0, name)
+    def matrix(
+        self, direction: str = ..., at: tuple[np.ndarray, np.ndarray] | None = ...
+    ) -> np.ndarray: ...
 
 
 BULK_ROWS = 50_000
@@ -124,7 +115,7 @@ class FeatureStore:
         metric: str,
         labels: list[dict[str, str]],
         times: np.ndarray,
-        feats: Features,
+        feats: FeatureArrays,
         direction: str,
         mask: np.ndarray | None = None,
     ) -> list[dict[str, Any]]:
@@ -167,7 +158,7 @@ class FeatureStore:
         metric: str,
         labels: list[dict[str, str]],
         times: np.ndarray,
-        feats: Features,
+        feats: FeatureArrays,
         direction: str,
         mask: np.ndarray | None = None,
     ) -> int:
@@ -207,9 +198,16 @@ class FeatureStore:
         return retrying(work, what="feature store")
 
     def read_features(
-        self, series: str, *, start: float | None = None, end: float | None = None
+        self,
+        series: str,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        columns: Sequence[str] = (),
     ) -> pd.DataFrame:
-        """One series' feature rows in ``[start, end]``: a frame indexed by ``ts``."""
+        """One series' feature rows in ``[start, end]``: a frame indexed by ``ts``, its
+        feature columns in the order of ``columns`` (e.g. ``Features.names()``), any others
+        after them by name (PostgreSQL's JSONB keeps no key order)."""
         t = tables.features
         cond = [t.c.series == series]
         if start is not None:
@@ -228,7 +226,8 @@ class FeatureStore:
             columns=["ts", "value", "baseline", "scale"],
         )
         extra = pd.DataFrame([r.features for r in rows])
-        extra = extra[sorted(extra.columns, key=_column_order)]
+        rank = {name: i for i, name in enumerate(columns)}
+        extra = extra[sorted(extra.columns, key=lambda c: (rank.get(c, len(rank)), c))]
         frame = pd.concat([base, extra], axis=1).set_index("ts")
         return frame.astype(float)
 

@@ -103,9 +103,13 @@ def test_read_features_returns_the_window_in_time_order_with_named_columns(store
     store.write_features(METRIC, LABELS, TIMES, feats, "down")
     start, end = TIMES[150], TIMES[200]
 
-    frame = store.read_features(series_key(METRIC, LABELS[1]), start=start, end=end)
+    key = series_key(METRIC, LABELS[1])
+    frame = store.read_features(key, start=start, end=end, columns=feats.names())
 
     assert list(frame.columns) == ["value", "baseline", "scale", *feats.names()]
+    # without an order, the feature columns come by name
+    plain = store.read_features(key, start=start, end=end)
+    assert list(plain.columns) == ["value", "baseline", "scale", *sorted(feats.names())]
     assert list(frame.index) == [float(t) for t in TIMES[150:201]]
     assert frame.index.is_monotonic_increasing
     ii = np.full(51, 1)
