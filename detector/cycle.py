@@ -24,18 +24,19 @@ from detector.catalogue import Query, resolve_catalogue
 from detector.explain import PASSIVE_REASONS
 from detector.exporter import AnomalyCollector, DetectorMetrics
 from detector.pipeline import (
-    SeriesResult,
     detect_batch,
     feature_spec,
     trained_weekly,
     usable_cpus,
 )
+from detector.result import SeriesResult
 from detector.scoring import BaselineModelProvider, ModelProvider
 from detector.season import SeasonalHistory, fetch_failed
 from detector.verdict import Thresholds
 
 if TYPE_CHECKING:
     from feature_store.store import FeatureStore
+from aiops.core.redact import short_error
 from aiops.core.series import series_key
 from detector.source import PrometheusSource, Selection, cap_series, keep_shard
 
@@ -347,7 +348,7 @@ class Detector:
                 log.error(
                     "feature store write failed table=%s error=%s",
                     table,
-                    " ".join(str(getattr(exc, "orig", exc)).split())[:200],
+                    short_error(exc),
                 )
             self._database(False)
         else:
@@ -511,7 +512,7 @@ def build_detector(settings: Settings, **kwargs: Any) -> Detector:
             log.error(
                 "database unreachable at start url=%s error=%s",
                 engine.url.render_as_string(hide_password=True),
-                " ".join(str(getattr(exc, "orig", exc)).split())[:200],
+                short_error(exc),
             )
     fallback = BaselineModelProvider(refit_seconds=settings.model_refit_seconds)
     detector: Detector | None = None

@@ -10,7 +10,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -18,8 +18,9 @@ import numpy as np
 from aiops.core.series import series_key
 from aiops.core.settings import Settings
 from detector.catalogue import Query
-from detector.explain import Evidence, Reason, reasons_at
+from detector.explain import Evidence, reasons_at
 from detector.features import Features, FeatureSpec, compute_features, feature_names
+from detector.result import SeriesResult
 from detector.scoring import MIN_FIT_ROWS, ModelProvider, scoring_rows
 from detector.source import SeriesBatch
 from detector.verdict import (
@@ -31,52 +32,6 @@ from detector.verdict import (
     judge,
     reasons_behind,
 )
-
-
-@dataclass
-class SeriesResult:
-    """The verdict on one series at the newest grid point."""
-
-    metric: str
-    labels: dict[str, str]
-    status: str  # "ok" (scored) or "warming_up" (not enough data to score it yet)
-    value: float = float("nan")
-    baseline: float = float("nan")
-    #: calibrated: the strongest reason over the series' own level for it; >= 1 exactly
-    #: while anomalous (``detector.verdict.calibrated_score``)
-    score: float = float("nan")
-    anomalous: bool = False
-    reasons: list[Reason] = field(default_factory=list)
-    zscores: dict[str, float] = field(default_factory=dict)
-    delta: float = float("nan")
-    model_version: str = ""
-    observed_at: float = 0.0
-    started_at: float | None = None
-    model_fitted_at: float | None = None
-    scale: float = float("nan")
-    features: dict[str, float] = field(default_factory=dict)  # the scored row, by name
-    forest_score: float = float("nan")  # the IsolationForest's score, 0..1
-
-    def as_dict(self) -> dict[str, Any]:
-        def num(v: float) -> float | None:
-            return None if v is None or not np.isfinite(v) else round(float(v), 6)
-
-        return {
-            "metric": self.metric,
-            "labels": self.labels,
-            "status": self.status,
-            "value": num(self.value),
-            "baseline": num(self.baseline),
-            "score": num(self.score),
-            "forest_score": num(self.forest_score),
-            "anomalous": self.anomalous,
-            "reasons": [r.as_dict() for r in self.reasons],
-            "zscores": {k: num(v) for k, v in self.zscores.items()},
-            "delta": num(self.delta),
-            "model_version": self.model_version,
-            "observed_at": self.observed_at,
-            "started_at": self.started_at,
-        }
 
 
 def feature_spec(

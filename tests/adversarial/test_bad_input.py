@@ -38,7 +38,8 @@ from detector.catalogue import Query
 from detector.explain import REASONS, any_fired, default_explainers, evaluate, reasons_at
 from detector.exporter import AnomalyCollector
 from detector.features import FeatureSpec, compute_features
-from detector.pipeline import SeriesResult, detect_batch, feature_spec
+from detector.pipeline import detect_batch, feature_spec
+from detector.result import SeriesResult
 from detector.scoring import BaselineModelProvider
 from detector.source import SeriesBatch
 from tests.adversarial.conftest import served

@@ -14,7 +14,7 @@ from aiops.core.db import make_engine
 from aiops.core.series import series_key
 from detector.explain import Reason
 from detector.features import Features, FeatureSpec, compute_features
-from detector.pipeline import SeriesResult
+from detector.result import SeriesResult
 from feature_store import tables
 from feature_store.store import FeatureStore
 from sql.migrate import migrate
