@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aiops.core.redact import short_error
 from detector.scoring import BaselineModelProvider, Model, PackedForests
 
 log = logging.getLogger("aiops.models")
@@ -110,7 +111,7 @@ class RegistryModelProvider:
         try:
             records = self.registry.promoted()  # type: ignore[attr-defined]
         except Exception as exc:  # the database is down: keep what is loaded
-            msg = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
+            msg = short_error(exc)
             if self.state.up is not False:
                 log.error("model registry unreachable, keeping loaded models error=%s", msg)
             self.state.up, self.state.error = False, msg

@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from aiops.core.redact import short_error
 from aiops.core.series import series_key
 from aiops.core.signing import signed_headers
 
@@ -95,7 +96,7 @@ class Outbox:
                 log.error(
                     "webhook outbox %s failed error=%s",
                     what,
-                    " ".join(str(getattr(exc, "orig", exc)).split())[:200],
+                    short_error(exc),
                 )
             self.up = False
             return None

@@ -47,7 +47,7 @@ from sqlalchemy import Engine, and_, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from aiops.core.redact import redact
+from aiops.core.redact import short_error
 from aiops.core.settings import Settings
 from aiops.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_event
 from feature_store import tables
@@ -310,7 +310,7 @@ def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def _db_error(exc: Exception) -> JSONResponse:
-    msg = redact(" ".join(str(getattr(exc, "orig", exc)).split())[:200])
+    msg = short_error(exc)
     log.error("database error, nothing executed: %s", msg)
     return _error(503, f"database unavailable, nothing was executed: {msg}")
 

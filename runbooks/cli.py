@@ -8,6 +8,7 @@ import typer
 
 from aiops.core.clikit import ConfigOpt, fail, load, warn
 from aiops.core.errors import AiopsError
+from aiops.core.redact import short_error
 
 
 def webhook(
@@ -48,7 +49,7 @@ def webhook(
     except AiopsError as exc:
         raise fail(f"database: {exc}") from None
     except Exception as exc:
-        msg = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
+        msg = short_error(exc)
         raise fail(f"database unreachable: {msg}", 1) from None
     app = create_app(settings, engine, policy)
     StoppableServer(
@@ -138,7 +139,7 @@ def audit_export(
                 ]
                 out.writerow([redact(c) if isinstance(c, str) else c for c in cells])
     except Exception as exc:
-        msg = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
+        msg = short_error(exc)
         raise fail(f"audit export: {msg}", 1) from None
 
 
@@ -166,9 +167,7 @@ def _switch(config: Any, work: Any) -> Any:
     except AiopsError as exc:
         raise fail(f"database: {exc}") from None
     except Exception as exc:
-        from aiops.core.redact import redact
-
-        msg = redact(" ".join(str(getattr(exc, "orig", exc)).split())[:200])
+        msg = short_error(exc)
         raise fail(f"database unreachable: {msg}", 1) from None
     finally:
         engine.dispose()

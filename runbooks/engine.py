@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from aiops.core.redact import redact
+from aiops.core.redact import short_error
 from aiops.core.signing import approval_binding, make_approval_token, token_digest
 from feature_store import tables
 from runbooks import killswitch, state
@@ -570,7 +570,7 @@ class Remediator:
 
 
 def _short(exc: Exception) -> str:
-    return redact(" ".join(str(getattr(exc, "orig", exc)).split())[:200])
+    return short_error(exc)
 
 
 def ping(engine: Engine) -> bool:

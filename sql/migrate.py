@@ -26,6 +26,7 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from aiops.core.errors import AiopsError
+from aiops.core.redact import short_error
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 TABLE = "aiops_schema_migrations"
@@ -246,7 +247,7 @@ def _run(execute, stmt: str, m: Migration) -> None:  # type: ignore[no-untyped-d
         execute(stmt)
     except Exception as exc:
         first = " ".join(stmt.split())[:80]
-        detail = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
+        detail = short_error(exc)
         raise MigrationError(f"{m.path.name}: {detail} (in: {first})") from exc
 
 

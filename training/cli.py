@@ -15,7 +15,7 @@ from rich.table import Table
 
 from aiops.core.clikit import ConfigOpt, Format, PromUrl, fail, load
 from aiops.core.errors import AiopsError
-from aiops.core.redact import redact
+from aiops.core.redact import redact, short_error
 
 DbUrl = Annotated[
     str | None,
@@ -48,7 +48,7 @@ def _ready_engine(settings: Any) -> Any:
 
 
 def _short(exc: BaseException) -> str:
-    return " ".join(str(getattr(exc, "orig", exc)).split())[:300]
+    return short_error(exc, 300)
 
 
 def migrate(

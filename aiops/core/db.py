@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from aiops.core.errors import ConfigError
+from aiops.core.redact import short_error
 
 log = logging.getLogger("aiops.db")
 T = TypeVar("T")
@@ -104,7 +105,7 @@ def retrying(
                 "%s connection lost, retrying attempt=%d error=%s",
                 what,
                 attempt,
-                " ".join(str(exc.orig).split())[:200],
+                short_error(exc),
             )
             time.sleep(delay * 2 ** (attempt - 1))
     raise AssertionError("unreachable")

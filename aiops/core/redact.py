@@ -136,3 +136,10 @@ def redact_value(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact_value(v) for v in value]
     return value
+
+
+def short_error(exc: BaseException, limit: int = 200) -> str:
+    """One line saying what went wrong, redacted, at most ``limit`` characters: the driver's
+    own error where a database error wraps one (``exc.orig``), whitespace collapsed. Redacted
+    before it is cut, so a secret is never half-shown."""
+    return redact(" ".join(str(getattr(exc, "orig", exc)).split()))[:limit]

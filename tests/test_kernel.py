@@ -1,0 +1,34 @@
+"""The kernel's shared helpers (aiops.core)."""
+
+from __future__ import annotations
+
+from aiops.core.redact import redact, short_error
+
+
+class Wrapped(Exception):
+    """Like SQLAlchemy's DBAPIError: the driver's own error is ``orig``."""
+
+    def __init__(self, orig: BaseException) -> None:
+        super().__init__("wrapper text that is not shown")
+        self.orig = orig
+
+
+def test_an_error_becomes_one_redacted_line_of_at_most_the_limit():
+    exc = Wrapped(
+        OSError("could not connect to\n  postgresql://aiops:s3cret-pw@db:5432/aiops\t(refused)")
+    )
+    line = short_error(exc)
+    assert "s3cret-pw" not in line and "\n" not in line and "\t" not in line
+    assert line.startswith("could not connect to postgresql://aiops:")
+    assert "wrapper text" not in line  # the driver's error, not the wrapper's
+    long = short_error(ValueError("x" * 500 + " password=hunter2"), 50)
+    assert len(long) == 50 and "hunter2" not in long
+
+
+def test_a_secret_is_redacted_before_the_line_is_cut():
+    """Cut first, a URL cut between its password and the ``@`` would no longer look like
+    user info and would show the password."""
+    text = "connect failed: postgresql://aiops:s3cretpw@db:5432/aiops"
+    cut_at = text.index("@")
+    assert "s3cretpw" in redact(text[:cut_at])  # what cutting first would print
+    assert "s3cretpw" not in short_error(RuntimeError(text), cut_at)
