@@ -37,7 +37,7 @@ from detector.verdict import Thresholds
 if TYPE_CHECKING:
     from feature_store.store import FeatureStore
 from aiops.core.redact import short_error
-from aiops.core.series import series_key
+from aiops.core.series import label_key, series_key
 from detector.source import PrometheusSource, Selection, cap_series, keep_shard
 
 log = logging.getLogger("aiops.detector")
@@ -154,7 +154,7 @@ class Detector:
             labels = event.get("labels")
             if event.get("metric") not in names or not isinstance(labels, dict):
                 continue
-            key = (event["metric"], tuple(sorted(labels.items())))
+            key = (event["metric"], label_key(labels))
             self._onsets[key] = float(event["started_at"])
             self._sent.add(key)
             self._restored[key] = event
@@ -259,7 +259,7 @@ class Detector:
             )
             t2 = time.perf_counter()
             self._track_onsets(q.name, results)
-            self._exported[q.name] = {tuple(sorted(r.labels.items())) for r in results}
+            self._exported[q.name] = {label_key(r.labels) for r in results}
             self.collector.update(q.name, results)
             report.results[q.name] = results
             self._query_ok(q, st, results, now)
@@ -399,7 +399,7 @@ class Detector:
     def _track_onsets(self, query: str, results: list[SeriesResult]) -> None:
         seen = set()
         for r in results:
-            key = (query, tuple(sorted(r.labels.items())))
+            key = (query, label_key(r.labels))
             if r.anomalous:
                 seen.add(key)
                 self._last[key] = r

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from aiops.core.series import series_key
+from aiops.core.series import label_key, series_key
 from aiops.core.settings import Settings
 from detector.catalogue import Query
 from detector.explain import Evidence, reasons_at
@@ -344,7 +344,7 @@ def detect_batch(
         np.zeros((len(batch), 1)),
     )
     if active:
-        was_active = np.array([tuple(sorted(lb.items())) in active for lb in batch.labels])
+        was_active = np.array([label_key(lb) in active for lb in batch.labels])
     else:
         was_active = np.zeros(len(batch), dtype=bool)
     verdict = hysteresis(newest.strict, newest.relaxed, was_active) & scored[:, None]

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from aiops.core.errors import QueryError
+from aiops.core.series import label_key
 from detector.catalogue import Query
 from detector.features import NEIGHBOUR_REACH, FeatureSpec
 from detector.source import Selection, SeriesBatch
@@ -32,10 +33,6 @@ log = logging.getLogger("aiops.detector")
 #: Extra steps fetched before the new part of a slice, so a counter's rate has
 #: its previous sample (they are not copied: the cache already holds those points).
 _OVERLAP = 2
-
-
-def _key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(labels.items()))
 
 
 class SeasonalHistory:
@@ -68,7 +65,7 @@ class SeasonalHistory:
         width = T + 2 * r
         cycles = spec.season_cycles
         out = np.full((len(spec.periods) * cycles, n, width), np.nan)
-        rows = {_key(lb): i for i, lb in enumerate(batch.labels)}
+        rows = {label_key(lb): i for i, lb in enumerate(batch.labels)}
         keys = frozenset(rows)
         for k, period in enumerate(spec.periods):
             for j in range(1, cycles + 1):
@@ -76,7 +73,7 @@ class SeasonalHistory:
                 start = batch.start - (lag + r) * batch.step
                 part = self._slice(query, lag, start, batch.step, width, keys)
                 for i, lb in enumerate(part.labels):
-                    row = rows.get(_key(lb))
+                    row = rows.get(label_key(lb))
                     if row is not None:
                         out[k * cycles + j - 1, row] = part.values[i]
         return out
@@ -159,7 +156,7 @@ def _splice(
     labels: list[dict[str, str]] = []
     index: dict[tuple[tuple[str, str], ...], int] = {}
     for lb in (*old.labels, *tail.labels):
-        k = _key(lb)
+        k = label_key(lb)
         if k not in index:
             index[k] = len(labels)
             labels.append(lb)
@@ -167,10 +164,10 @@ def _splice(
     keep = round((old.end - start) / step) + 1  # columns of the new grid that ``old`` covers
     shift = round((start - old.start) / step)
     for i, lb in enumerate(old.labels):
-        values[index[_key(lb)], :keep] = old.values[i, shift : shift + keep]
+        values[index[label_key(lb)], :keep] = old.values[i, shift : shift + keep]
     skip = round((old.end - tail.start) / step) + 1  # tail columns at or before old.end
     for i, lb in enumerate(tail.labels):
-        values[index[_key(lb)], keep:] = tail.values[i, skip : skip + width - keep]
+        values[index[label_key(lb)], keep:] = tail.values[i, skip : skip + width - keep]
     # series gone from both the cache and the new part fall out of the cache
     alive = np.isfinite(values).any(axis=1)
     return SeriesBatch(

@@ -24,7 +24,7 @@ import numpy as np
 
 from aiops.core.errors import QueryError
 from aiops.core.redact import redact
-from aiops.core.series import series_key
+from aiops.core.series import label_key, series_key
 from detector.catalogue import Query
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def cap_series(
     """
     if len(batch) <= limit:
         return batch, 0
-    keys = [tuple(sorted(lb.items())) for lb in batch.labels]
+    keys = [label_key(lb) for lb in batch.labels]
     rows = sorted(range(len(batch)), key=lambda r: (keys[r] not in known, keys[r]))[:limit]
     rows.sort()
     kept = SeriesBatch(
@@ -128,7 +128,7 @@ def concat_batches(parts: list[SeriesBatch]) -> SeriesBatch:
     labels: list[dict[str, str]] = []
     for part in parts:
         for lb in part.labels:
-            key = tuple(sorted(lb.items()))
+            key = label_key(lb)
             if key not in index:
                 index[key] = len(labels)
                 labels.append(lb)
@@ -138,7 +138,7 @@ def concat_batches(parts: list[SeriesBatch]) -> SeriesBatch:
     warnings: list[str] = []
     for part in parts:
         col = round((part.start - first.start) / first.step)
-        rows = [index[tuple(sorted(lb.items()))] for lb in part.labels]
+        rows = [index[label_key(lb)] for lb in part.labels]
         if rows:
             values[rows, col : col + part.values.shape[1]] = part.values
         warnings += [w for w in part.warnings if w not in warnings]
@@ -207,7 +207,7 @@ class MatrixBuilder:
             raise ValueError("a series' metric is not an object")
         sel = self.select
         kept = keep_labels(metric, self.query.labels)
-        key = tuple(sorted(kept.items()))
+        key = label_key(kept)
         if sel.keys is not None and key not in sel.keys:
             return
         if key in self._seen:

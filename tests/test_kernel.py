@@ -32,3 +32,12 @@ def test_a_secret_is_redacted_before_the_line_is_cut():
     cut_at = text.index("@")
     assert "s3cretpw" in redact(text[:cut_at])  # what cutting first would print
     assert "s3cretpw" not in short_error(RuntimeError(text), cut_at)
+
+
+def test_a_label_key_ignores_the_order_of_the_labels():
+    from aiops.core.series import label_key
+
+    a = label_key({"app": "checkout", "namespace": "shop"})
+    assert a == label_key({"namespace": "shop", "app": "checkout"})
+    assert a != label_key({"app": "checkout", "namespace": "shop2"})
+    assert {a: 1}[label_key({"namespace": "shop", "app": "checkout"})] == 1

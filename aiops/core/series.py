@@ -16,3 +16,12 @@ def series_key(metric: str, labels: dict[str, str]) -> str:
 
     inner = ",".join(f'{k}="{esc(str(v))}"' for k, v in sorted(labels.items()))
     return f"{metric}{{{inner}}}"
+
+
+#: A series' labels as a hashable, order-free key (``label_key``).
+LabelKey = tuple[tuple[str, str], ...]
+
+
+def label_key(labels: dict[str, str]) -> LabelKey:
+    """The labels of a series as a key of a dict or set: sorted (name, value) pairs."""
+    return tuple(sorted(labels.items()))
