@@ -171,10 +171,7 @@ def backtest(
             if query not in catalogue:
                 raise fail(f"--query: unknown query {query!r} (known: {', '.join(catalogue)})")
             q = catalogue[query]
-            token = settings.prom_token.get_secret_value() if settings.prom_token else None
-            source = PrometheusSource(
-                settings.prom_url, token=token, timeout=settings.prom_timeout_seconds
-            )
+            source = PrometheusSource.from_settings(settings)
             t_start, t_end = _parse_time(start, "--start"), _parse_time(end, "--end")
             try:
                 batch = runner.fetch_history(

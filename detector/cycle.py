@@ -94,14 +94,7 @@ class Detector:
     ) -> None:
         self.settings = settings
         self.queries = queries if queries is not None else resolve_catalogue(settings)
-        token = settings.prom_token.get_secret_value() if settings.prom_token else None
-        self.source = source or PrometheusSource(
-            settings.prom_url,
-            token=token,
-            timeout=settings.prom_timeout_seconds,
-            retries=settings.prom_retries,
-            compress=settings.prom_gzip,
-        )
+        self.source = source or PrometheusSource.from_settings(settings)
         self.seasons = SeasonalHistory(self.source)
         self.provider = provider or BaselineModelProvider(
             refit_seconds=settings.model_refit_seconds

@@ -333,6 +333,20 @@ class PrometheusSource:
         )
         self._base = url.rstrip("/")
 
+    @classmethod
+    def from_settings(cls, settings: Any, *, min_timeout: float = 0.0) -> PrometheusSource:
+        """The source every command reads Prometheus with: ``PROM_URL``, ``PROM_TOKEN``,
+        ``AIOPS_PROM_TIMEOUT_SECONDS`` (at least ``min_timeout``: history reads are long),
+        ``AIOPS_PROM_RETRIES`` and ``AIOPS_PROM_GZIP``."""
+        token = settings.prom_token.get_secret_value() if settings.prom_token else None
+        return cls(
+            settings.prom_url,
+            token=token,
+            timeout=max(settings.prom_timeout_seconds, min_timeout),
+            retries=settings.prom_retries,
+            compress=settings.prom_gzip,
+        )
+
     def close(self) -> None:
         self._client.close()
 

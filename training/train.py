@@ -568,13 +568,7 @@ def prometheus_fetch(settings: Any) -> Any:
     """``fetch(query, start, end, step)`` reading history from Prometheus in chunks."""
     from detector.source import PrometheusSource
 
-    token = settings.prom_token.get_secret_value() if settings.prom_token else None
-    source = PrometheusSource(
-        settings.prom_url,
-        token=token,
-        timeout=max(settings.prom_timeout_seconds, 30.0),
-        retries=settings.prom_retries,
-    )
+    source = PrometheusSource.from_settings(settings, min_timeout=30.0)
 
     def fetch(query: Any, start: float, end: float, step: float) -> Any:
         return source.fetch_range(query, start=start, end=end, step=step)
