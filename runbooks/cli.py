@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from aiops.core.clikit import ConfigOpt, fail, load, warn
+from aiops.core.clikit import ConfigOpt, database_errors, fail, load, warn
 from aiops.core.errors import AiopsError
 from aiops.core.redact import short_error
 
@@ -35,22 +35,12 @@ def webhook(
         warn(warning)
     import uvicorn
 
-    from aiops.core.db import make_engine
     from detector.service import StoppableServer
     from runbooks.app import create_app
-    from sql.migrate import migrate, require_current
+    from sql.migrate import open_database
 
-    engine = make_engine(settings.database_url)
-    try:
-        if settings.auto_migrate:
-            migrate(engine)
-        else:
-            require_current(engine)
-    except AiopsError as exc:
-        raise fail(f"database: {exc}") from None
-    except Exception as exc:
-        msg = short_error(exc)
-        raise fail(f"database unreachable: {msg}", 1) from None
+    with database_errors():
+        engine = open_database(settings)
     app = create_app(settings, engine, policy)
     StoppableServer(
         uvicorn.Config(
@@ -161,14 +151,10 @@ def _switch(config: Any, work: Any) -> Any:
     settings = load(config=config)
     engine = make_engine(settings.database_url)
     try:
-        require_current(engine)
-        with engine.begin() as conn:
-            return work(conn)
-    except AiopsError as exc:
-        raise fail(f"database: {exc}") from None
-    except Exception as exc:
-        msg = short_error(exc)
-        raise fail(f"database unreachable: {msg}", 1) from None
+        with database_errors():
+            require_current(engine)
+            with engine.begin() as conn:
+                return work(conn)
     finally:
         engine.dispose()
 

@@ -22,6 +22,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, text
 
@@ -287,3 +288,17 @@ def require_current(engine: Engine, *, directory: Path = MIGRATIONS_DIR) -> None
                 f"the database has migration {st.version:03d}, which this release does not"
                 " know: it was migrated by a newer aiops; upgrade aiops"
             )
+
+
+def open_database(settings: Any) -> Engine:
+    """An engine on ``AIOPS_DATABASE_URL`` whose schema is current: migrated where
+    ``AIOPS_AUTO_MIGRATE`` says so, otherwise required current (``MigrationError`` says
+    which command to run)."""
+    from aiops.core.db import make_engine
+
+    engine = make_engine(settings.database_url)
+    if settings.auto_migrate:
+        migrate(engine)
+    else:
+        require_current(engine)
+    return engine

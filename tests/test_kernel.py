@@ -41,3 +41,27 @@ def test_a_label_key_ignores_the_order_of_the_labels():
     assert a == label_key({"namespace": "shop", "app": "checkout"})
     assert a != label_key({"app": "checkout", "namespace": "shop2"})
     assert {a: 1}[label_key({"namespace": "shop", "app": "checkout"})] == 1
+
+
+def test_a_database_a_command_cannot_use_ends_it_with_one_line(capsys):
+    import pytest
+    import typer
+
+    from aiops.core.clikit import database_errors
+    from aiops.core.errors import ConfigError
+
+    with pytest.raises(typer.Exit) as schema, database_errors():
+        raise ConfigError("schema at 3, this release needs 5: run `aiops migrate`")
+    assert schema.value.exit_code == 2
+    assert capsys.readouterr().err == (
+        "aiops: database: schema at 3, this release needs 5: run `aiops migrate`\n"
+    )
+    with pytest.raises(typer.Exit) as down, database_errors():
+        raise OSError("connection refused: postgresql://aiops:s3cretpw@db:5432/aiops")
+    assert down.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("aiops: database unreachable: connection refused:")
+    assert "s3cretpw" not in err and err.count("\n") == 1
+    with pytest.raises(typer.Exit) as own, database_errors():
+        raise typer.Exit(3)  # the command's own exit passes through
+    assert own.value.exit_code == 3 and capsys.readouterr().err == ""

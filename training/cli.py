@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from aiops.core.clikit import ConfigOpt, Format, PromUrl, fail, load
+from aiops.core.clikit import ConfigOpt, Format, PromUrl, database_errors, fail, load
 from aiops.core.errors import AiopsError
 from aiops.core.redact import redact, short_error
 
@@ -31,20 +31,10 @@ def _engine(settings: Any) -> Any:
 
 def _ready_engine(settings: Any) -> Any:
     """An engine whose schema is current (migrated if AIOPS_AUTO_MIGRATE)."""
-    from sql.migrate import migrate as run_migrations
-    from sql.migrate import require_current
+    from sql.migrate import open_database
 
-    engine = _engine(settings)
-    try:
-        if settings.auto_migrate:
-            run_migrations(engine)
-        else:
-            require_current(engine)
-    except AiopsError as exc:
-        raise fail(f"database: {exc}") from None
-    except Exception as exc:
-        raise fail(f"database unreachable: {_short(exc)}", 1) from None
-    return engine
+    with database_errors(300):
+        return open_database(settings)
 
 
 def _short(exc: BaseException) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from aiops.core.errors import ConfigError
+from aiops.core.errors import AiopsError, ConfigError
 
 
 class Format(str, Enum):
@@ -25,6 +27,22 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
     print(redact(f"aiops: {' '.join(message.split())}"), file=sys.stderr)
     return typer.Exit(code)
+
+
+@contextmanager
+def database_errors(limit: int = 200) -> Iterator[None]:
+    """One line and an exit code for a database a command cannot use: what is wrong with
+    it (a schema to migrate, a bad URL: exit 2), or that it cannot be reached (exit 1)."""
+    from aiops.core.redact import short_error
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except AiopsError as exc:
+        raise fail(f"database: {exc}") from None
+    except Exception as exc:
+        raise fail(f"database unreachable: {short_error(exc, limit)}", 1) from None
 
 
 def warn(message: str) -> None:
