@@ -211,11 +211,6 @@ class PrometheusProcess:
         r.raise_for_status()
         return r.json()["data"]["result"]
 
-    def targets_up(self) -> dict[str, bool]:
-        r = httpx.get(f"{self.url}/api/v1/targets", timeout=10)
-        r.raise_for_status()
-        return {t["scrapeUrl"]: t["health"] == "up" for t in r.json()["data"]["activeTargets"]}
-
     def __enter__(self) -> PrometheusProcess:
         return self.start()
 

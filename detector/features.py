@@ -36,8 +36,6 @@ def feature_names(window_labels: tuple[str, ...] = ("5m", "15m", "1h")) -> tuple
     return (*(f"z_{name}" for name in window_labels), "trend_z", "log_vol_ratio", "pct_change")
 
 
-FEATURE_NAMES: tuple[str, ...] = feature_names()
-
 #: Calendar columns a trained model adds where its query asks for seasonality: the
 #: hour of day (and day of week) as points on a circle, so 23:59 is next to 00:00.
 CALENDAR_FEATURES: dict[str, tuple[str, ...]] = {

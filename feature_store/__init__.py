@@ -1,1 +1,1 @@
-"""SQL feature store and model registry (coming next)."""
+"""The SQL feature store: tables, feature rows and anomalies, the model registry, leases."""

@@ -219,10 +219,6 @@ class KubeClients:
         self.policy = client.PolicyV1Api(api_client)
 
 
-def _api_status(exc: Exception) -> int | None:
-    return getattr(exc, "status", None)
-
-
 class KubeAction(Action):
     kubernetes = True
 

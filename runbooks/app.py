@@ -85,7 +85,6 @@ from runbooks.schemas import (
 )
 
 log = logging.getLogger("aiops.webhook")
-ALERTNAME = r"^[A-Za-z_:][A-Za-z0-9_:.-]*$"
 
 
 class RunbookMetrics:

@@ -1,1 +1,1 @@
-"""Retraining, evaluation and promotion of model versions (coming with the model registry)."""
+"""The nightly retrain (fit, evaluate, promote model versions), streaming replays and backtests."""
