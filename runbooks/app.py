@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -35,15 +35,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 from pydantic import ValidationError
-from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy import Engine, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -58,7 +53,6 @@ from runbooks.engine import (
     GuardConfig,
     Remediator,
     decide_approval,
-    incident_stats,
     ping,
 )
 from runbooks.events import (
@@ -70,6 +64,7 @@ from runbooks.events import (
 )
 from runbooks.guards import make_guards
 from runbooks.limits import BadBody, BodyLimit, parse_json
+from runbooks.metrics import RunbookMetrics, StateCollector
 from runbooks.policy import Policy
 from runbooks.schemas import (
     AckOut,
@@ -85,138 +80,6 @@ from runbooks.schemas import (
 )
 
 log = logging.getLogger("aiops.webhook")
-
-
-class RunbookMetrics:
-    def __init__(self, registry: CollectorRegistry, settings: Settings) -> None:
-        self.dry_run = Gauge("runbooks_dry_run", "1 if actions are only audited", registry=registry)
-        self.dry_run.set(1 if settings.autofix_dry_run else 0)
-        self.actions = Counter(
-            "runbooks_actions",
-            "Actions run, by action and result",
-            ["action", "result"],
-            registry=registry,
-        )
-        self.events = Counter(
-            "runbooks_events", "Audit rows written, by kind", ["kind"], registry=registry
-        )
-        self.audit_write = Histogram(
-            "runbooks_audit_write_seconds",
-            "Time to write one audit row",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
-            registry=registry,
-        )
-        self.requests = Counter(
-            "runbooks_requests",
-            "Requests by route and status",
-            ["route", "status"],
-            registry=registry,
-        )
-
-
-ENABLED_HELP = (
-    "1 if the kill switch allows actions: RUNBOOK_AUTOFIX_ENABLED, no '*' halt, database up"
-)
-
-
-class StateCollector(Collector):
-    """Gauges read from the database at scrape time (shared by every replica)."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        settings: Settings,
-        guard_store: Any = None,
-        master: Callable[[], bool] = lambda: True,
-    ) -> None:
-        self.engine = engine
-        self.settings = settings
-        self.guard_store = guard_store
-        self.master = master  # RUNBOOK_AUTOFIX_ENABLED as the remediator holds it now
-
-    def cooldowns(self) -> dict[tuple[str, str], float]:
-        try:
-            return self.guard_store.cooldowns(
-                self.engine, time.time(), self.settings.cooldown_seconds
-            )
-        except Exception:  # a state store outage shows in runbooks_database_up / healthz
-            return {}
-
-    def collect(self):  # type: ignore[no-untyped-def]
-        up = GaugeMetricFamily("runbooks_database_up", "1 if the database answered this scrape")
-        try:
-            stats = incident_stats(self.engine)
-            now = time.time()
-            with self.engine.connect() as conn:
-                pending = conn.execute(
-                    select(tables.approvals.c.id).where(
-                        and_(
-                            tables.approvals.c.state == "pending",
-                            tables.approvals.c.expires_at > now,
-                        )
-                    )
-                ).all()
-                from runbooks.state import circuit_counts
-
-                counts = circuit_counts(conn, now)
-                halts = killswitch.halts(conn)
-        except SQLAlchemyError:
-            up.add_metric([], 0.0)
-            yield up
-            # no decision can be taken without the database: nothing runs
-            yield GaugeMetricFamily("runbooks_enabled", ENABLED_HELP, value=0.0)
-            return
-        up.add_metric([], 1.0)
-        yield up
-        everything = any(h.scope == killswitch.ALL for h in halts)
-        yield GaugeMetricFamily(
-            "runbooks_enabled", ENABLED_HELP, value=float(self.master() and not everything)
-        )
-        halted = GaugeMetricFamily(
-            "runbooks_halted",
-            "1 per scope halted by the runtime kill switch (value: since, Unix seconds)",
-            labels=["scope"],
-        )
-        for h in halts:
-            halted.add_metric([h.scope], h.halted_at)
-        yield halted
-        yield GaugeMetricFamily("runbooks_incidents_open", "Open incidents", value=stats["open"])
-        yield GaugeMetricFamily(
-            "runbooks_pending_approvals", "Actions waiting for a human", value=float(len(pending))
-        )
-        ratio = stats["events"] / stats["incidents"] if stats["incidents"] else 0.0
-        yield GaugeMetricFamily(
-            "runbooks_noise_reduction_ratio",
-            "Events per incident (deduplication and grouping)",
-            value=ratio,
-        )
-        healed = stats["self_healed"] / stats["resolved"] if stats["resolved"] else 0.0
-        yield GaugeMetricFamily(
-            "runbooks_self_healed_ratio",
-            "Share of resolved incidents resolved after a verified action",
-            value=healed,
-        )
-        yield GaugeMetricFamily(
-            "runbooks_mean_time_to_resolve_seconds",
-            "Mean time from first event to resolve",
-            value=stats["mttr"],
-        )
-        cooling = GaugeMetricFamily(
-            "runbooks_cooldown_remaining_seconds",
-            "Seconds until the action may run again on the target",
-            labels=["target", "action"],
-        )
-        for (target, action), left in sorted(self.cooldowns().items()):
-            cooling.add_metric([target, action], left)
-        yield cooling
-        circuit = GaugeMetricFamily(
-            "runbooks_circuit_open",
-            "1 while the app's hourly action budget is spent",
-            labels=["app"],
-        )
-        for app, n in sorted(counts.items()):
-            circuit.add_metric([app], 1.0 if n >= self.settings.circuit_max_hourly else 0.0)
-        yield circuit
 
 
 class RateLimiter:

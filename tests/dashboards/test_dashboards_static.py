@@ -29,8 +29,8 @@ from aiops.core.db import make_engine
 from aiops.core.settings import load_settings
 from detector.exporter import AnomalyCollector, DetectorMetrics
 from feature_store import tables
-from runbooks.app import RunbookMetrics, StateCollector
 from runbooks.guards import make_guards
+from runbooks.metrics import RunbookMetrics, StateCollector
 from sql.migrate import migrate
 from tests.conftest import require_binary
 from tests.dashboards import queries as q
