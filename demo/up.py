@@ -487,17 +487,13 @@ class _Webhook:
 
 def start_webhook(settings: object, port: int) -> _Webhook:
     from aiops.core.clikit import warn
-    from aiops.core.db import make_engine
     from detector.service import make_server
     from runbooks.app import create_app as webhook_app
-    from runbooks.policy import load_policy
-    from runbooks.startup import check_start
-    from sql.migrate import migrate
+    from runbooks.startup import checked_policy
+    from sql.migrate import open_database
 
-    engine = make_engine(settings.database_url)  # type: ignore[attr-defined]
-    migrate(engine)
-    policy = load_policy(settings.autofix_policy, settings.policy_file)  # type: ignore[attr-defined]
-    warning = check_start(settings, policy)  # the fail-closed rule of `aiops webhook`
+    policy, warning = checked_policy(settings)  # the fail-closed rule of `aiops webhook`
+    engine = open_database(settings)
     if warning:
         warn(warning)
     server = make_server(webhook_app(settings, engine, policy), host="127.0.0.1", port=port)

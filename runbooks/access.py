@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -44,6 +43,9 @@ log = logging.getLogger("aiops.webhook")
 COOKIE = "aiops_read"
 COOKIE_MAX_AGE = 12 * 3600
 _COOKIE_CONTEXT = b"aiops console read cookie v1"
+
+#: a refused read: which credential to send, and keep the answer out of caches
+READ_HEADERS = {"WWW-Authenticate": 'Bearer realm="aiops read"', "Cache-Control": "no-store"}
 
 WRONG_TOKEN = "missing or wrong read token (Authorization: Bearer $RUNBOOK_READ_TOKEN)"
 CLOSED = (
@@ -247,15 +249,3 @@ async def read_denied(request: Request, route: str) -> str | None:
         request.app.state.metrics.requests.labels(route.strip("/"), "401").inc()
         await request.app.state.refusals.refuse(request, route, why)
     return why
-
-
-async def read_refusal(request: Request, route: str) -> Response | None:
-    """None if ``request`` may read; else its 401 (the refusal counted and audited)."""
-    why = await read_denied(request, route)
-    if why is None:
-        return None
-    return JSONResponse(
-        {"error": why},
-        status_code=401,
-        headers={"WWW-Authenticate": 'Bearer realm="aiops read"', "Cache-Control": "no-store"},
-    )

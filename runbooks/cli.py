@@ -18,17 +18,15 @@ def webhook(
 ) -> None:
     """Run the runbook webhook: Alertmanager and detector events in, guarded fixes out."""
     from aiops.core.logs import setup_logging
-    from runbooks.policy import load_policy
-    from runbooks.startup import check_start
+    from runbooks.startup import checked_policy
 
     # the configuration is judged first: a refused start is one quick line
     settings = load(config=config, webhook_host=host, webhook_port=port)
     setup_logging(settings.log_level)
     try:
-        policy = load_policy(settings.autofix_policy, settings.policy_file)
         # fail closed: actions that really run need every input that triggers them
         # authenticated (the one rule, also for the demo's webhook)
-        warning = check_start(settings, policy)
+        policy, warning = checked_policy(settings)
     except AiopsError as exc:
         raise fail(f"config error: {exc}") from None
     if warning:

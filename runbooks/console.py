@@ -22,7 +22,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import and_, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,7 +30,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from aiops.core.redact import redact_value
 from aiops.core.signing import approval_binding, make_approval_token
 from feature_store import tables
-from runbooks.access import read_denied, read_refusal
+from runbooks import auth
+from runbooks.access import read_denied
 from runbooks.schemas import PendingOut, ok
 
 router = APIRouter()
@@ -69,11 +70,12 @@ def pending_approvals(engine: Any, secret: str | None, now: float) -> list[dict[
     return out
 
 
-@router.get("/console/pending", responses=ok(PendingOut, 401, 503))
+@router.get(
+    "/console/pending",
+    responses=ok(PendingOut, 401, 503),
+    dependencies=[Depends(auth.reader("/console/pending"))],
+)
 async def pending(request: Request) -> Response:
-    refused = await read_refusal(request, "/console/pending")
-    if refused is not None:
-        return refused
     settings = request.app.state.settings
     secret = settings.approval_secret.get_secret_value() if settings.approval_secret else None
     try:

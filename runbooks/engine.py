@@ -15,6 +15,12 @@ After an action runs, the incident waits for its resolve event: within
 ``RUNBOOK_VERIFY_SECONDS`` it is ``verified`` (and counts as self-healed),
 otherwise ``not_recovered``; a second failed fix for the same incident is
 ``escalated`` to humans and no further action is taken for it.
+
+The guard chain after the policy matched (kill switch → attempts → cooldown and
+circuit breaker → approval gate → dry run → act) is one method, ``_guard_chain``,
+run for the first decision and again for an approved action
+(``runbooks.approvals``); the action is built once, when the policy matched, and
+every audit row goes through ``runbooks.audit.AuditLog``.
 """
 
 from __future__ import annotations
@@ -23,66 +29,25 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, select, text, update
+from sqlalchemy import Engine, insert, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from aiops.core.redact import short_error
-from aiops.core.signing import approval_binding, make_approval_token, token_digest
 from feature_store import tables
-from runbooks import killswitch, state
+from runbooks import approvals, killswitch, state
 from runbooks.actions import ActionError, ActionResult, Target, make_action
+from runbooks.audit import AuditLog
+from runbooks.decision import MAX_ATTEMPTS, Decision, GuardConfig, Job
 from runbooks.events import Signal
 from runbooks.guards import GuardUnavailable, Limits, SqlGuards
-from runbooks.policy import Policy, Rule
-from runbooks.writer import GroupCommitter
+from runbooks.policy import Policy
 
 log = logging.getLogger("aiops.runbooks")
 
-#: failed fixes of one incident before it is handed to humans
-MAX_ATTEMPTS = 2
-
-#: one statement object for every audit row (no per-row statement building)
-AUDIT_INSERT = insert(tables.audit)
-
-
-@dataclass
-class Decision:
-    """What became of a signal (the HTTP answer's body)."""
-
-    kind: str  # the last audit kind: duplicate, no_policy, skipped_*, dry_run, executed, ...
-    incident_id: str | None = None
-    action: str | None = None
-    detail: str = ""
-    approval_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {"decision": self.kind, "incident_id": self.incident_id, "action": self.action}
-        if self.detail:
-            out["detail"] = self.detail
-        if self.approval_id:
-            out["approval_id"] = self.approval_id
-        return out
-
-
-@dataclass
-class GuardConfig:
-    enabled: bool = False
-    dry_run: bool = True
-    require_approval: bool = False
-    cooldown_seconds: float = 900.0
-    max_hourly: int = 3
-    max_daily: int = 10
-    action_timeout: float = 60.0
-    verify_seconds: float = 300.0
-    approval_ttl: float = 3600.0
-    approval_secret: str | None = None
-    public_url: str = "http://localhost:8080"
+Rows = list[dict[str, Any]]
 
 
 class Remediator:
@@ -102,47 +67,18 @@ class Remediator:
         self.policy = policy
         self.config = config
         self.kube = kube
-        self.on_audit = on_audit
         self.metrics = metrics
         self.on_pending = on_pending
         self.guard_store = guard_store if guard_store is not None else SqlGuards()
+        #: every audit row, group-committed by one writer thread with its decision
+        self.audit = AuditLog(engine, metrics=metrics, on_audit=on_audit)
         self._verify: dict[str, float] = {}  # incident id -> deadline
         self._lock = threading.Lock()
         self._started = 0  # actions that passed the kill switch and started
-        #: decisions and lone audit rows are group-committed by one writer thread
-        self.writer = GroupCommitter(engine)
 
-    # -- audit --------------------------------------------------------------------------
-    def _audit(self, conn: Any, kind: str, sig: Signal | None, **kw: Any) -> dict[str, Any]:
-        row = {
-            "ts": time.time(),
-            "kind": kind,
-            "incident_id": kw.pop("incident_id", None),
-            "alertname": sig.alertname if sig else kw.pop("alertname", None),
-            "metric": sig.metric if sig else kw.pop("metric", None),
-            "namespace": sig.namespace if sig else kw.pop("namespace", None),
-            "app": sig.app if sig else kw.pop("app", None),
-            "action": kw.pop("action", None),
-            "result": kw.pop("result", None),
-            "actor": kw.pop("actor", "webhook"),
-            "details": kw.pop("details", None),
-        }
-        t0 = time.perf_counter()
-        conn.execute(AUDIT_INSERT, row)
-        if self.metrics:
-            self.metrics.audit_write.observe(time.perf_counter() - t0)
-            self.metrics.events.labels(kind).inc()
-        return row
-
-    def _published(self, rows: list[dict[str, Any]]) -> None:
-        if self.on_audit:
-            for row in rows:
-                self.on_audit(row)
-
-    def audit_now(self, kind: str, sig: Signal | None = None, **kw: Any) -> None:
-        """One audit row, committed before this returns (e.g. a refused signature)."""
-        row = self.writer.run(lambda conn: self._audit(conn, kind, sig, **kw))
-        self._published([row])
+    def close(self) -> None:
+        """Finish the queued decisions and stop the writer thread."""
+        self.audit.close()
 
     def guards(
         self, conn: Any, app: str, target: str, action: str, now: float, *, reserve: bool
@@ -161,48 +97,34 @@ class Remediator:
     # -- the pipeline ---------------------------------------------------------------------
     def handle(self, sig: Signal) -> Decision:
         """Decide (committed with its audit rows before this returns), then act."""
-        decision, job, rows = self.writer.run(*self._decision(sig))
-        return self._after(sig, decision, job, rows)
+        decision, job = self.audit.commit(self._work(sig), recover=self._duplicate(sig))
+        return self._after(sig, decision, job)
 
     async def handle_async(self, sig: Signal) -> Decision:
         """``handle`` for the event loop: only acting and chat notices go to a thread."""
-        decision, job, rows = await self.writer.run_async(*self._decision(sig))
+        decision, job = await self.audit.commit_async(self._work(sig), recover=self._duplicate(sig))
         if job is None and (decision.kind != "approval_pending" or self.on_pending is None):
-            self._published(rows)
             return decision
-        return await asyncio.to_thread(self._after, sig, decision, job, rows)
+        return await asyncio.to_thread(self._after, sig, decision, job)
 
-    def _decision(
-        self, sig: Signal
-    ) -> tuple[Callable[[Any], Any], Callable[[Any, Exception], Any]]:
-        """The unit of work of one signal for the group committer, and its recovery."""
+    def _work(self, sig: Signal) -> Callable[[Any, Rows], tuple[Decision, Job | None]]:
+        return lambda conn, rows: self._decide(conn, rows, sig)
 
-        def work(conn: Any) -> tuple[Decision, Any, list[dict[str, Any]]]:
-            rows: list[dict[str, Any]] = []
-            decision, job = self._decide(conn, sig, rows)
-            return decision, job, rows
-
-        def duplicate(conn: Any, exc: Exception) -> tuple[Decision, Any, list[dict[str, Any]]]:
+    def _duplicate(self, sig: Signal) -> Callable[[Any, Rows, Exception], Any]:
+        def recover(conn: Any, rows: Rows, exc: Exception) -> tuple[Decision, None]:
             if not isinstance(exc, IntegrityError):
                 raise exc
             # the delivery was recorded first (by a concurrent request or a replica):
             # its unit was rolled back to its savepoint, only this row replaces it
-            row = self._audit(conn, "duplicate", sig, details={"key": sig.dedup_key})
-            return Decision("duplicate"), None, [row]
+            rows.append(self.audit.write(conn, "duplicate", sig, details={"key": sig.dedup_key}))
+            return Decision("duplicate"), None
 
-        return work, duplicate
+        return recover
 
-    def _after(
-        self,
-        sig: Signal,
-        decision: Decision,
-        job: tuple[Rule, str, Target] | None,
-        rows: list[dict[str, Any]],
-    ) -> Decision:
-        """After the commit: publish the audit rows, run a due action, notify approvers."""
-        self._published(rows)
+    def _after(self, sig: Signal, decision: Decision, job: Job | None) -> Decision:
+        """After the commit: run a due action, notify approvers."""
         if job is not None:
-            return self._execute(sig, *job)
+            return self._execute(sig, job)
         if decision.kind == "approval_pending" and self.on_pending is not None:
             try:
                 self.on_pending(sig, decision)
@@ -210,9 +132,8 @@ class Remediator:
                 log.exception("approval notification failed approval=%s", decision.approval_id)
         return decision
 
-    def _decide(
-        self, conn: Any, sig: Signal, rows: list[dict[str, Any]]
-    ) -> tuple[Decision, tuple[Rule, str, Target] | None]:
+    def _decide(self, conn: Any, rows: Rows, sig: Signal) -> tuple[Decision, Job | None]:
+        """Dedupe → incident → policy → the guard chain, in the caller's unit of work."""
         now = time.time()
         # the delivery first, as a write: SQLite takes its write lock right away, and a
         # replay (even a concurrent one) fails here with IntegrityError -> "duplicate"
@@ -221,25 +142,19 @@ class Remediator:
                 dedup_key=sig.dedup_key, received_at=now, source=sig.source
             )
         )
-        rows.append(
-            self._audit(
-                conn,
-                "request",
-                sig,
-                details={
-                    "source": sig.source,
-                    "status": sig.status,
-                    "reasons": sig.reasons,
-                    "labels": sig.labels,
-                    **sig.details,
-                },
-            )
-        )
+        details = {
+            "source": sig.source,
+            "status": sig.status,
+            "reasons": sig.reasons,
+            "labels": sig.labels,
+            **sig.details,
+        }
+        rows.append(self.audit.write(conn, "request", sig, details=details))
         if sig.status == "resolved":
-            return self._resolve(conn, sig, now, rows), None
+            return self._resolve(conn, rows, sig, now), None
         incident = state.open_incident(conn, sig, now)
         if incident.created:
-            rows.append(self._audit(conn, "incident_opened", sig, incident_id=incident.id))
+            rows.append(self.audit.write(conn, "incident_opened", sig, incident_id=incident.id))
         conn.execute(
             update(tables.deliveries)
             .where(tables.deliveries.c.dedup_key == sig.dedup_key)
@@ -248,163 +163,155 @@ class Remediator:
         iid = incident.id
         rule = self.policy.match(sig.names, sig.reasons, sig.namespace, sig.app)
         if rule is None:
-            rows.append(self._audit(conn, "no_policy", sig, incident_id=iid))
+            rows.append(self.audit.write(conn, "no_policy", sig, incident_id=iid))
             return Decision("no_policy", iid), None
+        job = self._job(conn, rows, sig, iid, rule.action, rule.params, rule.risk)
+        if isinstance(job, Decision):
+            return job, None
+        details = {
+            "rule": rule.where,
+            "match": rule.match,
+            "reason": rule.reason,
+            "risk": rule.risk,
+            "would": job.what,
+        }
+        rows.append(
+            self.audit.write(
+                conn, "policy_match", sig, incident_id=iid, action=rule.action, details=details
+            )
+        )
+        return self._guard_chain(conn, rows, sig, job, incident, now)
+
+    def _job(
+        self,
+        conn: Any,
+        rows: Rows,
+        sig: Signal,
+        iid: str,
+        name: str,
+        params: dict[str, Any],
+        risk: str,
+        actor: str | None = None,
+    ) -> Job | Decision:
+        """The action, built once for its whole way; a target it cannot act on fails."""
         target = Target(sig.namespace, sig.app, sig.labels)
         try:
             action = make_action(
-                rule.action, rule.params, timeout=self.config.action_timeout, clients=self.kube
+                name, params, timeout=self.config.action_timeout, clients=self.kube
             )
             what = action.describe(target)
         except ActionError as exc:
             rows.append(
-                self._audit(
+                self.audit.write(
                     conn,
                     "failed",
                     sig,
                     incident_id=iid,
-                    action=rule.action,
+                    action=name,
+                    actor=actor,
                     result="bad_target",
                     details={"error": str(exc)},
                 )
             )
-            return Decision("failed", iid, rule.action, str(exc)), None
-        rows.append(
-            self._audit(
-                conn,
-                "policy_match",
-                sig,
-                incident_id=iid,
-                action=rule.action,
-                details={
-                    "rule": rule.where,
-                    "match": rule.match,
-                    "reason": rule.reason,
-                    "risk": rule.risk,
-                    "would": what,
-                },
+            return Decision("failed", iid, name, str(exc))
+        return Job(name, action, iid, target, params=dict(params), what=what, risk=risk)
+
+    def _guard_chain(
+        self,
+        conn: Any,
+        rows: Rows,
+        sig: Signal,
+        job: Job,
+        incident: state.Incident | None,
+        now: float,
+        *,
+        actor: str | None = None,
+        approved: bool = False,
+    ) -> tuple[Decision, Job | None]:
+        """Kill switch → attempts → cooldown and breaker → approval gate → dry run → act.
+
+        Run for the first decision and, with ``approved``, again when a held action was
+        approved (its state may have changed while it waited; the gate is then passed).
+        """
+        iid, name, target = job.incident_id, job.name, job.target
+
+        def refuse(kind: str, why: str, **details: Any) -> tuple[Decision, None]:
+            rows.append(
+                self.audit.write(
+                    conn,
+                    kind,
+                    sig,
+                    incident_id=iid,
+                    action=name,
+                    actor=actor,
+                    details={**details, "why": why},
+                )
             )
-        )
-        off = self.switched_off(conn, sig.namespace, sig.app)
+            return Decision(kind, iid, name, "" if kind == "escalated" else why), None
+
+        off = self.switched_off(conn, target.namespace, target.app)
         if off:
-            rows.append(
-                self._audit(
-                    conn,
-                    "skipped_disabled",
-                    sig,
-                    incident_id=iid,
-                    action=rule.action,
-                    details={"would": what, "why": off},
-                )
-            )
-            return Decision("skipped_disabled", iid, rule.action, off), None
-        if incident.actions >= MAX_ATTEMPTS or incident.escalated:
-            rows.append(
-                self._audit(
-                    conn,
-                    "escalated",
-                    sig,
-                    incident_id=iid,
-                    action=rule.action,
-                    details={"why": f"{incident.actions} fixes already tried"},
-                )
-            )
-            return Decision("escalated", iid, rule.action), None
-        held = self.config.require_approval or rule.risk == "high"
-        verdict = self.guards(
-            conn, sig.app or target.key, target.key, rule.action, now, reserve=not held
-        )
+            return refuse("skipped_disabled", off, would=job.what)
+        if incident is not None and (incident.actions >= MAX_ATTEMPTS or incident.escalated):
+            return refuse("escalated", f"{incident.actions} fixes already tried")
+        held = not approved and (self.config.require_approval or job.risk == "high")
+        app = sig.app or target.key
+        verdict = self.guards(conn, app, target.key, name, now, reserve=not held)
         if verdict is not None:
-            kind, detail = verdict
-            rows.append(
-                self._audit(
-                    conn, kind, sig, incident_id=iid, action=rule.action, details={"why": detail}
-                )
-            )
-            return Decision(kind, iid, rule.action, detail), None
+            return refuse(*verdict)
         if held:
-            approval = self._hold(conn, sig, iid, rule, target, now)
+            approval = approvals.hold(conn, sig, job, self.config, now)
             # the audit keeps what verifies the links (their tokens' digests), never
             # what grants them: the links go to the approvers only (Slack, the console)
             recorded = {k: v for k, v in approval.items() if not k.endswith("_url")}
             rows.append(
-                self._audit(
-                    conn,
-                    "approval_pending",
-                    sig,
-                    incident_id=iid,
-                    action=rule.action,
-                    details=recorded,
+                self.audit.write(
+                    conn, "approval_pending", sig, incident_id=iid, action=name, details=recorded
                 )
             )
-            decision = Decision("approval_pending", iid, rule.action, what, approval["id"])
-            decision.extra = {"approval": approval, "what": what, "risk": rule.risk}
+            decision = Decision("approval_pending", iid, name, job.what, approval["id"])
+            decision.extra = {"approval": approval, "what": job.what, "risk": job.risk}
             return decision, None
-        state.reserve(
-            conn,
-            sig.app or target.key,
-            target.key,
-            rule.action,
-            iid,
-            now,
-            dry_run=self.config.dry_run,
-        )
+        state.reserve(conn, app, target.key, name, iid, now, dry_run=self.config.dry_run)
         if self.config.dry_run:
             rows.append(
-                self._audit(
+                self.audit.write(
                     conn,
                     "dry_run",
                     sig,
                     incident_id=iid,
-                    action=rule.action,
+                    action=name,
+                    actor=actor,
                     result="dry_run",
-                    details={"would": what},
+                    details={"would": job.what},
                 )
             )
-            return Decision("dry_run", iid, rule.action, what), None
+            return Decision("dry_run", iid, name, job.what), None
         state.count_action(conn, iid)
-        return Decision("executing", iid, rule.action), (rule, iid, target)
+        return Decision("executing", iid, name), job
 
-    def _hold(
-        self, conn: Any, sig: Signal, iid: str, rule: Rule, target: Target, now: float
-    ) -> dict[str, Any]:
-        aid = uuid.uuid4().hex
-        expires = now + self.config.approval_ttl
-        conn.execute(
-            insert(tables.approvals).values(
-                id=aid,
-                created_at=now,
-                expires_at=expires,
-                state="pending",
-                incident_id=iid,
-                app=sig.app,
-                namespace=sig.namespace,
-                target=target.key,
-                action=rule.action,
-                params=rule.params,
-                request={
-                    "labels": sig.labels,
-                    "alertname": sig.alertname,
-                    "metric": sig.metric,
-                    "reasons": sig.reasons,
-                },
+    def run_approved(self, row: Any, sig: Signal, actor: str) -> Decision:
+        """An approved action (``row`` from ``runbooks_approvals``) through the rest of the
+        guard chain, then run: committed before it runs, like a first decision."""
+
+        def work(conn: Any, rows: Rows) -> tuple[Decision, Job | None]:
+            job = self._job(
+                conn, rows, sig, row.incident_id, row.action, dict(row.params), "low", actor
             )
-        )
-        out: dict[str, Any] = {"id": aid, "expires_at": expires}
-        secret = self.config.approval_secret
-        if secret:
-            binding = approval_binding(aid, rule.action, target.key, rule.params)
-            base = self.config.public_url.rstrip("/")
-            for decision in ("approve", "reject"):
-                token = make_approval_token(secret, binding, expires, decision)
-                out[f"{decision}_url"] = f"{base}/{decision}?id={aid}&token={token}"
-                out[f"{decision}_token_sha256"] = token_digest(token)
-        return out
+            if isinstance(job, Decision):
+                return job, None
+            incident = state.get_incident(conn, row.incident_id)
+            return self._guard_chain(
+                conn, rows, sig, job, incident, time.time(), actor=actor, approved=True
+            )
 
-    def _resolve(self, conn: Any, sig: Signal, now: float, rows: list[dict[str, Any]]) -> Decision:
+        decision, job = self.audit.commit(work)
+        return self._after(sig, decision, job)
+
+    def _resolve(self, conn: Any, rows: Rows, sig: Signal, now: float) -> Decision:
         inc = state.close_incident(conn, sig.subject, now)
         if inc is None:
-            rows.append(self._audit(conn, "resolved", sig, details={"incident": None}))
+            rows.append(self.audit.write(conn, "resolved", sig, details={"incident": None}))
             return Decision("resolved")
         healed = inc.actions > 0 and not inc.escalated
         if healed:
@@ -413,21 +320,16 @@ class Remediator:
                 .where(tables.incidents.c.id == inc.id)
                 .values(self_healed=1)
             )
-            rows.append(self._audit(conn, "verified", sig, incident_id=inc.id, result="recovered"))
+            rows.append(
+                self.audit.write(conn, "verified", sig, incident_id=inc.id, result="recovered")
+            )
         with self._lock:
             self._verify.pop(inc.id, None)
-        rows.append(
-            self._audit(
-                conn,
-                "resolved",
-                sig,
-                incident_id=inc.id,
-                details={
-                    "time_to_resolve_seconds": round(now - inc.opened_at, 3),
-                    "self_healed": healed,
-                },
-            )
-        )
+        details = {
+            "time_to_resolve_seconds": round(now - inc.opened_at, 3),
+            "self_healed": healed,
+        }
+        rows.append(self.audit.write(conn, "resolved", sig, incident_id=inc.id, details=details))
         return Decision("resolved", inc.id, detail=f"after {now - inc.opened_at:.0f}s")
 
     # -- the kill switch --------------------------------------------------------------------
@@ -440,16 +342,25 @@ class Remediator:
 
     def set_halt(self, *, halt: bool, scope: str, actor: str, reason: str) -> bool:
         """Halt or resume ``scope`` for every replica (committed before this returns)."""
-        changed, row = self.writer.run(
-            lambda conn: killswitch.change(
-                conn, halt=halt, scope=scope, actor=actor, reason=reason, now=time.time()
+
+        def work(conn: Any, rows: Rows) -> bool:
+            changed, row = killswitch.change(
+                conn,
+                halt=halt,
+                scope=scope,
+                actor=actor,
+                reason=reason,
+                now=time.time(),
+                record=self.audit.record,
             )
-        )
-        if row is not None:
-            log.warning("kill switch: %s %s by %s: %s", row["kind"], scope, actor, reason)
-            self._published([row])
-            if self.metrics:
-                self.metrics.events.labels(row["kind"]).inc()
+            if row is not None:
+                rows.append(row)
+            return changed
+
+        changed = self.audit.commit(work)
+        if changed:
+            kind = "halted" if halt else "resumed"
+            log.warning("kill switch: %s %s by %s: %s", kind, scope, actor, reason)
         return changed
 
     # -- acting ---------------------------------------------------------------------------
@@ -462,16 +373,17 @@ class Remediator:
             started = self._started
         return started
 
-    def _execute(self, sig: Signal, rule: Rule, iid: str, target: Target) -> Decision:
+    def _execute(self, sig: Signal, job: Job) -> Decision:
+        iid, name = job.incident_id, job.name
         # the kill switch may have been flipped (here or by a replica) since the decision
         stop = None
         try:
             with self.engine.connect() as conn:
-                halt = killswitch.halt_for(conn, target.namespace, target.app)
+                halt = killswitch.halt_for(conn, job.target.namespace, job.target.app)
             if halt is not None:
                 stop = f"the kill switch was turned off before the action started ({halt.why()})"
         except SQLAlchemyError as exc:  # cannot tell: fail closed
-            stop = f"the kill switch's state could not be read: {_short(exc)}"
+            stop = f"the kill switch's state could not be read: {short_error(exc)}"
         with self._lock:
             go = self.config.enabled and stop is None
             self._started += go
@@ -479,48 +391,36 @@ class Remediator:
             why = stop or "the kill switch was turned off before the action started"
             log.warning("action not started: %s", why)
             try:
-                with self.engine.begin() as conn:
-                    row = self._audit(
-                        conn,
-                        "skipped_disabled",
-                        sig,
-                        incident_id=iid,
-                        action=rule.action,
-                        details={"why": why},
-                    )
-                self._published([row])
+                self.audit.now(
+                    "skipped_disabled", sig, incident_id=iid, action=name, details={"why": why}
+                )
             except SQLAlchemyError as exc:  # the refusal stands; it is in the log
-                log.error("cannot audit the refused action: %s", _short(exc))
-            return Decision("skipped_disabled", iid, rule.action, why)
-        action = make_action(
-            rule.action, rule.params, timeout=self.config.action_timeout, clients=self.kube
-        )
+                log.error("cannot audit the refused action: %s", short_error(exc))
+            return Decision("skipped_disabled", iid, name, why)
         t0 = time.perf_counter()
         try:
-            result = action.run(target)
+            result = job.action.run(job.target)
         except Exception as exc:  # a plugin bug or an unreachable API: audited, never raised
             result = ActionResult("failed", f"{type(exc).__name__}: {exc}")
         seconds = time.perf_counter() - t0
         kind = "executed" if result.result == "executed" else result.result
         kind = kind if kind in ("executed", "blocked") else "failed"
-        with self.engine.begin() as conn:
-            row = self._audit(
-                conn,
-                kind,
-                sig,
-                incident_id=iid,
-                action=rule.action,
-                result=result.result,
-                details={"detail": result.detail, "seconds": round(seconds, 3), **result.data},
-            )
-        self._published([row])
+        self.audit.now(
+            kind,
+            sig,
+            incident_id=iid,
+            action=name,
+            result=result.result,
+            details={"detail": result.detail, "seconds": round(seconds, 3), **result.data},
+        )
         if self.metrics:
-            self.metrics.actions.labels(rule.action, result.result).inc()
+            self.metrics.actions.labels(name, result.result).inc()
         if kind == "executed":
             with self._lock:
                 self._verify[iid] = time.time() + self.config.verify_seconds
-        return Decision(kind, iid, rule.action, result.detail)
+        return Decision(kind, iid, name, result.detail)
 
+    # -- verification ---------------------------------------------------------------------
     def check_verifications(self, now: float | None = None) -> list[str]:
         """Incidents whose fix did not bring the resolve event in time: ``not_recovered``."""
         now = time.time() if now is None else now
@@ -528,262 +428,27 @@ class Remediator:
             due = [iid for iid, deadline in self._verify.items() if deadline <= now]
             for iid in due:
                 del self._verify[iid]
-        rows = []
         for iid in due:
-            with self.engine.begin() as conn:
-                inc = state.get_incident(conn, iid)
-                if inc is None or inc.status != "open":
-                    continue
-                rows.append(
-                    self._audit(
-                        conn,
-                        "not_recovered",
-                        None,
-                        incident_id=iid,
-                        alertname=inc.alertname,
-                        metric=inc.metric,
-                        namespace=inc.namespace,
-                        app=inc.app,
-                    )
-                )
-                if inc.actions >= MAX_ATTEMPTS:
-                    state.escalate(conn, iid)
-                    rows.append(
-                        self._audit(
-                            conn,
-                            "escalated",
-                            None,
-                            incident_id=iid,
-                            alertname=inc.alertname,
-                            metric=inc.metric,
-                            namespace=inc.namespace,
-                            app=inc.app,
-                            details={"why": f"{inc.actions} fixes did not help"},
-                        )
-                    )
-        self._published(rows)
+            self.audit.commit(lambda conn, rows, iid=iid: self._not_recovered(conn, rows, iid))
         return due
+
+    def _not_recovered(self, conn: Any, rows: Rows, iid: str) -> None:
+        inc = state.get_incident(conn, iid)
+        if inc is None or inc.status != "open":
+            return
+        subject = {
+            "incident_id": iid,
+            "alertname": inc.alertname,
+            "metric": inc.metric,
+            "namespace": inc.namespace,
+            "app": inc.app,
+        }
+        rows.append(self.audit.write(conn, "not_recovered", None, **subject))
+        if inc.actions >= MAX_ATTEMPTS:
+            state.escalate(conn, iid)
+            why = {"why": f"{inc.actions} fixes did not help"}
+            rows.append(self.audit.write(conn, "escalated", None, **subject, details=why))
 
     def pending_verifications(self) -> int:
         with self._lock:
             return len(self._verify)
-
-
-def _short(exc: Exception) -> str:
-    return short_error(exc)
-
-
-def ping(engine: Engine) -> bool:
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return True
-    except Exception:
-        return False
-
-
-def incident_stats(engine: Engine) -> dict[str, float]:
-    t = tables.incidents
-    with engine.connect() as conn:
-        open_ = conn.execute(select(func.count()).where(t.c.status == "open")).scalar() or 0
-        total = conn.execute(select(func.count()).select_from(t)).scalar() or 0
-        events = conn.execute(select(func.coalesce(func.sum(t.c.events), 0))).scalar() or 0
-        resolved = conn.execute(
-            select(
-                func.count(),
-                func.avg(t.c.resolved_at - t.c.opened_at),
-                func.coalesce(func.sum(t.c.self_healed), 0),
-            ).where(and_(t.c.status == "resolved"))
-        ).one()
-    return {
-        "open": float(open_),
-        "incidents": float(total),
-        "events": float(events),
-        "resolved": float(resolved[0] or 0),
-        "mttr": float(resolved[1] or 0.0),
-        "self_healed": float(resolved[2] or 0),
-    }
-
-
-class ApprovalError(Exception):
-    """An approve/reject request refused: ``status`` is the HTTP status to answer."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _approval_signal(row: Any) -> Signal:
-    req = row.request or {}
-    return Signal(
-        source="anomalies" if req.get("metric") and not req.get("alertname") else "alertmanager",
-        dedup_key=f"approval:{row.id}",
-        subject="",
-        status="firing",
-        alertname=req.get("alertname"),
-        metric=req.get("metric"),
-        reasons=list(req.get("reasons") or []),
-        namespace=row.namespace,
-        app=row.app,
-        labels=dict(req.get("labels") or {}),
-        at=time.time(),
-    )
-
-
-def decide_approval(
-    rem: Remediator,
-    approval_id: str,
-    token: str,
-    decision: str,
-    actor: str,
-    *,
-    audit_refusal: Callable[[str], bool] | None = None,
-) -> Decision:
-    """Approve or reject a held action with a signed, single-use, unexpired token.
-
-    A forged or foreign token is refused (403) and audited ``unauthorized`` when
-    ``audit_refusal(why)`` says so (the webhook's refusal counter: the first of a source
-    each minute, the rest aggregated), so guessed tokens cannot fill the audit."""
-    from aiops.core.signing import check_approval_token
-
-    secret = rem.config.approval_secret
-    if not secret:
-        raise ApprovalError(403, "RUNBOOK_APPROVAL_SECRET is not set: links cannot be verified")
-    a = tables.approvals
-    now = time.time()
-    rows: list[dict[str, Any]] = []
-    with rem.engine.begin() as conn:
-        row = conn.execute(select(a).where(a.c.id == approval_id)).first()
-        if row is None:
-            raise ApprovalError(404, f"no approval {approval_id}")
-        sig = _approval_signal(row)
-        binding = approval_binding(row.id, row.action, row.target, row.params)
-        problem = check_approval_token(secret, token, binding, decision, now)
-        if problem and problem != "token expired":
-            if audit_refusal is not None and not audit_refusal(problem):
-                raise ApprovalError(403, problem)
-            rem.audit_now(
-                "unauthorized",
-                sig,
-                incident_id=row.incident_id,
-                action=row.action,
-                actor=actor,
-                details={"approval": row.id, "why": problem},
-            )
-            raise ApprovalError(403, problem)
-        if row.state != "pending":
-            raise ApprovalError(
-                409, f"approval {row.id} is already {row.state} (links are single-use)"
-            )
-        if problem == "token expired" or now > row.expires_at:
-            conn.execute(update(a).where(a.c.id == row.id).values(state="expired"))
-            rows.append(
-                rem._audit(
-                    conn,
-                    "expired",
-                    sig,
-                    incident_id=row.incident_id,
-                    action=row.action,
-                    actor=actor,
-                )
-            )
-            expired = True
-        else:
-            expired = False
-            new_state = "approved" if decision == "approve" else "rejected"
-            done = conn.execute(
-                update(a)
-                .where(and_(a.c.id == row.id, a.c.state == "pending"))
-                .values(state=new_state, decided_by=actor, decided_at=now)
-            ).rowcount
-            if done != 1:
-                raise ApprovalError(409, f"approval {row.id} was decided meanwhile")
-            rows.append(
-                rem._audit(
-                    conn,
-                    new_state,
-                    sig,
-                    incident_id=row.incident_id,
-                    action=row.action,
-                    actor=actor,
-                    details={"approval": row.id},
-                )
-            )
-    rem._published(rows)
-    if expired:
-        raise ApprovalError(410, f"approval {approval_id} expired")
-    if decision != "approve":
-        return Decision("rejected", row.incident_id, row.action)
-    return _run_approved(rem, row, sig, actor)
-
-
-def _run_approved(rem: Remediator, row: Any, sig: Signal, actor: str) -> Decision:
-    """After approval the remaining guards run again: state may have changed meanwhile."""
-    rows: list[dict[str, Any]] = []
-    rule = Rule(match=sig.name, action=row.action, params=dict(row.params), where="approval")
-    target = Target(row.namespace, row.app, sig.labels)
-    now = time.time()
-    job = None
-    with rem.engine.begin() as conn:
-        off = rem.switched_off(conn, row.namespace, row.app)
-        if off:
-            rows.append(
-                rem._audit(
-                    conn,
-                    "skipped_disabled",
-                    sig,
-                    incident_id=row.incident_id,
-                    action=row.action,
-                    actor=actor,
-                    details={"why": off},
-                )
-            )
-            decision = Decision("skipped_disabled", row.incident_id, row.action, off)
-        else:
-            verdict = rem.guards(
-                conn, row.app or row.target, row.target, row.action, now, reserve=True
-            )
-            if verdict is not None:
-                rows.append(
-                    rem._audit(
-                        conn,
-                        verdict[0],
-                        sig,
-                        incident_id=row.incident_id,
-                        action=row.action,
-                        details={"why": verdict[1]},
-                    )
-                )
-                decision = Decision(verdict[0], row.incident_id, row.action, verdict[1])
-            else:
-                state.reserve(
-                    conn,
-                    row.app or row.target,
-                    row.target,
-                    row.action,
-                    row.incident_id,
-                    now,
-                    dry_run=rem.config.dry_run,
-                )
-                if rem.config.dry_run:
-                    what = make_action(row.action, rule.params, timeout=1).describe(target)
-                    rows.append(
-                        rem._audit(
-                            conn,
-                            "dry_run",
-                            sig,
-                            incident_id=row.incident_id,
-                            action=row.action,
-                            result="dry_run",
-                            details={"would": what},
-                        )
-                    )
-                    decision = Decision("dry_run", row.incident_id, row.action, what)
-                else:
-                    state.count_action(conn, row.incident_id)
-                    decision = Decision("executing", row.incident_id, row.action)
-                    job = (rule, row.incident_id, target)
-    rem._published(rows)
-    if job is not None:
-        return rem._execute(sig, *job)
-    return decision

@@ -21,12 +21,14 @@ to the database, so it works while the webhook is down):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import delete, insert, select
 
 from feature_store import tables
+from runbooks.audit import audit_row, insert_row
 
 ALL = "*"
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9_:-]{0,251}[A-Za-z0-9])?"
@@ -99,12 +101,19 @@ def _subject(scope: str) -> tuple[str | None, str | None]:
 
 
 def change(
-    conn: Any, *, halt: bool, scope: str, actor: str, reason: str, now: float
+    conn: Any,
+    *,
+    halt: bool,
+    scope: str,
+    actor: str,
+    reason: str,
+    now: float,
+    record: Callable[[Any, dict[str, Any]], dict[str, Any]] = insert_row,
 ) -> tuple[bool, dict[str, Any] | None]:
     """Halt or resume ``scope`` in the caller's transaction.
 
-    Returns (changed, the audit row written); halting a halted scope, or resuming one
-    that is not halted, changes nothing and writes nothing.
+    Returns (changed, the audit row written by ``record``); halting a halted scope, or
+    resuming one that is not halted, changes nothing and writes nothing.
     """
     check_scope(scope)
     h = tables.halts
@@ -123,18 +132,6 @@ def change(
             "halted_by": current.actor,
         }
     namespace, app = _subject(scope)
-    row = {
-        "ts": now,
-        "kind": "halted" if halt else "resumed",
-        "incident_id": None,
-        "alertname": None,
-        "metric": None,
-        "namespace": namespace,
-        "app": app,
-        "action": None,
-        "result": None,
-        "actor": actor,
-        "details": details,
-    }
-    conn.execute(insert(tables.audit), row)
-    return True, row
+    kind = "halted" if halt else "resumed"
+    row = audit_row(kind, ts=now, namespace=namespace, app=app, actor=actor, details=details)
+    return True, record(conn, row)

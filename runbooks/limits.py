@@ -1,4 +1,4 @@
-"""What the webhook accepts at most: body size and JSON nesting.
+"""What the webhook accepts at most: body size, JSON nesting and request rate.
 
 ``BodyLimit`` is a plain ASGI middleware: a request whose ``Content-Length``
 exceeds ``RUNBOOK_MAX_BODY_BYTES`` is answered 413 before a byte of its body is
@@ -15,6 +15,8 @@ request would end in a 500).
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -120,3 +122,25 @@ class BodyLimit:
             return await receive()  # after the body: wait for the disconnect
 
         await self.app(scope, replay, send)
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` requests per second, bursts of ``2 × rate``."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(2 * rate, 1.0)
+        self.tokens = self.capacity
+        self.at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> float:
+        """0 if allowed, else seconds to wait."""
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return 0.0
+            return (1 - self.tokens) / self.rate

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from aiops.core.settings import Settings
 from feature_store import tables
 from runbooks import killswitch
-from runbooks.engine import incident_stats
+from runbooks.state import incident_stats
 
 
 class RunbookMetrics:

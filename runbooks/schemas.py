@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 
-from aiops.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from aiops.core.signing import SIGNATURE_HEADER, SLACK_SIGNATURE_HEADER, TIMESTAMP_HEADER
 from runbooks.events import AlertmanagerPayload, AnomalyEvent
 
 
@@ -162,6 +162,66 @@ def _body(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: how each input authenticates, as the OpenAPI's security schemes
+SECURITY_SCHEMES: dict[str, Any] = {
+    DETECTOR_SCHEME: {
+        "type": "apiKey",
+        "in": "header",
+        "name": SIGNATURE_HEADER,
+        "description": (
+            f"sha256=<hex HMAC-SHA256 of '<{TIMESTAMP_HEADER}>.<raw body>'> keyed with"
+            f" RUNBOOK_WEBHOOK_SECRET; {TIMESTAMP_HEADER} (Unix seconds) must be within"
+            " 300 s of the webhook's clock"
+        ),
+    },
+    ALERTMANAGER_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "RUNBOOK_ALERTMANAGER_TOKEN (required only when it is set)",
+    },
+    ADMIN_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "RUNBOOK_ADMIN_TOKEN (POST /killswitch and GET /ack; unset:"
+        " both answer 401)",
+    },
+    READ_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "RUNBOOK_READ_TOKEN, or RUNBOOK_ADMIN_TOKEN (the read endpoints;"
+        " neither set and RUNBOOK_READ_OPEN not true: 401)",
+    },
+    READ_COOKIE_SCHEME: {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "aiops_read",
+        "description": "the console's cookie, set by GET /console?token=... or POST /console",
+    },
+    SLACK_SCHEME: {
+        "type": "apiKey",
+        "in": "header",
+        "name": SLACK_SIGNATURE_HEADER,
+        "description": "Slack's v0 request signature (SLACK_SIGNING_SECRET)",
+    },
+}
+
+
+def _form(field: str, description: str) -> dict[str, Any]:
+    """A required form-encoded body of one required string field."""
+    return {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "properties": {field: {"type": "string", "description": description}},
+                    "required": [field],
+                }
+            }
+        },
+    }
+
+
 def install_openapi(app: FastAPI, *, alertmanager_token: bool, read_open: bool = False) -> None:
     """Document the raw request bodies and the authentication of the inputs."""
 
@@ -171,48 +231,7 @@ def install_openapi(app: FastAPI, *, alertmanager_token: bool, read_open: bool =
         spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
         components = spec.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
-        components["securitySchemes"] = {
-            DETECTOR_SCHEME: {
-                "type": "apiKey",
-                "in": "header",
-                "name": SIGNATURE_HEADER,
-                "description": (
-                    f"sha256=<hex HMAC-SHA256 of '<{TIMESTAMP_HEADER}>.<raw body>'> keyed with"
-                    f" RUNBOOK_WEBHOOK_SECRET; {TIMESTAMP_HEADER} (Unix seconds) must be within"
-                    " 300 s of the webhook's clock"
-                ),
-            },
-            ALERTMANAGER_SCHEME: {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "RUNBOOK_ALERTMANAGER_TOKEN (required only when it is set)",
-            },
-            ADMIN_SCHEME: {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "RUNBOOK_ADMIN_TOKEN (POST /killswitch and GET /ack; unset:"
-                " both answer 401)",
-            },
-            READ_SCHEME: {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "RUNBOOK_READ_TOKEN, or RUNBOOK_ADMIN_TOKEN (the read endpoints;"
-                " neither set and RUNBOOK_READ_OPEN not true: 401)",
-            },
-            READ_COOKIE_SCHEME: {
-                "type": "apiKey",
-                "in": "cookie",
-                "name": "aiops_read",
-                "description": "the console's cookie, set by GET /console?token=... or"
-                " POST /console",
-            },
-            SLACK_SCHEME: {
-                "type": "apiKey",
-                "in": "header",
-                "name": "X-Slack-Signature",
-                "description": "Slack's v0 request signature (SLACK_SIGNING_SECRET)",
-            },
-        }
+        components["securitySchemes"] = dict(SECURITY_SCHEMES)
         paths = spec["paths"]
         anomalies = paths["/anomalies"]["post"]
         anomalies["requestBody"] = _body(AnomalyEvent, schemas)
@@ -225,23 +244,7 @@ def install_openapi(app: FastAPI, *, alertmanager_token: bool, read_open: bool =
         labels["required"] = ["alertname"]
         am["security"] = [{ALERTMANAGER_SCHEME: []}] if alertmanager_token else []
         slack = paths["/slack/interactive"]["post"]
-        slack["requestBody"] = {
-            "required": True,
-            "content": {
-                "application/x-www-form-urlencoded": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "payload": {
-                                "type": "string",
-                                "description": "Slack's block_actions payload (JSON)",
-                            }
-                        },
-                        "required": ["payload"],
-                    }
-                }
-            },
-        }
+        slack["requestBody"] = _form("payload", "Slack's block_actions payload (JSON)")
         slack["security"] = [{SLACK_SCHEME: []}]
         switch = paths["/killswitch"]["post"]
         switch["requestBody"] = _body(KillSwitchIn, schemas)
@@ -251,21 +254,7 @@ def install_openapi(app: FastAPI, *, alertmanager_token: bool, read_open: bool =
             paths[path][method]["security"] = (
                 [] if read_open else [{READ_SCHEME: []}, {READ_COOKIE_SCHEME: []}]
             )
-        sign_in = paths["/console"]["post"]
-        sign_in["requestBody"] = {
-            "required": True,
-            "content": {
-                "application/x-www-form-urlencoded": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "token": {"type": "string", "description": "the read token"}
-                        },
-                        "required": ["token"],
-                    }
-                }
-            },
-        }
+        paths["/console"]["post"]["requestBody"] = _form("token", "the read token")
         app.openapi_schema = spec
         return spec
 

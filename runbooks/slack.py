@@ -42,12 +42,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import httpx
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
-from aiops.core.signing import verify_slack
-from runbooks.engine import ApprovalError, decide_approval
+from runbooks import auth
+from runbooks.approvals import ApprovalError
+from runbooks.approvals import decide as decide_approval
 from runbooks.events import visible_nul
 from runbooks.schemas import SlackReplyOut, ok
 
@@ -56,8 +57,6 @@ log = logging.getLogger("aiops.slack")
 router = APIRouter()
 
 SLACK_TIMEOUT = 5.0
-SLACK_SIGNATURE_HEADER = "X-Slack-Signature"
-SLACK_TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
 
 
 def _secret(value: Any) -> str | None:
@@ -252,7 +251,7 @@ async def _audit(request: Request, actor: str, details: dict[str, Any]) -> None:
     rem = request.app.state.remediator
     try:
         await asyncio.to_thread(
-            rem.audit_now,
+            rem.audit.now,
             "unauthorized",
             None,
             actor=actor,
@@ -276,25 +275,15 @@ def _reply(text: str, response_url: str | None, *, ok: bool) -> JSONResponse:
     return JSONResponse(body)
 
 
-@router.post("/slack/interactive", responses=ok(SlackReplyOut, 400, 401, 403, 413))
+@router.post(
+    "/slack/interactive",
+    responses=ok(SlackReplyOut, 400, 401, 403, 413),
+    dependencies=[Depends(auth.slack_signed)],
+)
 async def interactive(request: Request) -> Response:
-    body = await request.body()  # the raw bytes, as signed: nothing is parsed before the check
+    body = await request.body()  # the raw bytes, as signed and checked by auth.slack_signed
     settings = request.app.state.settings
     rem = request.app.state.remediator
-    secret = _secret(settings.slack_signing_secret)
-    if not secret:
-        problem = "SLACK_SIGNING_SECRET is not set: Slack requests cannot be verified"
-    else:
-        problem = verify_slack(
-            secret,
-            request.headers.get(SLACK_TIMESTAMP_HEADER),
-            request.headers.get(SLACK_SIGNATURE_HEADER),
-            body,
-            time.time(),
-        )
-    if problem:
-        await request.app.state.refusals.refuse(request, "/slack/interactive", problem)
-        return JSONResponse({"error": problem}, status_code=401)
     try:
         form = parse_qs(body.decode("utf-8"), strict_parsing=True)
         # NULs written out, as for the other inputs (PostgreSQL's text refuses them)

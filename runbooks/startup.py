@@ -16,8 +16,9 @@ with a secret of at least ``MIN_SECRET_LENGTH`` characters:
   ``RUNBOOK_READ_TOKEN``, when set, are of that length too.
 
 A dry run starts anyway, with one loud warning line naming what is unauthenticated.
-``check_start`` is the one rule; every way the webhook starts calls it (``aiops webhook``,
-the demo's ``start_webhook``). It never shows a secret, only its length.
+``check_start`` is the one rule; every way the webhook starts calls it, through
+``checked_policy`` (``aiops webhook``, the demo's ``start_webhook``). It never shows
+a secret, only its length.
 """
 
 from __future__ import annotations
@@ -202,3 +203,13 @@ def check_start(settings: Any, policy: Any) -> str | None:
         f"DRY RUN WITH UNAUTHENTICATED INPUTS: {names}. Nothing runs now, but with"
         " RUNBOOK_AUTOFIX_DRY_RUN=false the webhook refuses to start until they are set"
     )
+
+
+def checked_policy(settings: Any) -> tuple[Any, str | None]:
+    """The policy of ``RUNBOOK_AUTOFIX_POLICY`` and ``RUNBOOK_POLICY_FILE``, judged by
+    ``check_start``: every way the webhook starts begins here (``aiops webhook``, the
+    demo). Raises ``AiopsError`` (one line); returns the policy and the warning to show."""
+    from runbooks.policy import load_policy
+
+    policy = load_policy(settings.autofix_policy, settings.policy_file)
+    return policy, check_start(settings, policy)

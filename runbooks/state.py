@@ -190,3 +190,28 @@ def cooldowns(conn: Any, now: float, cooldown: float) -> dict[tuple[str, str], f
         .group_by(a.c.target, a.c.action)
     )
     return {(t, act): round(last + cooldown - now, 3) for t, act, last in rows}
+
+
+def incident_stats(engine: Any) -> dict[str, float]:
+    """Open, total and resolved incidents, their events, mean time to resolve and how
+    many healed themselves after a fix (the scrape-time gauges)."""
+    t = tables.incidents
+    with engine.connect() as conn:
+        open_ = conn.execute(select(func.count()).where(t.c.status == "open")).scalar() or 0
+        total = conn.execute(select(func.count()).select_from(t)).scalar() or 0
+        events = conn.execute(select(func.coalesce(func.sum(t.c.events), 0))).scalar() or 0
+        resolved = conn.execute(
+            select(
+                func.count(),
+                func.avg(t.c.resolved_at - t.c.opened_at),
+                func.coalesce(func.sum(t.c.self_healed), 0),
+            ).where(and_(t.c.status == "resolved"))
+        ).one()
+    return {
+        "open": float(open_),
+        "incidents": float(total),
+        "events": float(events),
+        "resolved": float(resolved[0] or 0),
+        "mttr": float(resolved[1] or 0.0),
+        "self_healed": float(resolved[2] or 0),
+    }

@@ -17,6 +17,9 @@ from typing import Any
 #: headers the detector sends with each anomaly event
 TIMESTAMP_HEADER = "X-Aiops-Timestamp"
 SIGNATURE_HEADER = "X-Aiops-Signature"
+#: the headers of Slack's request signing (https://api.slack.com/authentication/verifying-requests-from-slack)
+SLACK_SIGNATURE_HEADER = "X-Slack-Signature"
+SLACK_TIMESTAMP_HEADER = "X-Slack-Request-Timestamp"
 #: requests older (or further ahead) than this are refused
 TOLERANCE_SECONDS = 300.0
 

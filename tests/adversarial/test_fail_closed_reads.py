@@ -190,4 +190,4 @@ def test_the_audit_holds_no_live_approval_link_the_approvers_still_get_them(make
 
 def _streams_open(hook: Any) -> int:
     """Open /events streams: the queues of the broadcaster the audit publishes to."""
-    return len(hook.app.state.remediator.on_audit.__self__.queues)
+    return len(hook.app.state.events.queues)

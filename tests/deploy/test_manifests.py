@@ -343,7 +343,12 @@ def test_containers_run_as_non_root_without_privilege_escalation() -> None:
 
 
 def _route_paths(app: Any, method: str) -> set[str]:
-    return {r.path for r in app.routes if method in getattr(r, "methods", set())}
+    """The paths ``app`` serves ``method`` on, the routes of its routers included (as its
+    OpenAPI lists them: FastAPI keeps an included router's routes out of ``app.routes``)."""
+    paths = {r.path for r in app.routes if method in getattr(r, "methods", set())}
+    if hasattr(app, "openapi"):
+        paths |= {p for p, ops in app.openapi()["paths"].items() if method.lower() in ops}
+    return paths
 
 
 def test_probes_hit_real_endpoints_on_the_ports_the_apps_listen_on(clean_env: Any) -> None:
