@@ -227,6 +227,7 @@ class Detector:
             for warning in batch.warnings:
                 log.warning("query=%s %s", q.name, warning)
             t1 = time.perf_counter()
+            spec, weekly = None, None
             try:
                 weekly = trained_weekly(self.provider, q, batch)
                 spec = feature_spec(q, self.settings, batch.step, weekly=weekly is not None)
@@ -249,6 +250,9 @@ class Detector:
                 timings=phases,
                 threads=self.threads,
                 weekly=weekly if past is not None else None,
+                # the spec is computed once per query, unless the weekly profile it
+                # was made for is dropped with the slices it failed to fetch
+                spec=spec if past is not None or weekly is None else None,
             )
             t2 = time.perf_counter()
             self._track_onsets(q.name, results)
@@ -483,30 +487,16 @@ def _finite(v: float) -> float | None:
 def build_detector(settings: Settings, **kwargs: Any) -> Detector:
     """The detector with its database: the feature store, and models from the registry.
 
-    The schema is migrated first (``AIOPS_AUTO_MIGRATE``, default on). A database
-    that cannot be reached at start is logged; the detector then runs on baseline
-    models and keeps trying the registry every cycle.
+    The schema is migrated first (``AIOPS_AUTO_MIGRATE``, default on; off, it must be
+    current). A database that cannot be reached at start is logged; the detector
+    then runs on baseline models and keeps trying the registry every cycle.
     """
-    from aiops.core.db import make_engine
     from detector.models import RegistryModelProvider
     from feature_store.registry import ModelRegistry
     from feature_store.store import FeatureStore
-    from sql.migrate import MigrationError, migrate
+    from sql.migrate import open_database
 
-    engine = make_engine(settings.database_url)
-    if settings.auto_migrate:
-        try:
-            applied = migrate(engine)
-            if applied:
-                log.info("database migrated applied=%s", ",".join(m.label for m in applied))
-        except MigrationError:
-            raise
-        except Exception as exc:
-            log.error(
-                "database unreachable at start url=%s error=%s",
-                engine.url.render_as_string(hide_password=True),
-                short_error(exc),
-            )
+    engine = open_database(settings, outage_ok=True)
     fallback = BaselineModelProvider(refit_seconds=settings.model_refit_seconds)
     detector: Detector | None = None
 

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from aiops.core import defaults
 from detector.features import Features, trailing_mean
 from detector.rolling import trailing_max
 
@@ -120,7 +121,7 @@ class LevelShiftExplainer:
 
     name = "level_shift"
 
-    def __init__(self, *, threshold: float = 3.0, direction: str = "both") -> None:
+    def __init__(self, *, threshold: float = defaults.Z_THRESH, direction: str = "both") -> None:
         self.threshold = threshold
         self.direction = direction
 
@@ -157,7 +158,7 @@ class TrendBreakExplainer:
 
     name = "trend_break"
 
-    def __init__(self, *, threshold: float = 3.0, direction: str = "both") -> None:
+    def __init__(self, *, threshold: float = defaults.Z_THRESH, direction: str = "both") -> None:
         self.threshold = threshold
         self.direction = direction
 
@@ -186,7 +187,7 @@ class VolatilityExplainer:
 
     name = "volatility_spike"
 
-    def __init__(self, *, threshold: float = 2.0, window: int = 1) -> None:
+    def __init__(self, *, threshold: float = defaults.VOL_MULT, window: int = 1) -> None:
         self.threshold = threshold
         self.window = window
 
@@ -208,7 +209,7 @@ class PercentChangeExplainer:
     def __init__(
         self,
         *,
-        threshold: float = 0.3,
+        threshold: float = defaults.PCT_THRESH,
         direction: str = "both",
         window: int = 1,
         min_z: float = PCT_MIN_Z,
@@ -245,8 +246,8 @@ class SpikeExplainer:
     def __init__(
         self,
         *,
-        threshold: float = 7.0,
-        band: float = 3.0,
+        threshold: float = defaults.SPIKE_Z,
+        band: float = defaults.Z_THRESH,
         direction: str = "both",
         hold: bool = False,
     ) -> None:
@@ -288,7 +289,7 @@ def default_explainers(
     vol_mult: float,
     pct_thresh: float,
     direction: str,
-    spike_z: float = 7.0,
+    spike_z: float = defaults.SPIKE_Z,
     hold: bool = False,
 ) -> list[Explainer]:
     """The five explainers with the configured thresholds, for one query's direction."""

@@ -254,8 +254,12 @@ def detect_batch(
     timings: dict[str, float] | None = None,
     threads: int = 1,
     weekly: np.ndarray | None = None,
+    spec: FeatureSpec | None = None,
 ) -> list[SeriesResult]:
     """Score and explain the newest point of every series in ``batch``.
+
+    ``spec``: the query's feature spec when the caller computed it already (to fetch
+    the seasonal slices of ``past`` with it); else it is computed here, once.
 
     ``past`` holds the seasonal history of the window (``detector.season``) when the
     query is seasonal and the window shorter than its periods; with ``weekly`` (each
@@ -276,7 +280,8 @@ def detect_batch(
     if len(batch) == 0:
         return []
     clock = _Clock(timings)
-    spec = feature_spec(query, settings, batch.step, weekly=weekly is not None)
+    if spec is None:
+        spec = feature_spec(query, settings, batch.step, weekly=weekly is not None)
     reusable = getattr(provider, "reusable", None)
     n_columns = len(feature_names(tuple(spec.window_points)))
     model = reusable(query.name, n_columns, now=now) if reusable else None

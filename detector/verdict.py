@@ -54,6 +54,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aiops.core import defaults
 from aiops.core.settings import Settings
 from detector.explain import (
     Evidence,
@@ -115,23 +116,24 @@ SPIKE_HOLD = 0.75
 
 @dataclass
 class Thresholds:
-    z_thresh: float = 3.0
-    vol_mult: float = 2.0
-    pct_thresh: float = 0.3
-    score_thresh: float = 0.5
+    z_thresh: float = defaults.Z_THRESH
+    vol_mult: float = defaults.VOL_MULT
+    pct_thresh: float = defaults.PCT_THRESH
+    score_thresh: float = defaults.SCORE_THRESH
     #: below 1: hysteresis, an ongoing anomaly holds until its reasons fall below this
     #: share of the thresholds; 1 (the default): every point is judged on its own
-    resolve_ratio: float = 1.0
-    novelty: float = 1.0  # a reason counts only this many times stronger than its recent max
+    resolve_ratio: float = defaults.RESOLVE_RATIO
+    #: a reason counts only this many times stronger than its recent maximum
+    novelty: float = defaults.NOVELTY
     history: int = 400  # points of each reason's strength history behind the novelty
     #: a change of level back to within this share of z_thresh of the older half of the
     #: baseline is a return to normal, not an onset (see detector.verdict)
     return_ratio: float = 0.5
     #: an anomaly ends once this many points in a row are back inside the expected band
     #: (baseline ± z_thresh sds), whatever the windows still say (0: only the hysteresis)
-    resolve_points: int = 2
+    resolve_points: int = defaults.RESOLVE_POINTS
     #: a spike: a point this many expected-band sds outside the band (detector.explain)
-    spike_z: float = 7.0
+    spike_z: float = defaults.SPIKE_Z
     #: the relaxed thresholds hold an anomaly: a point still outside the band holds it
     holding: bool = False
 

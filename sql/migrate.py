@@ -17,6 +17,7 @@ database migrated by a newer release, stops the run with a clear message.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import sqlite3
 import time
@@ -35,6 +36,8 @@ DIALECTS = ("sqlite", "postgresql")
 _FILE = re.compile(r"^(\d{3})_([a-z0-9_]+?)(?:\.(sqlite|postgresql))?\.sql$")
 #: PostgreSQL advisory lock key of the migration run ("aiops" in ASCII).
 _PG_LOCK = 0x6169_6F70_73
+
+log = logging.getLogger("aiops.migrate")
 
 _TYPES = {
     "sqlite": {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB", "json": "TEXT"},
@@ -290,15 +293,32 @@ def require_current(engine: Engine, *, directory: Path = MIGRATIONS_DIR) -> None
             )
 
 
-def open_database(settings: Any) -> Engine:
+def open_database(settings: Any, *, outage_ok: bool = False) -> Engine:
     """An engine on ``AIOPS_DATABASE_URL`` whose schema is current: migrated where
     ``AIOPS_AUTO_MIGRATE`` says so, otherwise required current (``MigrationError`` says
-    which command to run)."""
+    which command to run).
+
+    With ``outage_ok`` (a long-running service that retries the database on every
+    use), a database that cannot be reached is logged and the engine returned; a
+    schema that is not current still stops the start."""
     from aiops.core.db import make_engine
 
     engine = make_engine(settings.database_url)
-    if settings.auto_migrate:
-        migrate(engine)
-    else:
-        require_current(engine)
+    try:
+        if settings.auto_migrate:
+            applied = migrate(engine)
+            if applied:
+                log.info("database migrated applied=%s", ",".join(m.label for m in applied))
+        else:
+            require_current(engine)
+    except MigrationError:
+        raise
+    except Exception as exc:
+        if not outage_ok:
+            raise
+        log.error(
+            "database unreachable at start url=%s error=%s",
+            engine.url.render_as_string(hide_password=True),
+            short_error(exc),
+        )
     return engine

@@ -65,3 +65,47 @@ def test_a_database_a_command_cannot_use_ends_it_with_one_line(capsys):
     with pytest.raises(typer.Exit) as own, database_errors():
         raise typer.Exit(3)  # the command's own exit passes through
     assert own.value.exit_code == 3 and capsys.readouterr().err == ""
+
+
+def test_the_settings_the_verdict_and_the_explainers_share_one_set_of_defaults():
+    from aiops.core import defaults
+    from aiops.core.settings import Settings
+    from detector import explain
+    from detector.verdict import Thresholds
+
+    s = Settings(_env_file=None)
+    assert Thresholds() == Thresholds.from_settings(s)
+    assert (s.z_thresh, s.vol_mult, s.pct_thresh, s.spike_z, s.score_thresh) == (
+        defaults.Z_THRESH,
+        defaults.VOL_MULT,
+        defaults.PCT_THRESH,
+        defaults.SPIKE_Z,
+        defaults.SCORE_THRESH,
+    )
+    assert explain.LevelShiftExplainer().threshold == defaults.Z_THRESH
+    assert explain.TrendBreakExplainer().threshold == defaults.Z_THRESH
+    assert explain.VolatilityExplainer().threshold == defaults.VOL_MULT
+    assert explain.PercentChangeExplainer().threshold == defaults.PCT_THRESH
+    spike = explain.SpikeExplainer()
+    assert (spike.threshold, spike.band) == (defaults.SPIKE_Z, defaults.Z_THRESH)
+
+
+def test_a_service_starts_on_an_unreachable_database_but_never_on_an_old_schema(tmp_path, caplog):
+    import pytest
+    from sqlalchemy.exc import OperationalError
+
+    from aiops.core.settings import Settings
+    from sql.migrate import MigrationError, open_database, status
+
+    down = Settings(_env_file=None, database_url="postgresql://aiops:s3cretpw@127.0.0.1:1/aiops")
+    with pytest.raises(OperationalError):
+        open_database(down)  # a command fails
+    engine = open_database(down, outage_ok=True)  # a service logs it and retries later
+    assert engine.url.port == 1
+    assert "database unreachable at start" in caplog.text and "s3cretpw" not in caplog.text
+    old = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path}/old.db", auto_migrate=False)
+    with pytest.raises(MigrationError, match="aiops migrate"):
+        open_database(old, outage_ok=True)
+    migrated = open_database(old.model_copy(update={"auto_migrate": True}))
+    assert all(st.state == "applied" for st in status(migrated))
+    assert open_database(old, outage_ok=True).url == migrated.url

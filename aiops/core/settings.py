@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from aiops.core import defaults
 from aiops.core.durations import parse_duration
 from aiops.core.errors import ConfigError
 from aiops.core.redact import redact
@@ -61,21 +62,38 @@ class Settings(BaseSettings):
     interval_seconds: float = Field(
         60.0, gt=0, validation_alias=AliasChoices("AIOPS_INTERVAL_SECONDS", "interval_seconds")
     )
-    z_thresh: float = Field(3.0, gt=0, validation_alias=AliasChoices("AIOPS_Z_THRESH", "z_thresh"))
-    vol_mult: float = Field(2.0, gt=1, validation_alias=AliasChoices("AIOPS_VOL_MULT", "vol_mult"))
-    spike_z: float = Field(7.0, gt=0, validation_alias=AliasChoices("AIOPS_SPIKE_Z", "spike_z"))
+    z_thresh: float = Field(
+        defaults.Z_THRESH, gt=0, validation_alias=AliasChoices("AIOPS_Z_THRESH", "z_thresh")
+    )
+    vol_mult: float = Field(
+        defaults.VOL_MULT, gt=1, validation_alias=AliasChoices("AIOPS_VOL_MULT", "vol_mult")
+    )
+    spike_z: float = Field(
+        defaults.SPIKE_Z, gt=0, validation_alias=AliasChoices("AIOPS_SPIKE_Z", "spike_z")
+    )
     pct_thresh: float = Field(
-        0.3, gt=0, validation_alias=AliasChoices("AIOPS_PCT_THRESH", "pct_thresh")
+        defaults.PCT_THRESH, gt=0, validation_alias=AliasChoices("AIOPS_PCT_THRESH", "pct_thresh")
     )
     score_thresh: float = Field(
-        0.5, ge=0, le=1, validation_alias=AliasChoices("AIOPS_SCORE_THRESH", "score_thresh")
+        defaults.SCORE_THRESH,
+        ge=0,
+        le=1,
+        validation_alias=AliasChoices("AIOPS_SCORE_THRESH", "score_thresh"),
     )
-    novelty: float = Field(1.0, ge=0, validation_alias=AliasChoices("AIOPS_NOVELTY", "novelty"))
+    novelty: float = Field(
+        defaults.NOVELTY, ge=0, validation_alias=AliasChoices("AIOPS_NOVELTY", "novelty")
+    )
     resolve_ratio: float = Field(
-        1.0, gt=0, le=1, validation_alias=AliasChoices("AIOPS_RESOLVE_RATIO", "resolve_ratio")
+        defaults.RESOLVE_RATIO,
+        gt=0,
+        le=1,
+        validation_alias=AliasChoices("AIOPS_RESOLVE_RATIO", "resolve_ratio"),
     )
     resolve_points: int = Field(
-        2, ge=0, le=1000, validation_alias=AliasChoices("AIOPS_RESOLVE_POINTS", "resolve_points")
+        defaults.RESOLVE_POINTS,
+        ge=0,
+        le=1000,
+        validation_alias=AliasChoices("AIOPS_RESOLVE_POINTS", "resolve_points"),
     )
     lookback: str = Field("6h", validation_alias=AliasChoices("AIOPS_LOOKBACK", "lookback"))
     step: str = Field("60s", validation_alias=AliasChoices("AIOPS_STEP", "step"))
