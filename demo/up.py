@@ -265,11 +265,10 @@ def _run(
     seed: int,
     specs: list[tuple[str, str, float, float]],
 ) -> None:
+    from aiops import wiring
     from aiops.core.clikit import load
     from aiops.core.logs import setup_logging
-    from detector.cycle import build_detector
-    from detector.service import create_app, make_server
-    from training.train import retrain
+    from detector.service import make_server
 
     secret, token, read_token = (secrets.token_hex(16) for _ in range(3))
     direct = via in (Via.both, Via.detector)
@@ -351,10 +350,8 @@ def _run(
         am.start()
     hook = start_webhook(hook_settings, webhook_port)
     stack.push_stop("webhook", hook.stop)
-    detector = build_detector(settings)
-    server = make_server(
-        create_app(detector, retrain=retrain), host="127.0.0.1", port=detector_port
-    )
+    detector = wiring.detector(settings)
+    server = make_server(wiring.detector_app(detector), host="127.0.0.1", port=detector_port)
     stack.push_stop("detector", lambda: setattr(server, "should_exit", True))
     mode = "REALLY heals the demo app (--autofix)" if autofix else "dry run (add --autofix)"
     paths = {
@@ -486,17 +483,15 @@ class _Webhook:
 
 
 def start_webhook(settings: object, port: int) -> _Webhook:
+    from aiops import wiring
     from aiops.core.clikit import warn
     from detector.service import make_server
-    from runbooks.app import create_app as webhook_app
-    from runbooks.startup import checked_policy
-    from sql.migrate import open_database
 
-    policy, warning = checked_policy(settings)  # the fail-closed rule of `aiops webhook`
-    engine = open_database(settings)
+    policy, warning = wiring.webhook_policy(settings)  # the rule of `aiops webhook`
     if warning:
         warn(warning)
-    server = make_server(webhook_app(settings, engine, policy), host="127.0.0.1", port=port)
+    hook = wiring.webhook_app(settings, policy)  # type: ignore[arg-type]
+    server = make_server(hook, host="127.0.0.1", port=port)
     thread = threading.Thread(target=server.run, name="webhook", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

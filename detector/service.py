@@ -130,6 +130,7 @@ def create_app(
                 log.info("detector stopped")
 
     app = FastAPI(title="aiops detector", lifespan=lifespan)
+    app.state.retrain = retrain  # what the scheduler runs nightly (None: no retrain)
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -172,8 +173,3 @@ def make_server(app: FastAPI, *, host: str, port: int) -> StoppableServer:
     return StoppableServer(
         uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     )
-
-
-def serve(detector: Detector, *, host: str, port: int, retrain: Retrain | None = None) -> None:
-    """Run the service until SIGTERM/SIGINT."""
-    make_server(create_app(detector, retrain=retrain), host=host, port=port).run()

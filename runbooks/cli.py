@@ -1,4 +1,5 @@
-"""``aiops webhook``: the runbook webhook service."""
+"""``aiops audit`` and ``aiops killswitch``: the webhook's audit log and kill switch from
+the command line (``aiops webhook`` itself is built in ``aiops.wiring``)."""
 
 from __future__ import annotations
 
@@ -6,50 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from aiops.core.clikit import ConfigOpt, database_errors, fail, load, warn
-from aiops.core.errors import AiopsError
+from aiops.core.clikit import ConfigOpt, database_errors, fail, load
 from aiops.core.redact import short_error
-
-
-def webhook(
-    host: Annotated[str | None, typer.Option(help="listen address (RUNBOOK_HTTP_HOST)")] = None,
-    port: Annotated[int | None, typer.Option(help="port (RUNBOOK_HTTP_PORT)")] = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Run the runbook webhook: Alertmanager and detector events in, guarded fixes out."""
-    from aiops.core.logs import setup_logging
-    from runbooks.startup import checked_policy
-
-    # the configuration is judged first: a refused start is one quick line
-    settings = load(config=config, webhook_host=host, webhook_port=port)
-    setup_logging(settings.log_level)
-    try:
-        # fail closed: actions that really run need every input that triggers them
-        # authenticated (the one rule, also for the demo's webhook)
-        policy, warning = checked_policy(settings)
-    except AiopsError as exc:
-        raise fail(f"config error: {exc}") from None
-    if warning:
-        warn(warning)
-    import uvicorn
-
-    from detector.service import StoppableServer
-    from runbooks.app import create_app
-    from sql.migrate import open_database
-
-    with database_errors():
-        engine = open_database(settings)
-    app = create_app(settings, engine, policy)
-    StoppableServer(
-        uvicorn.Config(
-            app,
-            host=settings.webhook_host,
-            port=settings.webhook_port,
-            log_level="warning",
-            access_log=False,
-        )
-    ).run()
-
 
 audit_app = typer.Typer(no_args_is_help=True, help="The runbook audit log.")
 

@@ -59,3 +59,13 @@ def test_a_retrain_without_prometheus_is_partial_and_never_raises(tmp_path):
     det = detector(tmp_path)
     scheduled_retrain(det, retrain)  # Prometheus at 127.0.0.1:9 does not answer
     assert sample(det, "aiops_detector_retrains_total", result="partial") == 1.0
+
+
+def test_the_services_the_commands_build_get_the_nightly_retrain(tmp_path):
+    """``aiops detect`` and ``aiops demo up`` build the detector through aiops.wiring: its
+    service gets training's retrain, which the detector package never imports."""
+    from aiops import wiring
+
+    det = detector(tmp_path)
+    assert wiring.detector_app(det).state.retrain is retrain
+    assert make_scheduler(det, wiring.detector_app(det).state.retrain).get_job("retrain")
