@@ -18,6 +18,7 @@ from aiops.core.durations import format_duration, parse_duration
 from aiops.core.errors import ConfigError
 from aiops.core.settings import Settings
 from detector.features import DEFAULT_WINDOWS, FeatureSpec
+from detector.incidents import Dependencies
 
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -53,6 +54,9 @@ class Query(BaseModel):
     #: the held-back tail before it is promoted
     contamination: float = Field(0.01, gt=0, le=0.2)
     counter: bool = False
+    #: the labels that name a series' service for incident grouping (detector.incidents);
+    #: unset: namespace and app
+    group_by: tuple[str, ...] | None = None
     description: str = ""
 
     @field_validator("name")
@@ -62,7 +66,7 @@ class Query(BaseModel):
             raise ValueError(f"name must match [a-zA-Z_][a-zA-Z0-9_]*, got {v!r}")
         return v
 
-    @field_validator("labels")
+    @field_validator("labels", "group_by")
     @classmethod
     def _check_labels(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
         for label in v or ():
@@ -238,6 +242,7 @@ def resolve_catalogue(settings: Settings) -> list[Query]:
             raise ConfigError(f"AIOPS_CONFIG: query {q.name!r} is defined twice")
         catalogue[q.name] = q
     queries = parse_metrics(settings.metrics, catalogue) if settings.metrics else base
+    Dependencies.parse(settings.depends_on)  # a bad map stops the start, naming the entry
     names = [q.name for q in queries]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:

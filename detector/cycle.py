@@ -22,7 +22,15 @@ from aiops.core.redact import redact
 from aiops.core.settings import Settings
 from detector.catalogue import Query, resolve_catalogue
 from detector.explain import PASSIVE_REASONS
-from detector.exporter import AnomalyCollector, DetectorMetrics
+from detector.exporter import AnomalyCollector, DetectorMetrics, IncidentCollector
+from detector.incidents import (
+    DEFAULT_GROUP_BY,
+    Dependencies,
+    Incident,
+    IncidentTracker,
+    Member,
+    service_of,
+)
 from detector.pipeline import (
     detect_batch,
     feature_spec,
@@ -68,6 +76,8 @@ class CycleReport:
     #: wall time per phase: fetch (range queries, seasonal history), features, scoring,
     #: explanation, export (the anomaly gauges), store (feature store and anomalies)
     phases: dict[str, float] = field(default_factory=dict)
+    #: the open incidents after the cycle (``detector.incidents``)
+    incidents: list[Incident] = field(default_factory=list)
 
     @property
     def outcome(self) -> str:
@@ -101,6 +111,12 @@ class Detector:
         )
         self.registry = registry if registry is not None else CollectorRegistry()
         self.collector = AnomalyCollector(self.registry)
+        #: anomalies of related series grouped into incidents, with a probable cause
+        self.incidents = IncidentTracker(
+            Dependencies.parse(settings.depends_on), settings.incident_window_seconds
+        )
+        self.incident_collector = IncidentCollector(self.registry)
+        self._group_by = {q.name: q.group_by or DEFAULT_GROUP_BY for q in self.queries}
         self.metrics = DetectorMetrics(self.registry)
         self.store = store
         self.engine: Any = None  # set by build_detector
@@ -264,6 +280,7 @@ class Detector:
             phases["export"] += t3 - t2
             self._store(q.name, results)
             phases["store"] += time.perf_counter() - t3
+        self._group_incidents(now, report)
         self.prometheus_up = used
         self.metrics.prometheus_up.set(1 if used else 0)
         if used:
@@ -285,6 +302,45 @@ class Detector:
             len(report.errors),
         )
         return report
+
+    # -- incidents ------------------------------------------------------------------------
+    def _group_incidents(self, now: float, report: CycleReport) -> None:
+        """Every series anomalous now into the incidents (``detector.incidents``)."""
+        members = []
+        for key, onset in self._onsets.items():
+            last = self._last.get(key)
+            if last is None:  # restored after a restart and not scored anomalous yet
+                continue
+            group_by = self._group_by.get(key[0], DEFAULT_GROUP_BY)
+            members.append(
+                Member(
+                    key[0],
+                    dict(last.labels),
+                    onset,
+                    tuple(r.reason for r in last.reasons),
+                    last.score if math.isfinite(last.score) else 0.0,
+                    service_of(last.labels, group_by),
+                )
+            )
+        changes = self.incidents.observe(now, members)
+        for inc in changes.opened:
+            log.warning(
+                "incident opened id=%s probable_cause=%s evidence=%s",
+                inc.id,
+                inc.cause.name() if inc.cause else "-",
+                " / ".join(inc.evidence),
+            )
+        for inc in changes.changed:
+            log.info(
+                "incident updated id=%s members=%d probable_cause=%s",
+                inc.id,
+                len(inc.members),
+                inc.cause.name() if inc.cause else "-",
+            )
+        for inc in changes.closed:
+            log.info("incident closed id=%s members=%d", inc.id, len(inc.members))
+        report.incidents = list(self.incidents.incidents.values())
+        self.incident_collector.update(report.incidents)
 
     # -- the database -------------------------------------------------------------------
     def _refresh_models(self) -> None:

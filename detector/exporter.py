@@ -20,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from detector.incidents import Incident
 from detector.result import SeriesResult
 
 CYCLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
@@ -122,6 +123,69 @@ class AnomalyCollector(Collector):
                 " baseline = fitted on the lookback)",
             ),
             GaugeMetricFamily("aiops_model_age_seconds", "Age of the model that scored the series"),
+        )
+
+
+class IncidentCollector(Collector):
+    """``aiops_incident_*`` gauges of the open incidents (``detector.incidents``), replaced
+    whole at the end of each cycle: a closed incident simply disappears."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._lock = threading.Lock()
+        self._samples: list[list[Sample]] = [[], [], []]
+        if registry is not None:
+            registry.register(self)
+
+    def update(self, incidents: Iterable[Incident]) -> None:
+        info, members, opened = self._families()
+        for inc in incidents:
+            cause = inc.cause
+            if cause is None:
+                continue
+            info.add_sample(
+                "aiops_incident_info",
+                {
+                    "incident": inc.id,
+                    "probable_cause_namespace": cause.labels.get("namespace", ""),
+                    "probable_cause_app": cause.labels.get("app", ""),
+                    "probable_cause_metric": cause.query,
+                    "reason": cause.reason,
+                },
+                1.0,
+            )
+            members.add_sample("aiops_incident_members", {"incident": inc.id}, len(inc.members))
+            opened.add_sample(
+                "aiops_incident_opened_timestamp_seconds", {"incident": inc.id}, inc.opened_at
+            )
+        with self._lock:
+            self._samples = [list(f.samples) for f in (info, members, opened)]
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            samples = self._samples
+        families = self._families()
+        for family, part in zip(families, samples, strict=True):
+            family.samples.extend(part)
+        yield from families
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, ...]:
+        return (
+            GaugeMetricFamily(
+                "aiops_incident_info",
+                "1 for each open incident: anomalies of related series grouped, with the"
+                " probable cause's namespace, app, metric and reason",
+            ),
+            GaugeMetricFamily(
+                "aiops_incident_members", "Anomalous series grouped into the open incident"
+            ),
+            GaugeMetricFamily(
+                "aiops_incident_opened_timestamp_seconds",
+                "Onset of the open incident's first member (Unix seconds)",
+            ),
         )
 
 

@@ -3,8 +3,8 @@
 Every public variable of DESIGN 4.1 maps to one field (the field's alias is the
 variable name). ``AIOPS_CONFIG`` may point at a YAML file whose top-level keys hold
 the same settings (either the variable name or the field name) plus the
-``queries:`` catalogue; the environment wins over the file, and explicit
-overrides (command-line options) win over both.
+``queries:`` catalogue and the ``depends_on:`` map of the services; the environment
+wins over the file, and explicit overrides (command-line options) win over both.
 
 No other module reads ``os.environ``.
 """
@@ -254,6 +254,14 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("RUNBOOK_APPROVERS", "approvers")
     )
     queries: list[dict[str, Any]] | None = Field(None, validation_alias=AliasChoices("queries"))
+    #: the services' dependency map of the AIOPS_CONFIG file (``service: [services it
+    #: calls]``): anomalies of services that call each other become one incident
+    depends_on: Any = Field(None, validation_alias=AliasChoices("depends_on"))
+    incident_window_seconds: float = Field(
+        300.0,
+        gt=0,
+        validation_alias=AliasChoices("AIOPS_INCIDENT_WINDOW_SECONDS", "incident_window_seconds"),
+    )
 
     @field_validator("prom_url")
     @classmethod

@@ -1,0 +1,306 @@
+"""One incident per cause: anomalies of related series grouped, with a probable cause.
+
+When payments starts failing, checkout's success rate and latency, the error
+budget and the business KPIs go anomalous within a minute or two. This module
+turns such a storm into ONE incident and names its probable cause, in words.
+
+- A series' **service** is the values of its query's ``group_by`` labels (default
+  ``namespace`` and ``app``) joined with dots: ``shop.payments``.
+- Two anomalies are **related** when their services are the same, or when one
+  calls the other, directly or through others, in the catalogue's dependency map
+  (``depends_on:`` in the ``AIOPS_CONFIG`` file, ``shop.checkout: [shop.payments]``).
+  Services on two branches of the map (two services the frontend calls) are not
+  related to each other.
+- A new anomaly **joins** an open incident when a member it is related to is
+  anomalous at its onset, or was within ``AIOPS_INCIDENT_WINDOW_SECONDS`` (default
+  300) of it (an echo is often flagged minutes after the fault, once the longer
+  windows see it); otherwise it opens an incident of its own. Its id is stable: it
+  follows from the first member and its onset, so a replay or a restart that
+  restores the onsets gives the same ids.
+- An incident **ends** when its last member ends.
+- The **probable cause** is the member that (1) the most other members' services
+  depend on (the service everything else calls), then (2) started first, then (3)
+  is the strongest. The evidence says why, in words a person can check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiops.core.errors import ConfigError
+from aiops.core.series import label_key
+
+#: the labels that name a series' service unless its query says otherwise
+DEFAULT_GROUP_BY = ("namespace", "app")
+#: members an incident's evidence names at most
+EVIDENCE_MEMBERS = 5
+
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """The dependency map: service -> the services it calls (directly)."""
+
+    calls_directly: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: Any, source: str = "AIOPS_CONFIG: depends_on") -> Dependencies:
+        """``{service: [service, ...]}`` (a single service may be a string); anything
+        else is a ``ConfigError`` naming the entry."""
+        if raw is None:
+            return cls()
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{source}: must be a mapping of service: [services it calls]")
+        out: dict[str, frozenset[str]] = {}
+        for caller, callees in raw.items():
+            if not isinstance(caller, str) or not caller.strip():
+                raise ConfigError(f"{source}: {caller!r} is not a service name")
+            if isinstance(callees, str):
+                callees = [callees]
+            if not isinstance(callees, list) or not all(
+                isinstance(c, str) and c.strip() for c in callees
+            ):
+                raise ConfigError(f"{source}: {caller}: must be a list of service names")
+            if caller in callees:
+                raise ConfigError(f"{source}: {caller} cannot depend on itself")
+            out[caller.strip()] = frozenset(c.strip() for c in callees)
+        return cls(out)
+
+    def calls(self, caller: str | None, callee: str | None) -> bool:
+        """Whether ``caller`` calls ``callee``, directly or through other services."""
+        if caller is None or callee is None or caller == callee:
+            return False
+        seen: set[str] = set()
+        todo = [caller]
+        while todo:
+            for nxt in self.calls_directly.get(todo.pop(), ()):
+                if nxt == callee:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return False
+
+    def related(self, a: str | None, b: str | None) -> bool:
+        if a is None or b is None:
+            return False
+        return a == b or self.calls(a, b) or self.calls(b, a)
+
+    def __len__(self) -> int:
+        return len(self.calls_directly)
+
+
+def service_of(labels: Mapping[str, str], group_by: Iterable[str] = DEFAULT_GROUP_BY) -> str | None:
+    """``namespace.app`` (the ``group_by`` label values); None when one is missing."""
+    values = [labels.get(name) for name in group_by]
+    if not values or any(not v for v in values):
+        return None
+    return ".".join(str(v) for v in values)
+
+
+@dataclass
+class Member:
+    """One anomalous series of an incident."""
+
+    query: str
+    labels: dict[str, str]
+    onset: float
+    reasons: tuple[str, ...] = ()
+    score: float = 0.0
+    service: str | None = None
+    ended_at: float | None = None
+
+    @property
+    def key(self) -> SeriesKey:
+        return (self.query, label_key(self.labels))
+
+    @property
+    def reason(self) -> str:
+        return self.reasons[0] if self.reasons else "anomaly"
+
+    def name(self) -> str:
+        """``shop.payments success_rate`` (the labels when the service is unknown)."""
+        who = self.service or ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
+        return f"{who} {self.query}" if who else self.query
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.query,
+            "labels": dict(self.labels),
+            "service": self.service,
+            "onset": self.onset,
+            "reasons": list(self.reasons),
+            "score": self.score,
+            "ended_at": self.ended_at,
+        }
+
+
+@dataclass
+class Incident:
+    id: str
+    opened_at: float
+    members: dict[SeriesKey, Member] = field(default_factory=dict)
+    closed_at: float | None = None
+    cause: Member | None = None
+    evidence: list[str] = field(default_factory=list)
+
+    @property
+    def open(self) -> bool:
+        return self.closed_at is None
+
+    def active(self) -> list[Member]:
+        return [m for m in self.members.values() if m.ended_at is None]
+
+    def services(self) -> set[str]:
+        return {m.service for m in self.members.values() if m.service is not None}
+
+    def as_dict(self) -> dict[str, Any]:
+        """Members with the probable cause first."""
+        cause = self.cause
+        ordered = sorted(self.members.values(), key=lambda m: (m is not cause, m.onset))
+        return {
+            "id": self.id,
+            "opened_at": self.opened_at,
+            "closed_at": self.closed_at,
+            "probable_cause": cause.as_dict() if cause else None,
+            "evidence": list(self.evidence),
+            "members": [m.as_dict() for m in ordered],
+        }
+
+
+@dataclass
+class Changes:
+    """What one ``observe`` did: incidents opened, changed (a member joined or ended,
+    the cause moved) and closed."""
+
+    opened: list[Incident] = field(default_factory=list)
+    changed: list[Incident] = field(default_factory=list)
+    closed: list[Incident] = field(default_factory=list)
+
+
+def incident_id(first: Member) -> str:
+    """Stable: the first member's series and onset."""
+    seed = f"{first.key!r}|{first.onset:.3f}".encode()
+    return "inc-" + hashlib.sha256(seed).hexdigest()[:12]
+
+
+class IncidentTracker:
+    """Groups the anomalies of each cycle into incidents (see the module doc)."""
+
+    def __init__(self, dependencies: Dependencies | None = None, window: float = 300.0) -> None:
+        self.dependencies = dependencies or Dependencies()
+        self.window = window
+        self.incidents: dict[str, Incident] = {}  # the open ones
+        self._member_of: dict[SeriesKey, str] = {}
+
+    def observe(self, now: float, anomalous: Iterable[Member]) -> Changes:
+        """The series anomalous at ``now`` (each with its onset): the incidents updated."""
+        out = Changes()
+        current = {m.key: m for m in anomalous}
+        touched: set[str] = set()
+        for iid, inc in self.incidents.items():
+            for key, member in inc.members.items():
+                if member.ended_at is None and key not in current:
+                    member.ended_at = now
+                    touched.add(iid)
+        for member in sorted(current.values(), key=lambda m: (m.onset, m.key)):
+            iid = self._member_of.get(member.key)
+            if iid is not None and iid in self.incidents:
+                known = self.incidents[iid].members[member.key]
+                if member.onset != known.onset and known.ended_at is not None:
+                    iid = None  # ended and started again: a new anomaly
+                else:
+                    known.reasons, known.score, known.ended_at = (
+                        member.reasons,
+                        member.score,
+                        None,
+                    )
+                    continue
+            inc = self._home(member)
+            if inc is None:
+                inc = Incident(incident_id(member), member.onset)
+                self.incidents[inc.id] = inc
+                out.opened.append(inc)
+            inc.members[member.key] = member
+            self._member_of[member.key] = inc.id
+            touched.add(inc.id)
+        for iid in sorted(touched):
+            inc = self.incidents[iid]
+            if not inc.active():
+                inc.closed_at = now
+                del self.incidents[iid]
+                for key in inc.members:
+                    if self._member_of.get(key) == iid:
+                        del self._member_of[key]
+                out.closed.append(inc)
+                continue
+            self._explain(inc)
+            if all(inc is not o for o in out.opened):
+                out.changed.append(inc)
+        return out
+
+    def _home(self, member: Member) -> Incident | None:
+        """The open incident ``member`` joins: the oldest with a related member that is
+        anomalous at ``member``'s onset, or was within the window of it."""
+        best = None
+        for inc in self.incidents.values():
+            if any(
+                self._gap(member, m) <= self.window
+                and self.dependencies.related(member.service, m.service)
+                for m in inc.members.values()
+            ) and (best is None or inc.opened_at < best.opened_at):
+                best = inc
+        return best
+
+    @staticmethod
+    def _gap(new: Member, m: Member) -> float:
+        """Seconds between ``new``'s onset and ``m``'s anomaly (0 while it lasts)."""
+        end = m.ended_at if m.ended_at is not None else max(new.onset, m.onset)
+        return max(0.0, m.onset - new.onset, new.onset - end)
+
+    def _dependents(self, member: Member, members: list[Member]) -> set[str]:
+        """The other member services that call ``member``'s service."""
+        return {
+            s
+            for m in members
+            if (s := m.service) is not None
+            and s != member.service
+            and self.dependencies.calls(s, member.service)
+        }
+
+    def _explain(self, inc: Incident) -> None:
+        members = list(inc.members.values())
+        deps = {m.key: self._dependents(m, members) for m in members}
+        cause = min(members, key=lambda m: (-len(deps[m.key]), m.onset, -m.score, m.key))
+        inc.cause = cause
+        inc.evidence = self._evidence(cause, members, deps[cause.key])
+
+    def _evidence(self, cause: Member, members: list[Member], dependents: set[str]) -> list[str]:
+        lines = []
+        others = sorted((m for m in members if m is not cause), key=lambda m: m.onset)
+        first = f"{cause.name()} {cause.reason}"
+        if not others:
+            lines.append(f"{first} is the only anomaly")
+        else:
+            nxt = next((m for m in others if m.service != cause.service), others[0])
+            lead = nxt.onset - cause.onset
+            if lead > 0:
+                lines.append(f"{first} started {lead:.0f} s before {nxt.name()}'s")
+            elif lead == 0:
+                lines.append(f"{first} started with {nxt.name()}")
+            else:
+                lines.append(f"{first} started {-lead:.0f} s after {nxt.name()}'s")
+        if dependents:
+            names = sorted(dependents)
+            verb = "depends" if len(names) == 1 else "depend"
+            lines.append(f"{', '.join(names)} {verb} on {cause.service}")
+        if others:
+            shown = [f"{m.name()} {m.reason}" for m in others[:EVIDENCE_MEMBERS]]
+            more = len(others) - len(shown)
+            tail = f" and {more} more" if more > 0 else ""
+            lines.append(f"{len(members)} anomalies: {'; '.join(shown)}{tail}")
+        return lines

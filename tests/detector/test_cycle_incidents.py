@@ -1,0 +1,82 @@
+"""The live cycle groups the anomalies of related series into one incident and exports
+it with its probable cause (aiops_incident_info, aiops_incident_members)."""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from aiops.core.settings import load_settings
+from detector.catalogue import Query
+from detector.cycle import Detector
+from tests.detector.test_exporter import ScriptedSource, series
+
+SLO = ("namespace", "app")
+QUERIES = [
+    Query(name="success_rate", promql="x", direction="down", labels=SLO),
+    Query(name="latency_p99", promql="y", direction="up", labels=SLO),
+]
+DEPENDS = {"shop.frontend": ["shop.checkout"], "shop.checkout": ["shop.payments"]}
+
+
+def detector(monkeypatch, **settings):
+    for k in ("AIOPS_METRICS", "AIOPS_CONFIG"):
+        monkeypatch.delenv(k, raising=False)
+    source = ScriptedSource()
+    registry = CollectorRegistry()
+    s = load_settings(interval_seconds=60, depends_on=DEPENDS, **settings)
+    return Detector(s, queries=QUERIES, source=source, registry=registry), source, registry
+
+
+def apps(*names):
+    return [{"namespace": "shop", "app": a} for a in names]
+
+
+def test_a_payments_storm_is_one_incident_with_payments_as_its_probable_cause(monkeypatch):
+    det, source, reg = detector(monkeypatch)
+    now = 1_700_000_000.0
+    # payments fails; checkout (which calls it) gets slower; search is fine
+    source.rows["success_rate"] = (
+        apps("payments", "checkout", "search"),
+        np.stack([series(1, -0.1), series(2, -0.05), series(3)]),
+    )
+    source.rows["latency_p99"] = (
+        apps("checkout", "search"),
+        np.stack([series(4, 0.1), series(5)]),
+    )
+    report = det.run_cycle(now)
+    assert sum(r.anomalous for r in report.all_results()) == 3
+    (inc,) = report.incidents
+    assert len(inc.members) == 3
+    assert (inc.cause.service, inc.cause.query) == ("shop.payments", "success_rate")
+    assert "shop.checkout depends on shop.payments" in inc.evidence
+    info = {
+        "incident": inc.id,
+        "probable_cause_namespace": "shop",
+        "probable_cause_app": "payments",
+        "probable_cause_metric": "success_rate",
+        "reason": inc.cause.reason,
+    }
+    assert reg.get_sample_value("aiops_incident_info", info) == 1
+    assert reg.get_sample_value("aiops_incident_members", {"incident": inc.id}) == 3
+
+    # every member recovers: the incident closes and leaves /metrics
+    source.rows["success_rate"] = (
+        apps("payments", "checkout", "search"),
+        np.stack([series(1), series(2), series(3)]),
+    )
+    source.rows["latency_p99"] = (apps("checkout", "search"), np.stack([series(4), series(5)]))
+    assert det.run_cycle(now + 60).incidents == []
+    assert reg.get_sample_value("aiops_incident_members", {"incident": inc.id}) is None
+
+
+def test_without_the_map_each_app_is_its_own_incident(monkeypatch):
+    det, source, _ = detector(monkeypatch)
+    det.incidents.dependencies = type(det.incidents.dependencies)()
+    source.rows["success_rate"] = (
+        apps("payments", "checkout"),
+        np.stack([series(1, -0.1), series(2, -0.05)]),
+    )
+    source.rows["latency_p99"] = (apps("checkout"), series(4, 0.1)[None, :])
+    report = det.run_cycle(1_700_000_000.0)
+    assert sorted(len(i.members) for i in report.incidents) == [1, 2]
