@@ -53,6 +53,9 @@ class GuardConfig:
     cooldown_seconds: float = 900.0
     max_hourly: int = 3
     max_daily: int = 10
+    #: the blast-radius guard: actions across every app within ``fleet_window`` seconds
+    fleet_max: int = 3
+    fleet_window: float = 600.0
     action_timeout: float = 60.0
     verify_seconds: float = 300.0
     approval_ttl: float = 3600.0
@@ -68,6 +71,8 @@ class GuardConfig:
             cooldown_seconds=s.cooldown_seconds,
             max_hourly=s.circuit_max_hourly,
             max_daily=s.circuit_max_daily,
+            fleet_max=s.max_actions_per_window,
+            fleet_window=s.action_window_seconds,
             action_timeout=s.action_timeout_seconds,
             verify_seconds=s.verify_seconds,
             approval_ttl=s.approval_ttl_seconds,

@@ -83,9 +83,11 @@ class Remediator:
     def guards(
         self, conn: Any, app: str, target: str, action: str, now: float, *, reserve: bool
     ) -> tuple[str, str] | None:
-        """Cooldown and circuit breaker: None (and, with ``reserve``, the action is counted
-        atomically), or (audit kind, why). An unreachable state store refuses (fail closed)."""
-        limits = Limits(self.config.cooldown_seconds, self.config.max_hourly, self.config.max_daily)
+        """Cooldown, circuit breaker and blast radius: None (and, with ``reserve``, the
+        action is counted atomically), or (audit kind, why). An unreachable state store
+        refuses (fail closed)."""
+        c = self.config
+        limits = Limits(c.cooldown_seconds, c.max_hourly, c.max_daily, c.fleet_max, c.fleet_window)
         try:
             if reserve:
                 return self.guard_store.reserve(conn, app, target, action, now, limits)

@@ -1,13 +1,20 @@
-"""Where cooldowns and the circuit breaker keep their state: SQL (default) or Redis.
+"""Where cooldowns, the circuit breaker and the blast radius keep their state: SQL
+(default) or Redis.
 
 ``check`` says whether an action may go ahead; ``reserve`` checks AND counts the
 action in one atomic step, so two replicas racing for one app can never exceed
 the breaker's limits:
 
-- SQL: under the app's row lock in the decision's transaction (``runbooks.state``);
+- SQL: under the app's row lock, then the fleet's, in the decision's transaction
+  (``runbooks.state``);
 - Redis (``RUNBOOK_REDIS_URL``): one Lua script per call — a sorted set of action
-  times per app for the hourly/daily counts and a key with a TTL per target and
-  action for the cooldown. Redis runs a script atomically.
+  times per app for the hourly/daily counts, one for the whole fleet for the blast
+  radius, and a key with a TTL per target and action for the cooldown. Redis runs
+  a script atomically.
+
+The blast radius (``RUNBOOK_MAX_ACTIONS_PER_WINDOW`` actions across every app
+within ``RUNBOOK_ACTION_WINDOW_SECONDS``, after the per-app breaker) keeps a storm
+of anomalies across many apps from becoming a storm of restarts.
 
 A store that cannot be reached raises ``GuardUnavailable``: the caller refuses the
 action and audits why (fail closed).
@@ -31,6 +38,9 @@ class Limits:
     cooldown: float
     hourly: int
     daily: int
+    #: the blast radius: actions across every app within ``fleet_window`` seconds
+    fleet: int = 3
+    fleet_window: float = 600.0
 
 
 class SqlGuards:
@@ -48,6 +58,8 @@ class SqlGuards:
             cooldown=limits.cooldown,
             hourly=limits.hourly,
             daily=limits.daily,
+            fleet=limits.fleet,
+            fleet_window=limits.fleet_window,
         )
 
     def reserve(
@@ -62,10 +74,13 @@ class SqlGuards:
 
 
 _SCRIPT = """
--- KEYS[1] circuit zset of the app, KEYS[2] cooldown key of target+action
--- ARGV: now, cooldown_ms, hourly, daily, reserve (1/0), member
+-- KEYS[1] circuit zset of the app, KEYS[2] cooldown key of target+action,
+-- KEYS[3] the fleet's zset (every app's actions)
+-- ARGV: now, cooldown_ms, hourly, daily, reserve (1/0), member, fleet, fleet_window
 local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[8])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
 local ttl = redis.call('PTTL', KEYS[2])
 if ttl > 0 then
   return {'skipped_cooldown', tostring(ttl)}
@@ -78,9 +93,15 @@ local day = redis.call('ZCARD', KEYS[1])
 if day >= tonumber(ARGV[4]) then
   return {'skipped_circuit', 'day', tostring(day)}
 end
+local fleet = redis.call('ZCARD', KEYS[3])
+if fleet >= tonumber(ARGV[7]) then
+  return {'skipped_blast_radius', tostring(fleet)}
+end
 if ARGV[5] == '1' then
   redis.call('ZADD', KEYS[1], now, ARGV[6])
   redis.call('EXPIRE', KEYS[1], 90000)
+  redis.call('ZADD', KEYS[3], now, ARGV[6])
+  redis.call('EXPIRE', KEYS[3], math.ceil(window) + 60)
   if tonumber(ARGV[2]) > 0 then
     redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[2])
   end
@@ -106,7 +127,11 @@ class RedisGuards:
     ) -> tuple[str, str] | None:
         import redis
 
-        keys = [f"{self.prefix}circuit:{app}", f"{self.prefix}cooldown:{target}:{action}"]
+        keys = [
+            f"{self.prefix}circuit:{app}",
+            f"{self.prefix}cooldown:{target}:{action}",
+            f"{self.prefix}fleet",
+        ]
         args = [
             now,
             int(limits.cooldown * 1000),
@@ -114,6 +139,8 @@ class RedisGuards:
             limits.daily,
             "1" if reserve else "0",
             f"{now:.6f}:{uuid.uuid4().hex[:8]}",
+            limits.fleet,
+            limits.fleet_window,
         ]
         try:
             out = [
@@ -127,6 +154,9 @@ class RedisGuards:
         if out[0] == "skipped_cooldown":
             left = int(out[1]) / 1000
             return "skipped_cooldown", f"{action} on {target} is cooling down; {left:.0f}s left"
+        if out[0] == "skipped_blast_radius":
+            why = state.blast_radius_why(int(out[1]), limits.fleet, limits.fleet_window)
+            return "skipped_blast_radius", why
         window, count = out[1], out[2]
         limit = limits.hourly if window == "hour" else limits.daily
         return "skipped_circuit", f"{count} actions for {app} in the last {window} (limit {limit})"

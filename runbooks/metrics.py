@@ -95,9 +95,10 @@ class StateCollector(Collector):
                         )
                     )
                 ).all()
-                from runbooks.state import circuit_counts
+                from runbooks.state import circuit_counts, fleet_count
 
                 counts = circuit_counts(conn, now)
+                fleet = fleet_count(conn, now, self.settings.action_window_seconds)
                 halts = killswitch.halts(conn)
         except SQLAlchemyError:
             up.add_metric([], 0.0)
@@ -128,6 +129,9 @@ class StateCollector(Collector):
         for app, n in sorted(counts.items()):
             circuit.add_metric([app], 1.0 if n >= self.settings.circuit_max_hourly else 0.0)
         yield circuit
+        yield _family("runbooks_blast_radius_actions", float(fleet))
+        spent = fleet >= self.settings.max_actions_per_window
+        yield _family("runbooks_blast_radius_open", 1.0 if spent else 0.0)
 
 
 #: Every gauge ``StateCollector`` yields, in order: name -> (help, labels).
@@ -151,6 +155,14 @@ STATE_FAMILIES: dict[str, tuple[str, list[str] | None]] = {
         ["target", "action"],
     ),
     "runbooks_circuit_open": ("1 while the app's hourly action budget is spent", ["app"]),
+    "runbooks_blast_radius_actions": (
+        "Actions across every app within RUNBOOK_ACTION_WINDOW_SECONDS",
+        None,
+    ),
+    "runbooks_blast_radius_open": (
+        "1 while the fleet's action budget (RUNBOOK_MAX_ACTIONS_PER_WINDOW) is spent",
+        None,
+    ),
 }
 
 

@@ -107,6 +107,10 @@ def count_action(conn: Any, iid: str) -> None:
     conn.execute(update(t).where(t.c.id == iid).values(actions=t.c.actions + 1))
 
 
+#: the lock row of the whole fleet (the blast radius); no app is named ``*``
+FLEET = "*"
+
+
 def _lock_app(conn: Any, app: str) -> None:
     g = tables.guard_locks
     if conn.engine.dialect.name == "postgresql":
@@ -130,6 +134,8 @@ def check_guards(
     cooldown: float,
     hourly: int,
     daily: int,
+    fleet: int = 3,
+    fleet_window: float = 600.0,
 ) -> tuple[str, str] | None:
     """None if the action may go ahead, else (audit kind, why)."""
     _lock_app(conn, app)
@@ -155,7 +161,18 @@ def check_guards(
     ).scalar()
     if in_day >= daily:
         return "skipped_circuit", f"{in_day} actions for {app} in the last day (limit {daily})"
+    _lock_app(conn, FLEET)  # always after the app's lock: no two decisions wait on each other
+    in_window = fleet_count(conn, now, fleet_window)
+    if in_window >= fleet:
+        return "skipped_blast_radius", blast_radius_why(in_window, fleet, fleet_window)
     return None
+
+
+def blast_radius_why(count: int, fleet: int, window: float) -> str:
+    return (
+        f"{count} actions across all apps in the last {window:.0f}s"
+        f" (RUNBOOK_MAX_ACTIONS_PER_WINDOW={fleet}): a storm must not become a restart storm"
+    )
 
 
 def reserve(
@@ -177,6 +194,12 @@ def circuit_counts(conn: Any, now: float) -> dict[str, int]:
     a = tables.actions
     rows = conn.execute(select(a.c.app, func.count()).where(a.c.ts > now - 3600).group_by(a.c.app))
     return {app: n for app, n in rows}
+
+
+def fleet_count(conn: Any, now: float, window: float) -> int:
+    """Actions (and dry-run reservations) across every app within ``window`` seconds."""
+    a = tables.actions
+    return int(conn.execute(select(func.count()).where(a.c.ts > now - window)).scalar() or 0)
 
 
 def cooldowns(conn: Any, now: float, cooldown: float) -> dict[tuple[str, str], float]:

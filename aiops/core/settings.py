@@ -181,6 +181,17 @@ class Settings(BaseSettings):
     cooldown_seconds: float = Field(
         900.0, ge=0, validation_alias=AliasChoices("RUNBOOK_COOLDOWN_SECONDS", "cooldown_seconds")
     )
+    #: the fleet-wide blast-radius guard: actions across every app per window
+    max_actions_per_window: int = Field(
+        3,
+        ge=0,
+        validation_alias=AliasChoices("RUNBOOK_MAX_ACTIONS_PER_WINDOW", "max_actions_per_window"),
+    )
+    action_window_seconds: float = Field(
+        600.0,
+        gt=0,
+        validation_alias=AliasChoices("RUNBOOK_ACTION_WINDOW_SECONDS", "action_window_seconds"),
+    )
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("RUNBOOK_REDIS_URL", "redis_url")
     )

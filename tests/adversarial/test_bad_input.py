@@ -150,6 +150,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(make_hook, tmp_path):
         cooldown_seconds=0,
         circuit_max_hourly=100000,
         circuit_max_daily=100000,
+        max_actions_per_window=100000,
         slack_signing_secret=SLACK_SECRET,
         risk="high",
     )

@@ -261,6 +261,7 @@ def test_the_circuit_breaker_on_one_database_holds_for_two_processes_and_a_resta
         RUNBOOK_AUTOFIX_DRY_RUN="false",
         RUNBOOK_COOLDOWN_SECONDS="0",
         RUNBOOK_CIRCUIT_MAX_HOURLY="3",
+        RUNBOOK_MAX_ACTIONS_PER_WINDOW="1000",  # the per-app breaker is under test
     )
     hooks = [WebhookProcess(tmp_path / f"w{i}", **env).start() for i in range(2)]
     try:
@@ -292,6 +293,43 @@ def test_the_circuit_breaker_on_one_database_holds_for_two_processes_and_a_resta
         own_postgres.restart(down=down)
         assert refused == [503, 503]
         assert trace.read_text().splitlines() == ["checkout"] * 3
+    finally:
+        for h in hooks:
+            h.stop()
+
+
+@pytest.mark.timeout(240)
+def test_the_blast_radius_on_one_database_holds_for_two_processes_across_apps(
+    own_postgres, tmp_path
+):
+    """30 concurrent incidents of 30 different apps through two replicas on PostgreSQL:
+    each app is within its own breaker, the fleet's budget (3 per window) still holds
+    exactly: the app locks never let two decisions count the fleet at once."""
+    url = own_postgres.create_database("blast_two")
+    trace = tmp_path / "trace"
+    env = dict(
+        AIOPS_DATABASE_URL=url,
+        RUNBOOK_POLICY_FILE=str(command_policy(tmp_path / "p.yaml", trace)),
+        RUNBOOK_AUTOFIX_ENABLED="true",
+        RUNBOOK_AUTOFIX_DRY_RUN="false",
+        RUNBOOK_COOLDOWN_SECONDS="0",
+        RUNBOOK_MAX_ACTIONS_PER_WINDOW="3",
+        RUNBOOK_ACTION_WINDOW_SECONDS="600",
+    )
+    hooks = [WebhookProcess(tmp_path / f"w{i}", **env).start() for i in range(2)]
+    try:
+        with httpx.Client(timeout=60) as client:
+
+            def post(i: int) -> str:
+                e = anomaly(f"fleet-{i}", app=f"app{i}")
+                r = post_signed(client, hooks[i % 2].url, e)
+                assert r.status_code == 200, r.text
+                return r.json()["decision"]
+
+            with ThreadPoolExecutor(30) as pool:
+                decisions = Counter(pool.map(post, range(30)))
+        assert decisions == {"executed": 3, "skipped_blast_radius": 27}, decisions
+        assert len(trace.read_text().splitlines()) == 3
     finally:
         for h in hooks:
             h.stop()

@@ -70,6 +70,7 @@ def test_a_runtime_halt_in_a_burst_stops_every_action_not_yet_started(
         cooldown_seconds=0,
         circuit_max_hourly=1000,
         circuit_max_daily=1000,
+        max_actions_per_window=1000,
     )
     burst = Burst("halt")
 

@@ -139,6 +139,7 @@ def test_the_kill_switch_flipped_in_a_burst_stops_every_action_not_yet_started(
         cooldown_seconds=0,
         circuit_max_hourly=1000,
         circuit_max_daily=1000,
+        max_actions_per_window=1000,
     )
     burst = Burst("kill")
 

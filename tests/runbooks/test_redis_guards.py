@@ -33,7 +33,7 @@ def redis_server(tmp_path):
 
 def test_reserve_counts_atomically_and_check_does_not(redis_server):
     guards = RedisGuards(redis_server.url)
-    limits = Limits(cooldown=0, hourly=2, daily=5)
+    limits = Limits(cooldown=0, hourly=2, daily=5, fleet=100)
     now = time.time()
     assert guards.check(None, "app", "ns/app", "x", now, limits) is None
     assert guards.check(None, "app", "ns/app", "x", now, limits) is None  # check counts nothing
@@ -43,7 +43,7 @@ def test_reserve_counts_atomically_and_check_does_not(redis_server):
     assert kind == "skipped_circuit" and "limit 2" in why
     # an hour later the hourly budget is back, the daily one still counts
     assert guards.reserve(None, "app", "ns/app", "x", now + 3700, limits) is None
-    cooling = Limits(cooldown=600, hourly=10, daily=10)
+    cooling = Limits(cooldown=600, hourly=10, daily=10, fleet=100)
     assert guards.reserve(None, "other", "ns/other", "x", now, cooling) is None
     kind, why = guards.reserve(None, "other", "ns/other", "x", now, cooling)
     assert kind == "skipped_cooldown" and "cooling down" in why
@@ -90,6 +90,7 @@ def _webhook(
         RUNBOOK_AUTOFIX_DRY_RUN="false",
         RUNBOOK_COOLDOWN_SECONDS="0",
         RUNBOOK_CIRCUIT_MAX_HOURLY="3",
+        RUNBOOK_MAX_ACTIONS_PER_WINDOW="1000",  # the per-app breaker is under test
         RUNBOOK_RATE_LIMIT="10000",
         AIOPS_LOG_LEVEL="WARNING",
     )
@@ -146,3 +147,15 @@ def test_two_webhook_processes_racing_50_deliveries_execute_exactly_the_limit(
         for proc, _ in hooks:
             proc.terminate()
             proc.wait(20)
+
+
+def test_the_blast_radius_counts_every_app_and_forgets_after_its_window(redis_server):
+    guards = RedisGuards(redis_server.url)
+    limits = Limits(cooldown=0, hourly=10, daily=10, fleet=2, fleet_window=600)
+    now = time.time()
+    assert guards.reserve(None, "a", "ns/a", "x", now, limits) is None
+    assert guards.reserve(None, "b", "ns/b", "x", now + 1, limits) is None
+    kind, why = guards.reserve(None, "c", "ns/c", "x", now + 2, limits)
+    assert kind == "skipped_blast_radius" and "2 actions across all apps" in why
+    assert guards.check(None, "d", "ns/d", "x", now + 3, limits)[0] == "skipped_blast_radius"
+    assert guards.reserve(None, "c", "ns/c", "x", now + 602, limits) is None  # window passed

@@ -307,3 +307,18 @@ def test_the_incident_of_a_series_closes_with_its_last_firing_alert(make_hook):
     assert resolved["details"]["self_healed"] is True
     assert resolved["details"]["time_to_resolve_seconds"] >= 0
     assert hook.metric("runbooks_incidents_open") == 0.0
+
+
+def test_the_blast_radius_caps_actions_across_all_apps(make_hook):
+    hook = make_hook(cooldown_seconds=0, max_actions_per_window=2, action_window_seconds=600)
+    decisions = [
+        hook.post_event(anomaly(f"ev-{i}", app=f"app{i}", metric="payments_errors")).json()
+        for i in range(3)
+    ]  # three apps, each within its own breaker: the fleet's budget is two
+    assert [d["decision"] for d in decisions] == ["executed", "executed", "skipped_blast_radius"]
+    assert hook.runs() == ["app0", "app1"]
+    (row,) = hook.audit(kind="skipped_blast_radius")
+    assert row["app"] == "app2" and "2 actions across all apps" in row["details"]["why"]
+    assert hook.metric("runbooks_blast_radius_actions") == 2.0
+    assert hook.metric("runbooks_blast_radius_open") == 1.0
+    assert hook.metric("runbooks_events_total", kind="skipped_blast_radius") == 1.0
