@@ -27,7 +27,7 @@ from sqlalchemy import insert
 
 from aiops.core.db import make_engine
 from aiops.core.settings import load_settings
-from detector.exporter import AnomalyCollector, DetectorMetrics
+from detector.exporter import AnomalyCollector, DetectorMetrics, IncidentCollector
 from feature_store import tables
 from runbooks.guards import make_guards
 from runbooks.metrics import RunbookMetrics, StateCollector
@@ -235,6 +235,7 @@ def exported_series_names(tmp_path: Path) -> set[str]:
     """Every series name the detector's and the webhook's /metrics can show."""
     registry = CollectorRegistry()
     AnomalyCollector(registry)
+    IncidentCollector(registry)
     DetectorMetrics(registry)
     url = f"sqlite:///{tmp_path}/names.db"
     settings = load_settings(database_url=url)

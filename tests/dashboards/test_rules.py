@@ -15,8 +15,10 @@ ALERTS = {
     "AIOpsAnomalyDetected",
     "AIOpsDetectorDown",
     "AIOpsDetectorStale",
+    "AIOpsIncident",
     "AIOpsSpikeDetected",
     "RunbooksActionFailures",
+    "RunbooksBlastRadiusReached",
     "RunbooksCircuitOpen",
 }
 
