@@ -21,10 +21,12 @@ from aiops.core.errors import QueryError
 from aiops.core.redact import redact
 from aiops.core.settings import Settings
 from detector.catalogue import Query, resolve_catalogue
+from detector.changes import ChangeWatcher, parse_change_queries
 from detector.explain import PASSIVE_REASONS
 from detector.exporter import AnomalyCollector, DetectorMetrics, IncidentCollector
 from detector.incidents import (
     DEFAULT_GROUP_BY,
+    Change,
     Dependencies,
     Incident,
     IncidentTracker,
@@ -116,6 +118,9 @@ class Detector:
             Dependencies.parse(settings.depends_on), settings.incident_window_seconds
         )
         self.incident_collector = IncidentCollector(self.registry)
+        change_queries = parse_change_queries(settings.change_queries)
+        self.changes = ChangeWatcher(change_queries, self.source, store) if change_queries else None
+        self._polled: list[Change] = []  # changes the watcher found (used without a store)
         self._group_by = {q.name: q.group_by or DEFAULT_GROUP_BY for q in self.queries}
         self.metrics = DetectorMetrics(self.registry)
         self.store = store
@@ -304,6 +309,29 @@ class Detector:
         return report
 
     # -- incidents ------------------------------------------------------------------------
+    def _recent_changes(self, now: float) -> list[Change]:
+        """Deploys and configuration changes recent enough to explain an incident: the
+        catalogue's change queries over Prometheus (``detector.changes``), and what the
+        feature store holds (``POST /changes`` on the webhook; none while it is down)."""
+        since = now - self.incidents.change_window - self.incidents.window
+        if self.changes is not None:
+            step = min(q.step_seconds(self.settings) for q in self.queries)
+            self._polled = [c for c in self._polled if c.at >= since]
+            self._polled += self.changes.poll(now, step)
+        out = {(c.service, c.at): c for c in self._polled}
+        if self.store is not None and hasattr(self.store, "changes"):
+            try:
+                rows = self.store.changes(since=since)
+            except Exception as exc:  # the database may be down: grouping goes on
+                log.warning("cannot read change events: %s", short_error(exc))
+                rows = []
+            for r in rows:
+                out.setdefault(
+                    (r["service"], r["at"]),
+                    Change(r["service"], r["at"], r["kind"], r["description"]),
+                )
+        return list(out.values())
+
     def _group_incidents(self, now: float, report: CycleReport) -> None:
         """Every series anomalous now into the incidents (``detector.incidents``)."""
         members = []
@@ -322,7 +350,7 @@ class Detector:
                     service_of(last.labels, group_by),
                 )
             )
-        changes = self.incidents.observe(now, members)
+        changes = self.incidents.observe(now, members, self._recent_changes(now))
         for inc in changes.opened:
             log.warning(
                 "incident opened id=%s probable_cause=%s evidence=%s",

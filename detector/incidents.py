@@ -18,9 +18,11 @@ turns such a storm into ONE incident and names its probable cause, in words.
   follows from the first member and its onset, so a replay or a restart that
   restores the onsets gives the same ids.
 - An incident **ends** when its last member ends.
-- The **probable cause** is the member that (1) the most other members' services
-  depend on (the service everything else calls), then (2) started first, then (3)
-  is the strongest. The evidence says why, in words a person can check.
+- The **probable cause** is the member whose service (1) was changed (deployed,
+  reconfigured) at most ``change_window`` (15 minutes) before its onset, then (2)
+  the most other members' services depend on (the service everything else calls),
+  then (3) started first, then (4) is the strongest. The evidence says why, in
+  words a person can check.
 """
 
 from __future__ import annotations
@@ -139,6 +141,22 @@ class Member:
         }
 
 
+@dataclass(frozen=True)
+class Change:
+    """A deploy or configuration change of a service (``POST /changes`` on the webhook,
+    or a catalogue query over Prometheus)."""
+
+    service: str
+    at: float
+    kind: str = "deploy"  # deploy | config
+    description: str = ""
+
+    def words(self) -> str:
+        verb = "deployed" if self.kind == "deploy" else "reconfigured"
+        what = f" ({self.description})" if self.description else ""
+        return f"{self.service} was {verb}{what}"
+
+
 @dataclass
 class Incident:
     id: str
@@ -147,6 +165,8 @@ class Incident:
     closed_at: float | None = None
     cause: Member | None = None
     evidence: list[str] = field(default_factory=list)
+    #: changes of its members' services shortly before their onsets
+    changes: list[Change] = field(default_factory=list)
 
     @property
     def open(self) -> bool:
@@ -168,6 +188,10 @@ class Incident:
             "closed_at": self.closed_at,
             "probable_cause": cause.as_dict() if cause else None,
             "evidence": list(self.evidence),
+            "changes": [
+                {"service": c.service, "at": c.at, "kind": c.kind, "description": c.description}
+                for c in self.changes
+            ],
             "members": [m.as_dict() for m in ordered],
         }
 
@@ -191,15 +215,27 @@ def incident_id(first: Member) -> str:
 class IncidentTracker:
     """Groups the anomalies of each cycle into incidents (see the module doc)."""
 
-    def __init__(self, dependencies: Dependencies | None = None, window: float = 300.0) -> None:
+    def __init__(
+        self,
+        dependencies: Dependencies | None = None,
+        window: float = 300.0,
+        change_window: float = 900.0,
+    ) -> None:
         self.dependencies = dependencies or Dependencies()
         self.window = window
+        #: a change counts as evidence when it precedes a member's onset by at most this
+        self.change_window = change_window
         self.incidents: dict[str, Incident] = {}  # the open ones
+        self._recent: list[Change] = []  # the changes of the latest observe
         self._member_of: dict[SeriesKey, str] = {}
 
-    def observe(self, now: float, anomalous: Iterable[Member]) -> Changes:
-        """The series anomalous at ``now`` (each with its onset): the incidents updated."""
+    def observe(
+        self, now: float, anomalous: Iterable[Member], changes: Iterable[Change] = ()
+    ) -> Changes:
+        """The series anomalous at ``now`` (each with its onset) and the recent changes
+        of services (deploys): the incidents updated."""
         out = Changes()
+        self._recent = [c for c in changes if now - c.at <= self.change_window + self.window]
         current = {m.key: m for m in anomalous}
         touched: set[str] = set()
         for iid, inc in self.incidents.items():
@@ -272,12 +308,35 @@ class IncidentTracker:
             and self.dependencies.calls(s, member.service)
         }
 
+    def _preceding(self, member: Member, inc: Incident) -> Change | None:
+        """The latest change of ``member``'s service at most ``change_window`` before its
+        onset (a deploy a little after the onset is no cause); the incident keeps the
+        changes it found, however long it lasts."""
+        before = [
+            c
+            for c in [*self._recent, *inc.changes]
+            if c.service == member.service and 0 <= member.onset - c.at <= self.change_window
+        ]
+        return max(before, key=lambda c: c.at, default=None)
+
     def _explain(self, inc: Incident) -> None:
         members = list(inc.members.values())
         deps = {m.key: self._dependents(m, members) for m in members}
-        cause = min(members, key=lambda m: (-len(deps[m.key]), m.onset, -m.score, m.key))
+        changed = {m.key: self._preceding(m, inc) for m in members}
+        for c in changed.values():
+            if c is not None and c not in inc.changes:
+                inc.changes.append(c)
+        cause = min(
+            members,
+            key=lambda m: (changed[m.key] is None, -len(deps[m.key]), m.onset, -m.score, m.key),
+        )
         inc.cause = cause
         inc.evidence = self._evidence(cause, members, deps[cause.key])
+        change = changed[cause.key]
+        if change is not None:
+            inc.evidence.insert(
+                1, f"{change.words()} {cause.onset - change.at:.0f} s before its onset"
+            )
 
     def _evidence(self, cause: Member, members: list[Member], dependents: set[str]) -> list[str]:
         lines = []

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, Table, and_, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from aiops.core.db import retrying
 from aiops.core.series import series_key
@@ -276,5 +277,48 @@ class FeatureStore:
             q = q.where(t.c.metric == metric)
         if since is not None:
             q = q.where(t.c.ts >= since)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    # -- change events (deploys, configuration changes) -----------------------------------
+    def record_change(
+        self,
+        change_id: str,
+        *,
+        at: float,
+        service: str,
+        kind: str,
+        description: str,
+        source: str,
+        received_at: float,
+    ) -> bool:
+        """Store a change once (a replayed id changes nothing); True if it was new."""
+        row = {
+            "id": change_id,
+            "at": float(at),
+            "service": service,
+            "kind": kind,
+            "description": description,
+            "source": source,
+            "received_at": float(received_at),
+        }
+
+        def work() -> bool:
+            t = tables.changes
+            try:
+                with self.engine.begin() as conn:
+                    if conn.execute(select(t.c.id).where(t.c.id == change_id)).first():
+                        return False
+                    conn.execute(t.insert().values(**row))
+            except IntegrityError:  # the same id, recorded meanwhile by a replica
+                return False
+            return True
+
+        return retrying(work, what="feature store")
+
+    def changes(self, *, since: float, limit: int = 1000) -> list[dict[str, Any]]:
+        """Changes at or after ``since``, newest first."""
+        t = tables.changes
+        q = select(t).where(t.c.at >= since).order_by(t.c.at.desc()).limit(limit)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]

@@ -181,3 +181,15 @@ webhook_outbox = Table(
     Column("queued_at", Float, nullable=False),
     Column("body", Text, nullable=False),
 )
+
+changes = Table(
+    "aiops_changes",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("service", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("received_at", Float, nullable=False),
+)

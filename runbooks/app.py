@@ -4,6 +4,7 @@ The routes live in their own modules, one router each:
 
 - ``runbooks.inputs``: ``POST /anomalies``, ``POST /alertmanager`` (what can
   trigger an action);
+- ``runbooks.changes``: ``POST /changes`` (deploys and configuration changes);
 - ``runbooks.admin``: ``GET /approve``, ``GET /reject``, ``GET /ack``, ``GET`` and
   ``POST /killswitch``;
 - ``runbooks.reads``: ``GET /audit``, ``GET /events``;
@@ -38,7 +39,7 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aiops.core.settings import Settings
-from runbooks import admin, console, health, inputs, reads, slack
+from runbooks import admin, changes, console, health, inputs, reads, slack
 from runbooks.access import ReadAccess, Refusals
 from runbooks.decision import GuardConfig
 from runbooks.engine import Remediator
@@ -54,7 +55,15 @@ log = logging.getLogger("aiops.webhook")
 #: seconds between the background checks (verifications due, refusals to aggregate)
 TICK_SECONDS = 1.0
 
-ROUTERS = (inputs.router, admin.router, reads.router, console.router, slack.router, health.router)
+ROUTERS = (
+    inputs.router,
+    changes.router,
+    admin.router,
+    reads.router,
+    console.router,
+    slack.router,
+    health.router,
+)
 
 
 def create_app(

@@ -1,8 +1,8 @@
 """Who may call what: the webhook's authentication, as FastAPI dependencies.
 
-- ``signed_event`` (``POST /anomalies``): the detector's HMAC signature over the
-  raw body and a fresh timestamp, keyed with ``RUNBOOK_WEBHOOK_SECRET``; without
-  the secret every event is refused;
+- ``signed(route)`` (``POST /anomalies``, ``POST /changes``): the detector's HMAC
+  signature over the raw body and a fresh timestamp, keyed with
+  ``RUNBOOK_WEBHOOK_SECRET``; without the secret every event is refused;
 - ``slack_signed`` (``POST /slack/interactive``): Slack's signature, keyed with
   ``SLACK_SIGNING_SECRET``;
 - ``alertmanager`` (``POST /alertmanager``): ``Authorization: Bearer
@@ -55,21 +55,30 @@ async def _refuse(request: Request, route: str, why: str) -> HTTPException:
     return HTTPException(401, why)
 
 
-async def signed_event(request: Request) -> None:
-    """The detector's signature over the raw body (``aiops.core.signing``)."""
-    secret = _secret(request.app.state.settings.webhook_secret)
-    if not secret:
-        problem = "RUNBOOK_WEBHOOK_SECRET is not set: signed events cannot be verified"
-    else:
-        problem = verify_event(
-            secret,
-            request.headers.get(TIMESTAMP_HEADER),
-            request.headers.get(SIGNATURE_HEADER),
-            await request.body(),
-            time.time(),
-        )
-    if problem:
-        raise await _refuse(request, "/anomalies", problem)
+def signed(route: str) -> Dependency:
+    """The detector's signature over the raw body (``aiops.core.signing``), keyed with
+    ``RUNBOOK_WEBHOOK_SECRET``: detector events and announced changes."""
+
+    async def dependency(request: Request) -> None:
+        secret = _secret(request.app.state.settings.webhook_secret)
+        if not secret:
+            problem = "RUNBOOK_WEBHOOK_SECRET is not set: signed events cannot be verified"
+        else:
+            problem = verify_event(
+                secret,
+                request.headers.get(TIMESTAMP_HEADER),
+                request.headers.get(SIGNATURE_HEADER),
+                await request.body(),
+                time.time(),
+            )
+        if problem:
+            raise await _refuse(request, route, problem)
+
+    return dependency
+
+
+#: ``POST /anomalies``: the detector's events
+signed_event = signed("/anomalies")
 
 
 async def slack_signed(request: Request) -> None:

@@ -89,6 +89,61 @@ class AnomalyEvent(_Incoming):
     status: Literal["firing", "resolved"]
 
 
+#: a service name: ``namespace.app`` (the detector's group_by values joined with dots)
+SERVICE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}$"
+_PART_FIRST = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,125}$"  # the namespace of labels
+_PART = r"^[A-Za-z0-9_.:-]{1,126}$"  # the app of labels
+
+
+class ChangeEvent(_Incoming):
+    """A deploy or configuration change CI/CD announces (``POST /changes``): the
+    detector names it as evidence, and as the probable cause, of an incident that
+    begins shortly after it in that service."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        # the OpenAPI says what the validator below wants: a service, or the labels
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["service"], "properties": {"service": {"type": "string"}}},
+                {
+                    "required": ["labels"],
+                    "properties": {
+                        "labels": {
+                            "required": ["namespace", "app"],
+                            "properties": {
+                                "namespace": {"type": "string", "pattern": _PART_FIRST},
+                                "app": {"type": "string", "pattern": _PART},
+                            },
+                        }
+                    },
+                },
+            ]
+        },
+    )
+
+    id: str = Field(min_length=1, max_length=200)
+    service: str | None = Field(None, pattern=SERVICE_PATTERN)
+    labels: dict[str, str] = Field(default_factory=dict)
+    kind: Literal["deploy", "config"] = "deploy"
+    description: str = Field("", max_length=500)
+    at: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _a_service(self) -> ChangeEvent:
+        if self.service is None:
+            ns, app = self.labels.get("namespace"), self.labels.get("app")
+            if not ns or not app:
+                raise ValueError("name the service: service, or labels.namespace and labels.app")
+            import re
+
+            service = f"{ns}.{app}"
+            if not re.match(SERVICE_PATTERN, service):
+                raise ValueError(f"labels do not make a service name: {service!r}")
+            self.service = service
+        return self
+
+
 class Alert(_Incoming):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 

@@ -18,7 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 
 from aiops.core.signing import SIGNATURE_HEADER, SLACK_SIGNATURE_HEADER, TIMESTAMP_HEADER
-from runbooks.events import AlertmanagerPayload, AnomalyEvent
+from runbooks.events import AlertmanagerPayload, AnomalyEvent, ChangeEvent
 
 
 class ErrorOut(BaseModel):
@@ -104,6 +104,12 @@ class KillSwitchIn(BaseModel):
     reason: str = Field(
         min_length=1, max_length=1000, description="why, for the audit log and on-call"
     )
+
+
+class ChangeOut(BaseModel):
+    change: str = Field(description="the change's id")
+    service: str
+    recorded: bool = Field(description="false: this id was recorded before (a replay)")
 
 
 class AckOut(BaseModel):
@@ -236,6 +242,9 @@ def install_openapi(app: FastAPI, *, alertmanager_token: bool, read_open: bool =
         anomalies = paths["/anomalies"]["post"]
         anomalies["requestBody"] = _body(AnomalyEvent, schemas)
         anomalies["security"] = [{DETECTOR_SCHEME: []}]
+        announced = paths["/changes"]["post"]
+        announced["requestBody"] = _body(ChangeEvent, schemas)
+        announced["security"] = [{DETECTOR_SCHEME: []}]
         am = paths["/alertmanager"]["post"]
         am["requestBody"] = _body(AlertmanagerPayload, schemas)
         # Alert's validator wants an alertname label: say so in the schema too

@@ -109,3 +109,44 @@ def test_a_service_starts_on_an_unreachable_database_but_never_on_an_old_schema(
     migrated = open_database(old.model_copy(update={"auto_migrate": True}))
     assert all(st.state == "applied" for st in status(migrated))
     assert open_database(old, outage_ok=True).url == migrated.url
+
+
+def test_a_connection_waits_for_wal_mode_while_another_process_holds_the_write_lock(
+    tmp_path, monkeypatch
+):
+    """Two `aiops migrate` at once on a new SQLite file: switching to WAL answers
+    "database is locked" at once (no busy handler) while the other holds the lock, so
+    the connection asks again until the holder commits."""
+    import sqlite3
+    import types
+
+    from sqlalchemy import text
+
+    from aiops.core import db
+
+    path = tmp_path / "fresh.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE t (x)")
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the first wait: the other process commits
+        waits.append(seconds)
+        if holder.in_transaction:
+            holder.execute("COMMIT")
+
+    monkeypatch.setattr(db, "time", types.SimpleNamespace(sleep=sleep, monotonic=time_monotonic))
+    engine = db.make_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert waits, "the lock was never met: the test proves nothing"
+    finally:
+        holder.close()
+        engine.dispose()
+
+
+def time_monotonic() -> float:
+    import time
+
+    return time.monotonic()

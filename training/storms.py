@@ -14,7 +14,10 @@ services that call it, a little later and weaker:
   more sessions: two incidents a person would keep apart, in services the map
   links (the frontend calls payments through checkout), which the grouping merges
   (a known limit: it counts against "merged wrongly");
-- ``single``: one series alone.
+- ``single``: one series alone;
+- ``deploy``: a release of the frontend, announced (``POST /changes``) two minutes
+  before, fails some of its requests and doubles its calls to checkout, whose
+  latency rises first: the dependency map alone would name checkout.
 
 ``storm_results`` replays every series through the live detector's streaming
 replay (``training.runner.backtest_series``, what ``aiops backtest`` runs), then
@@ -42,7 +45,13 @@ import numpy as np
 import pandas as pd
 
 from aiops.core.settings import Settings, load_settings
-from detector.incidents import DEFAULT_GROUP_BY, Dependencies, IncidentTracker, Member
+from detector.incidents import (
+    DEFAULT_GROUP_BY,
+    Change,
+    Dependencies,
+    IncidentTracker,
+    Member,
+)
 from detector.incidents import service_of as _service_of
 from training.incidents import (
     STEP,
@@ -89,6 +98,8 @@ class StormSpec:
     minutes: float
     parts: tuple[Part, ...]
     causes: tuple[str, ...]  # the service that failed, per true incident
+    #: changes announced (POST /changes): (service, minutes from ``at``; negative: before)
+    changes: tuple[tuple[str, float], ...] = ()
 
     def part_spec(self, i: int) -> CaseSpec:
         p = self.parts[i]
@@ -174,6 +185,27 @@ def _coincidence(seed: int, hour: float, at: float, lag: float) -> StormSpec:
     )
 
 
+def _bad_release(seed: int, hour: float, at: float, lag: float) -> StormSpec:
+    """The frontend's release fails some requests and doubles its calls to checkout,
+    whose latency rises at once: checkout is what the frontend calls, but the deploy
+    names the frontend."""
+    return StormSpec(
+        f"deploy/frontend_bad_release_{seed}",
+        "deploy",
+        seed,
+        hour,
+        at,
+        40,
+        (
+            Part("checkout", "latency_p99", 2.2),
+            Part("frontend", "success_rate", 6.0, lag),
+            Part("frontend", "checkouts", 0.65, lag),
+        ),
+        ("shop.frontend",),
+        changes=(("shop.frontend", -2.0),),
+    )
+
+
 def _single(seed: int, hour: float, at: float, lag: float) -> StormSpec:
     return StormSpec(
         f"single/search_slow_{seed}",
@@ -200,6 +232,7 @@ SPECS: tuple[StormSpec, ...] = tuple(
             (_unrelated, _VARIANTS),
             (_single, _VARIANTS),
             (_coincidence, _VARIANTS[:2]),
+            (_bad_release, _VARIANTS),
         )
     )
     for seed, hour, at, lag in variants
@@ -243,6 +276,7 @@ def group(run: StormRun, dependencies: Dependencies, window: float) -> dict[str,
     n = min(len(a) for a in anomalous)
     seconds = np.arange(n) * STEP
     home: dict[tuple[int, int], str] = {}  # (part, onset row) -> incident id
+    announced = [Change(svc, (spec.at + minutes) * STEP, "deploy") for svc, minutes in spec.changes]
     causes: dict[str, str | None] = {}
     for r in range(n):
         members = []
@@ -261,7 +295,8 @@ def group(run: StormRun, dependencies: Dependencies, window: float) -> dict[str,
                         _service_of(labels, DEFAULT_GROUP_BY),
                     )
                 )
-        changes = tracker.observe(float(seconds[r]), members)
+        known = [c for c in announced if c.at <= seconds[r]]  # announced by then
+        changes = tracker.observe(float(seconds[r]), members, known)
         for inc in [*changes.opened, *changes.changed, *changes.closed]:
             causes[inc.id] = inc.cause.service if inc.cause else None
         for inc in tracker.incidents.values():

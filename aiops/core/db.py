@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -48,6 +48,29 @@ def normalise_url(url: str) -> URL:
     return parsed
 
 
+#: seconds a new connection keeps asking for WAL mode while another one holds the lock
+WAL_WAIT_SECONDS = 30.0
+
+
+def _wal(cur: Any) -> None:
+    """``PRAGMA journal_mode=WAL``. Switching a fresh file to WAL needs the file to
+    itself, and SQLite answers "database is locked" at once (no busy handler) while a
+    second process (two ``aiops migrate`` at once) holds its write lock: ask again."""
+    import sqlite3
+
+    deadline = time.monotonic() + WAL_WAIT_SECONDS
+    pause = 0.01
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     """An engine for ``url``. SQLite files get WAL mode, a busy timeout and their folder."""
     parsed = normalise_url(url)
@@ -66,9 +89,9 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")  # durable commits (module doc)
             cur.execute("PRAGMA busy_timeout=30000")
+            _wal(cur)
+            cur.execute("PRAGMA synchronous=FULL")  # durable commits (module doc)
             cur.close()
 
         return engine

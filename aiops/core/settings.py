@@ -268,6 +268,9 @@ class Settings(BaseSettings):
     #: the services' dependency map of the AIOPS_CONFIG file (``service: [services it
     #: calls]``): anomalies of services that call each other become one incident
     depends_on: Any = Field(None, validation_alias=AliasChoices("depends_on"))
+    #: queries over Prometheus whose series are positive while a service changes
+    #: (deploys, configuration): ``changes:`` in the AIOPS_CONFIG file
+    change_queries: Any = Field(None, validation_alias=AliasChoices("changes"))
     incident_window_seconds: float = Field(
         300.0,
         gt=0,

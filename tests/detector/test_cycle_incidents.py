@@ -80,3 +80,74 @@ def test_without_the_map_each_app_is_its_own_incident(monkeypatch):
     source.rows["latency_p99"] = (apps("checkout"), series(4, 0.1)[None, :])
     report = det.run_cycle(1_700_000_000.0)
     assert sorted(len(i.members) for i in report.incidents) == [1, 2]
+
+
+def test_a_deploy_announced_to_the_store_names_the_cause_of_the_next_incident(
+    monkeypatch, tmp_path
+):
+    from aiops.core.db import make_engine
+    from feature_store.store import FeatureStore
+    from sql.migrate import migrate
+
+    engine = make_engine(f"sqlite:///{tmp_path}/aiops.db")
+    migrate(engine)
+    store = FeatureStore(engine)
+    det, source, _ = detector(monkeypatch)
+    det.store = store
+    now = 1_700_000_000.0
+    assert store.record_change(
+        "ci-42",
+        at=now - 120,
+        service="shop.checkout",
+        kind="deploy",
+        description="v2.4.1",
+        source="webhook",
+        received_at=now - 119,
+    )
+    source.rows["success_rate"] = (
+        apps("payments", "checkout"),
+        np.stack([series(1, -0.1), series(2, -0.05)]),
+    )
+    source.rows["latency_p99"] = (apps("checkout"), series(4, 0.1)[None, :])
+    (inc,) = det.run_cycle(now).incidents
+    assert inc.cause.service == "shop.checkout"  # deployed 2 minutes before, it is the cause
+    lead = inc.cause.onset - (now - 120)  # the onset is the newest grid point
+    assert f"shop.checkout was deployed (v2.4.1) {lead:.0f} s before its onset" in inc.evidence
+    engine.dispose()
+
+
+def test_a_change_query_over_prometheus_names_the_deployed_service(monkeypatch):
+    changes = [
+        {
+            "name": "deployments",
+            "promql": "changes(kube_deployment_status_observed_generation[5m]) > 0",
+            "service": ["namespace", "deployment"],
+        }
+    ]
+    det, source, _ = detector(monkeypatch, change_queries=changes)
+    now = 1_700_000_000.0
+    rollout = np.full(361, np.nan)
+    rollout[-3:] = 1.0  # kube-state-metrics saw checkout's generation change 2 steps ago
+    source.rows["deployments"] = (
+        [{"namespace": "shop", "deployment": "checkout"}],
+        rollout[None, :],
+    )
+    source.rows["success_rate"] = (
+        apps("payments", "checkout"),
+        np.stack([series(1, -0.1), series(2, -0.05)]),
+    )
+    source.rows["latency_p99"] = (apps("checkout"), series(4, 0.1)[None, :])
+    (inc,) = det.run_cycle(now).incidents
+    assert inc.cause.service == "shop.checkout"
+    assert any(e.startswith("shop.checkout was deployed (deployments)") for e in inc.evidence)
+    # the same positive run is one change, not one per cycle
+    assert det.changes.poll(now + 60, 60.0) == []
+
+
+def test_a_bad_change_query_stops_the_start_naming_the_entry(monkeypatch):
+    import pytest
+
+    from aiops.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^AIOPS_CONFIG: changes\[0\]: kind"):
+        detector(monkeypatch, change_queries=[{"name": "d", "promql": "x", "kind": "reboot"}])

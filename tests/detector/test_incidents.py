@@ -161,3 +161,23 @@ def test_the_config_file_holds_the_map_and_the_group_by_and_a_bad_map_stops_the_
     cfg.write_text("queries:\n  - name: errors\n    promql: up\n    group_by: [__name__]\n")
     with pytest.raises(ConfigError, match="group_by"):
         resolve_catalogue(load_settings(config=cfg))
+
+
+def test_a_deploy_just_before_the_onset_names_the_cause_and_says_so():
+    from detector.incidents import Change
+
+    t = IncidentTracker(SHOP, window=300)
+    deploy = Change("shop.checkout", 910, "deploy", "v2.4.1")
+    late = Change("shop.payments", 1100, "deploy")  # after the onset: no cause
+    old = Change("shop.payments", 1000 - 3600, "deploy")  # an hour before: no cause
+    members = [anomaly("payments", "success_rate", 1000), anomaly("checkout", "p99", 1010)]
+    t.observe(1010, members, [deploy, late, old])
+    (inc,) = t.incidents.values()
+    # payments is what checkout calls, but checkout was deployed 100 s before its onset
+    assert inc.cause.service == "shop.checkout"
+    assert inc.evidence[1] == "shop.checkout was deployed (v2.4.1) 100 s before its onset"
+    assert [c.service for c in inc.changes] == ["shop.checkout"]
+    assert inc.as_dict()["changes"][0]["description"] == "v2.4.1"
+    t2 = IncidentTracker(SHOP, window=300)
+    t2.observe(1010, members, [late, old])
+    assert next(iter(t2.incidents.values())).cause.service == "shop.payments"

@@ -35,6 +35,7 @@ EXPECTED_TABLES = {
     "aiops_locks",
     "runbooks_halts",
     "aiops_webhook_outbox",
+    "aiops_changes",
     TABLE,
 }
 
@@ -87,6 +88,7 @@ def test_migrate_creates_every_table_and_records_versions_with_checksums(engine)
         "003_runbooks_state",
         "004_runbooks_halts",
         "005_webhook_outbox",
+        "006_change_events",
     ]
     assert set(sqlalchemy.inspect(engine).get_table_names()) >= EXPECTED_TABLES
     rows = recorded(engine)
@@ -96,6 +98,7 @@ def test_migrate_creates_every_table_and_records_versions_with_checksums(engine)
         (3, "runbooks_state"),
         (4, "runbooks_halts"),
         (5, "webhook_outbox"),
+        (6, "change_events"),
     ]
     for (_, _, checksum, applied_at), stem in zip(
         rows,
@@ -105,6 +108,7 @@ def test_migrate_creates_every_table_and_records_versions_with_checksums(engine)
             "003_runbooks_state",
             "004_runbooks_halts",
             "005_webhook_outbox",
+            "006_change_events",
         ),
         strict=True,
     ):

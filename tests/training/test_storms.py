@@ -7,10 +7,10 @@ from training.storms import SPECS, storm_results, summarise_storms
 
 
 def test_the_first_storm_of_each_kind_is_grouped_right_through_the_live_detector():
-    kinds = ("spread/payments", "spread/checkout", "unrelated/", "single/")
+    kinds = ("spread/payments", "spread/checkout", "unrelated/", "single/", "deploy/")
     specs = [next(s for s in SPECS if s.name.startswith(k)) for k in kinds]
     per = storm_results(specs)
-    assert len(per) == 5  # the unrelated storm holds two true incidents
+    assert len(per) == 6  # the unrelated storm holds two true incidents
     assert (per["flagged"] > 0).all(), per.to_string()
     figures = summarise_storms(per)
     assert figures["grouped"] == 1.0, per.to_string()
@@ -28,3 +28,20 @@ def test_without_the_map_a_spreading_storm_pages_once_per_service():
     run = run_storm(spec, load_settings(metrics=None, config=None))
     (row,) = group(run, Dependencies(), 300.0)["rows"]
     assert row["incidents"] == 3 and not row["grouped"]  # payments, checkout, frontend
+
+
+def test_the_announced_deploy_is_what_names_the_released_service():
+    from dataclasses import replace
+
+    from aiops.core.settings import load_settings
+    from detector.incidents import Dependencies
+    from training.storms import DEPENDS_ON, group, run_storm
+
+    spec = next(s for s in SPECS if s.name.startswith("deploy/"))
+    run = run_storm(spec, load_settings(metrics=None, config=None))
+    deps = Dependencies.parse(DEPENDS_ON)
+    (with_deploy,) = group(run, deps, 300.0)["rows"]
+    assert with_deploy["cause"] == "shop.frontend"
+    run.spec = replace(spec, changes=())  # nobody announced the release
+    (without,) = group(run, deps, 300.0)["rows"]
+    assert without["cause"] == "shop.checkout"  # what the frontend calls
