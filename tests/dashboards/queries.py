@@ -101,10 +101,17 @@ def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def targets(dashboard: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """(panel, target) for every query target of every panel."""
+    """(panel, target) for every query target of every panel, and of every annotation
+    (as a panel titled ``annotation: <name>``)."""
     for p in panels(dashboard):
         for t in p.get("targets", []):
             yield p, t
+    for a in dashboard.get("annotations", {}).get("list", []):
+        if isinstance(a.get("target"), dict):
+            yield (
+                {"title": f"annotation: {a['name']}", "datasource": a.get("datasource")},
+                a["target"],
+            )
 
 
 def datasource_type(panel: dict[str, Any], target: dict[str, Any]) -> str | None:

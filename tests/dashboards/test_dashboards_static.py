@@ -198,7 +198,7 @@ def test_xai_variables_filter_every_anomaly_query() -> None:
     assert {"$metric", "$namespace"} <= set(re.findall(r"\$\w+", str(by_name["app"]["query"])))
     scoped = 0
     for p, t in q.targets(d):
-        if re.search(r"aiops_(anomaly|model)_", t["expr"]):
+        if re.search(r"aiops_(anomaly|model)_", t.get("expr", "")):
             for name in ("metric", "namespace", "app"):
                 assert f'{name}=~"${name}"' in t["expr"], f"{p['title']}: not filtered by ${name}"
             scoped += 1
@@ -343,10 +343,15 @@ def seed(engine: Any) -> float:
             "escalated": 1,
         },
     ]
+    change = {"kind": "deploy", "source": "webhook", "service": "shop.payments"}
+    changes = [
+        {**change, "id": "ci-1", "at": now - 120, "description": "v2.4.1", "received_at": now}
+    ]
     with engine.begin() as conn:
         conn.execute(insert(tables.audit), audit)
         conn.execute(insert(tables.approvals), approvals)
         conn.execute(insert(tables.incidents), incidents)
+        conn.execute(insert(tables.changes), changes)
     return now
 
 
@@ -376,6 +381,8 @@ def check_known_rows(rows: dict[tuple[str, str], list[tuple[Any, ...]]]) -> None
         "skipped_guard_unavailable": 1,
     }
     assert panel("Open incidents") == [(1,)]
+    (deploy,) = rows[("aiops-xai.json", "annotation: Deploys and configuration changes")]
+    assert deploy[1] == "shop.payments: deploy (v2.4.1)" and deploy[2] == "shop.payments"
     assert float(panel("Self-healed share")[0][0]) == pytest.approx(0.5)
     assert float(panel("Mean time to resolve")[0][0]) == pytest.approx(600, abs=1e-3)
     assert dict(panel("Incidents by outcome")) == {"open": 1, "self-healed": 1, "escalated": 1}
