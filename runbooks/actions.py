@@ -83,6 +83,8 @@ class Action:
 
     name: ClassVar[str]
     kubernetes: ClassVar[bool] = False
+    #: the risk of a rule that names none (``high`` waits for a human's approval)
+    default_risk: ClassVar[str] = "low"
 
     @classmethod
     def validate(cls, params: dict[str, Any]) -> dict[str, Any]:
@@ -350,6 +352,122 @@ class RolloutRestart(KubeAction):
         return ActionResult("executed", f"restarted deployment {name}", {"restartedAt": stamp})
 
 
+#: the annotations ``kubectl rollout undo`` keeps from the Deployment, not the ReplicaSet
+_UNDO_KEEP = frozenset(
+    {
+        "kubectl.kubernetes.io/last-applied-configuration",
+        "deployment.kubernetes.io/revision",
+        "deployment.kubernetes.io/revision-history",
+        "deployment.kubernetes.io/desired-replicas",
+        "deployment.kubernetes.io/max-replicas",
+        "deprecated.deployment.rollback.to",
+    }
+)
+_HASH_LABEL = "pod-template-hash"
+
+
+class RolloutUndo(KubeAction):
+    """``kubectl rollout undo``: the Deployment's pod template back to its previous
+    ReplicaSet's, as kubectl does it (the ReplicaSets the Deployment controls, the
+    second-newest revision, one JSON patch replacing ``/spec/template`` and
+    ``/metadata/annotations``). For a bad deploy; ``risk: high`` unless the policy
+    says otherwise, so a human approves it."""
+
+    name = "rollout_undo"
+    default_risk = "high"
+
+    def describe(self, target: Target) -> str:
+        return (
+            f"rollout undo deployment/{self.deployment(target)} in {self.namespace(target)}"
+            " (to its previous revision)"
+        )
+
+    def run(self, target: Target) -> ActionResult:
+        from kubernetes.client.exceptions import ApiException
+
+        kube = self._kube()
+        ns, name = self.namespace(target), self.deployment(target)
+        serialize = kube.apps.api_client.sanitize_for_serialization
+        try:
+            dep = kube.apps.read_namespaced_deployment(name, ns, _request_timeout=self.timeout)
+            selector = ",".join(
+                f"{k}={v}" for k, v in sorted((dep.spec.selector.match_labels or {}).items())
+            )
+            sets = kube.apps.list_namespaced_replica_set(
+                ns, label_selector=selector, _request_timeout=self.timeout
+            ).items
+            owned = [
+                rs
+                for rs in sets
+                if any(
+                    o.controller and o.uid == dep.metadata.uid
+                    for o in rs.metadata.owner_references or []
+                )
+            ]
+            revisions = sorted(
+                ((_revision(rs), rs) for rs in owned if _revision(rs) is not None),
+                key=lambda pair: pair[0],
+            )
+            if len(revisions) < 2:
+                return ActionResult("blocked", f"deployment {name} has no earlier revision")
+            revision, previous = revisions[-2]
+            if dep.spec.paused:
+                return ActionResult("blocked", f"deployment {name} is paused; not rolling back")
+            template = serialize(previous.spec.template)
+            current = serialize(dep.spec.template)
+            if _without_hash(template) == _without_hash(current):
+                return ActionResult(
+                    "blocked", f"deployment {name} already runs revision {revision}'s template"
+                )
+            template = _without_hash(template)
+            kept = dep.metadata.annotations or {}
+            annotations = {k: v for k, v in kept.items() if k in _UNDO_KEEP}
+            annotations.update(
+                {
+                    k: v
+                    for k, v in (previous.metadata.annotations or {}).items()
+                    if k not in _UNDO_KEEP
+                }
+            )
+            patch = [
+                {"op": "replace", "path": "/spec/template", "value": template},
+                {"op": "replace", "path": "/metadata/annotations", "value": annotations},
+            ]
+            kube.apps.patch_namespaced_deployment(
+                name,
+                ns,
+                patch,
+                _content_type="application/json-patch+json",
+                _request_timeout=self.timeout,
+            )
+        except ApiException as exc:
+            return ActionResult("failed", f"deployment {name}: HTTP {exc.status} {exc.reason}")
+        return ActionResult(
+            "executed",
+            f"rolled deployment {name} back to revision {revision}",
+            {"revision": revision, "replicaset": previous.metadata.name},
+        )
+
+
+def _revision(rs: Any) -> int | None:
+    value = (rs.metadata.annotations or {}).get("deployment.kubernetes.io/revision")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _without_hash(template: dict[str, Any]) -> dict[str, Any]:
+    """The pod template without the ReplicaSet's ``pod-template-hash`` label."""
+    out = dict(template)
+    meta = dict(out.get("metadata") or {})
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k != _HASH_LABEL}
+    if labels or "labels" in meta:
+        meta["labels"] = labels
+    out["metadata"] = meta
+    return out
+
+
 class Scale(KubeAction):
     """Changes replicas through the scale subresource, within min/max, optimistic."""
 
@@ -438,7 +556,15 @@ class ScaleDown(Scale):
 
 ACTIONS: dict[str, type[Action]] = {
     cls.name: cls
-    for cls in (CommandAction, HttpAction, RestartPods, RolloutRestart, ScaleUp, ScaleDown)
+    for cls in (
+        CommandAction,
+        HttpAction,
+        RestartPods,
+        RolloutRestart,
+        RolloutUndo,
+        ScaleUp,
+        ScaleDown,
+    )
 }
 
 

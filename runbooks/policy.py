@@ -52,7 +52,8 @@ class Rule:
     action: str
     params: dict[str, Any] = field(default_factory=dict, hash=False)
     reason: str | None = None
-    risk: str = "low"
+    #: low | medium | high (high always asks a human); None: the action's default
+    risk: str | None = None
     where: str = ""  # where the rule was defined, for the audit
 
     def matches(self, name: str | list[str], reasons: list[str]) -> bool:
@@ -107,13 +108,14 @@ def _checked(rule: Rule, setting: str) -> Rule:
     if cls is None:
         known = ", ".join(sorted(ACTIONS))
         raise ConfigError(f"{setting}: {rule.where}: unknown action {rule.action!r} ({known})")
-    if rule.risk not in RISKS:
+    risk = rule.risk if rule.risk is not None else cls.default_risk
+    if risk not in RISKS:
         raise ConfigError(f"{setting}: {rule.where}: risk must be low, medium or high")
     try:
         params = cls.validate(rule.params)
     except ActionError as exc:
         raise ConfigError(f"{setting}: {rule.where}: {rule.action}: {exc}") from None
-    return Rule(rule.match, rule.action, params, rule.reason, rule.risk, rule.where)
+    return Rule(rule.match, rule.action, params, rule.reason, risk, rule.where)
 
 
 def parse_inline(text: str | None) -> list[Rule]:
@@ -139,7 +141,7 @@ def parse_inline(text: str | None) -> list[Rule]:
                 params = cls.inline_params(arg)
             except ActionError as exc:
                 raise ConfigError(f"RUNBOOK_AUTOFIX_POLICY: rule {n}: {action}: {exc}") from None
-        rule = Rule(name, action, params, reason or None, "low", f"rule {n}")
+        rule = Rule(name, action, params, reason or None, None, f"rule {n}")
         rules.append(_checked(rule, "RUNBOOK_AUTOFIX_POLICY"))
     return rules
 
@@ -191,7 +193,7 @@ def parse_file(path: Path) -> dict[str, list[Rule]]:
                 str(data["action"]),
                 params,
                 str(data["reason"]) if data.get("reason") else None,
-                str(data.get("risk", "low")),
+                None if data.get("risk") is None else str(data["risk"]),
                 where,
             )
             rules.append(_checked(rule, setting))

@@ -53,6 +53,7 @@ EXPECTED_GRANTS = {
     ("apps", "deployments/scale", "get"),
     ("apps", "deployments/scale", "update"),
     ("apps", "deployments/scale", "patch"),
+    ("apps", "replicasets", "list"),
 }
 
 #: the permission each Kubernetes client method needs (a method missing here fails)
@@ -63,6 +64,7 @@ CLIENT_METHOD_GRANTS = {
     "patch_namespaced_deployment": ("apps", "deployments", "patch"),
     "read_namespaced_deployment_scale": ("apps", "deployments/scale", "get"),
     "replace_namespaced_deployment_scale": ("apps", "deployments/scale", "update"),
+    "list_namespaced_replica_set": ("apps", "replicasets", "list"),
 }
 
 KNOWN_SETTINGS = {

@@ -7,7 +7,10 @@
 * the Eviction subresource: 201 (the pod goes away), or 429 when a
   PodDisruptionBudget "blocks" that pod, or 404 when the pod is not there;
 * Deployments: ``GET`` and ``PATCH`` (strategic-merge or merge patch of a JSON
-  object; a JSON Patch must be a list, as on a real API server);
+  object; a JSON Patch must be a list, as on a real API server, and may replace
+  ``/spec/template`` and ``/metadata/annotations``);
+* ReplicaSets of a namespace, listed with an equality ``labelSelector``, each with
+  its revision annotation and its owning Deployment's uid;
 * the scale subresource: ``GET`` and ``PUT``, with the resourceVersion
   precondition (409 when the body's ``metadata.resourceVersion`` is stale).
 
@@ -41,6 +44,7 @@ _POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)$")
 _EVICTION = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/eviction$")
 _DEPLOYMENT = re.compile(r"^/apis/apps/v1/namespaces/([^/]+)/deployments/([^/]+)$")
 _SCALE = re.compile(r"^/apis/apps/v1/namespaces/([^/]+)/deployments/([^/]+)/scale$")
+_REPLICASETS = re.compile(r"^/apis/apps/v1/namespaces/([^/]+)/replicasets$")
 
 
 @dataclass
@@ -63,6 +67,13 @@ class Pod:
     labels: dict[str, str]
 
 
+def pod_template(app: str, image: str, annotations: dict[str, str] | None = None) -> dict:
+    return {
+        "metadata": {"labels": {"app": app}, "annotations": dict(annotations or {})},
+        "spec": {"containers": [{"name": app, "image": image}]},
+    }
+
+
 @dataclass
 class Deployment:
     name: str
@@ -71,27 +82,34 @@ class Deployment:
     paused: bool = False
     resource_version: int = 1
     template_annotations: dict[str, str] = field(default_factory=dict)
+    image: str = ""
+    uid: str = ""
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    def template(self) -> dict[str, Any]:
+        image = self.image or f"{self.name}:1"
+        return pod_template(self.name, image, self.template_annotations)
 
     def as_json(self) -> dict[str, Any]:
-        labels = {"app": self.name}
         spec: dict[str, Any] = {
             "replicas": self.replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels, "annotations": dict(self.template_annotations)},
-                "spec": {"containers": [{"name": self.name, "image": f"{self.name}:1"}]},
-            },
+            "selector": {"matchLabels": {"app": self.name}},
+            "template": self.template(),
         }
         if self.paused:
             spec["paused"] = True
+        meta: dict[str, Any] = {
+            "name": self.name,
+            "namespace": self.namespace,
+            "resourceVersion": str(self.resource_version),
+            "uid": self.uid or f"uid-{self.name}",
+        }
+        if self.annotations:
+            meta["annotations"] = dict(self.annotations)
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": {
-                "name": self.name,
-                "namespace": self.namespace,
-                "resourceVersion": str(self.resource_version),
-            },
+            "metadata": meta,
             "spec": spec,
             "status": {"replicas": self.replicas},
         }
@@ -107,6 +125,51 @@ class Deployment:
             },
             "spec": {"replicas": self.replicas},
             "status": {"replicas": self.replicas, "selector": f"app={self.name}"},
+        }
+
+
+@dataclass
+class ReplicaSet:
+    """A revision of a Deployment (or of nobody: ``owner`` empty)."""
+
+    name: str
+    namespace: str
+    revision: int
+    template: dict[str, Any]
+    owner: str = ""  # the owning Deployment's uid
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "name": self.name,
+            "namespace": self.namespace,
+            "labels": dict(self.labels),
+            "annotations": {
+                **self.annotations,
+                "deployment.kubernetes.io/revision": str(self.revision),
+            },
+        }
+        if self.owner:
+            meta["ownerReferences"] = [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": self.name.rsplit("-", 1)[0],
+                    "uid": self.owner,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ]
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": meta,
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": dict(self.labels)},
+                "template": self.template,
+            },
         }
 
 
@@ -147,6 +210,7 @@ class KubeAPI:
     def __init__(self) -> None:
         self.pods: list[Pod] = []
         self.deployments: dict[tuple[str, str], Deployment] = {}
+        self.replicasets: list[ReplicaSet] = []
         self.pdb_blocks: set[tuple[str, str]] = set()  # (namespace, pod) a PDB protects
         self.requests: list[Request] = []
         self._races: dict[tuple[str, str], int] = {}
@@ -169,6 +233,27 @@ class KubeAPI:
         with self.lock:
             self.deployments[(namespace, name)] = dep
         return dep
+
+    def add_revision(
+        self, dep: Deployment, revision: int, image: str, *, owned: bool = True, **annotations: str
+    ) -> ReplicaSet:
+        """A ReplicaSet of ``dep`` at ``revision`` running ``image`` (its template carries
+        the ``pod-template-hash`` label, as a real one does)."""
+        hashed = f"h{revision}{image.replace(':', '').replace('.', '')}"[:10]
+        template = pod_template(dep.name, image, dep.template_annotations)
+        template["metadata"]["labels"]["pod-template-hash"] = hashed
+        rs = ReplicaSet(
+            f"{dep.name}-{hashed}",
+            dep.namespace,
+            revision,
+            template,
+            owner=(dep.uid or f"uid-{dep.name}") if owned else "",
+            labels={"app": dep.name, "pod-template-hash": hashed},
+            annotations=annotations,
+        )
+        with self.lock:
+            self.replicasets.append(rs)
+        return rs
 
     def concurrent_write(self, namespace: str, name: str, replicas: int) -> None:
         """Right after the next scale GET of this deployment, another writer sets replicas."""
@@ -266,6 +351,9 @@ class KubeAPI:
         elif m := _POD.match(req.path):
             if req.method == "DELETE":  # recorded: the actions must never send this
                 return self._delete_pod(m.group(1), m.group(2))
+        elif m := _REPLICASETS.match(req.path):
+            if req.method == "GET":
+                return self._list_replicasets(m.group(1), req)
         elif m := _SCALE.match(req.path):
             dep = self.deployments.get((m.group(1), m.group(2)))
             if dep is None:
@@ -309,6 +397,23 @@ class KubeAPI:
             "items": items,
         }
 
+    def _list_replicasets(self, ns: str, req: Request) -> tuple[int, dict[str, Any]]:
+        try:
+            terms = _selector(req.query.get("labelSelector", [""])[0])
+        except ValueError as exc:
+            return 400, _status(400, "BadRequest", f"unable to parse requirement: {exc}")
+        items = [
+            rs.as_json()
+            for rs in self.replicasets
+            if rs.namespace == ns and _selected(rs.labels, terms)
+        ]
+        return 200, {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSetList",
+            "metadata": {"resourceVersion": "1"},
+            "items": items,
+        }
+
     def _evict(self, ns: str, name: str, body: Any) -> tuple[int, dict[str, Any]]:
         meta = body.get("metadata") if isinstance(body, dict) else None
         if not isinstance(meta, dict) or meta.get("name") != name:
@@ -340,6 +445,8 @@ class KubeAPI:
         ctype = (req.content_type or "").split(";")[0].strip()
         if ctype == "application/json-patch+json" and not isinstance(req.body, list):
             return 400, _status(400, "BadRequest", "json: cannot unmarshal object into Patch")
+        if ctype == "application/json-patch+json":
+            return self._json_patch(dep, req.body)
         if ctype not in MERGE_PATCHES:
             return 415, _status(415, "UnsupportedMediaType", f"the media type {ctype!r}")
         if not isinstance(req.body, dict):
@@ -355,6 +462,29 @@ class KubeAPI:
             dep.replicas = int(spec["replicas"])
         if "paused" in spec:
             dep.paused = bool(spec["paused"])
+        dep.resource_version += 1
+        return 200, dep.as_json()
+
+    def _json_patch(self, dep: Deployment, ops: list[Any]) -> tuple[int, dict[str, Any]]:
+        """RFC 6902 ``replace`` of ``/spec/template`` and ``/metadata/annotations`` (what
+        ``kubectl rollout undo`` sends); anything else is refused as unsupported here."""
+        for op in ops:
+            if not isinstance(op, dict) or op.get("op") != "replace":
+                return 422, _status(422, "Invalid", f"unsupported operation {op!r}")
+            value = op.get("value")
+            if op.get("path") == "/spec/template" and isinstance(value, dict):
+                meta = value.get("metadata") or {}
+                containers = (value.get("spec") or {}).get("containers") or [{}]
+                if (meta.get("labels") or {}) != {"app": dep.name}:
+                    return 422, _status(
+                        422, "Invalid", "spec.template.metadata.labels: must match the selector"
+                    )
+                dep.image = containers[0].get("image", "")
+                dep.template_annotations = dict(meta.get("annotations") or {})
+            elif op.get("path") == "/metadata/annotations" and isinstance(value, dict):
+                dep.annotations = dict(value)
+            else:
+                return 422, _status(422, "Invalid", f"unsupported path {op.get('path')!r}")
         dep.resource_version += 1
         return 200, dep.as_json()
 

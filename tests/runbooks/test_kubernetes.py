@@ -208,6 +208,89 @@ def test_rollout_restart_of_a_missing_deployment_fails(kubeapi, kube):
     assert kubeapi.calls() == [("GET", DEPLOYMENT)]
 
 
+# -- rollout_undo -------------------------------------------------------------------------
+
+REPLICASETS = f"/apis/apps/v1/namespaces/{NS}/replicasets"
+REVISION = "deployment.kubernetes.io/revision"
+
+
+def releases(kubeapi, *, current: int = 3, paused: bool = False):
+    """checkout at revision ``current`` (image checkout:<n>), with its earlier ReplicaSets
+    and one of another owner that kubectl would ignore."""
+    dep = kubeapi.add_deployment(
+        NS,
+        "checkout",
+        image=f"checkout:{current}",
+        paused=paused,
+        annotations={REVISION: str(current), "team": "payments"},
+    )
+    for n in range(1, current + 1):
+        kubeapi.add_revision(dep, n, f"checkout:{n}", **{"release": f"r{n}"})
+    kubeapi.add_revision(dep, 9, "checkout:evil", owned=False)
+    return dep
+
+
+def test_rollout_undo_sends_the_previous_revisions_template_as_kubectl_does(kubeapi, kube):
+    dep = releases(kubeapi)
+
+    result = run(kube, "rollout_undo")
+
+    assert result.result == "executed", result
+    assert result.data["revision"] == 2 and "checkout:2" not in result.detail
+    assert kubeapi.calls() == [("GET", DEPLOYMENT), ("GET", REPLICASETS), ("PATCH", DEPLOYMENT)]
+    assert kubeapi.requests[1].query["labelSelector"] == ["app=checkout"]
+    patch = kubeapi.requests[2]
+    assert patch.content_type == "application/json-patch+json"
+    template = {
+        "metadata": {"labels": {"app": "checkout"}, "annotations": {}},
+        "spec": {"containers": [{"name": "checkout", "image": "checkout:2"}]},
+    }
+    # the ReplicaSet's own annotations, the Deployment's revision kept (kubectl's rule)
+    annotations = {REVISION: "3", "release": "r2"}
+    assert patch.body == [
+        {"op": "replace", "path": "/spec/template", "value": template},
+        {"op": "replace", "path": "/metadata/annotations", "value": annotations},
+    ]
+    assert (dep.image, dep.annotations) == ("checkout:2", annotations)
+
+
+def test_rollout_undo_of_a_paused_deployment_or_without_history_sends_no_patch(kubeapi, kube):
+    releases(kubeapi, paused=True)
+    paused = run(kube, "rollout_undo")
+    assert paused.result == "blocked" and "paused" in paused.detail
+    assert kubeapi.mutating() == []
+    kubeapi.replicasets.clear()
+    kubeapi.deployments.clear()
+    releases(kubeapi, current=1)
+    alone = run(kube, "rollout_undo")
+    assert alone.result == "blocked" and "no earlier revision" in alone.detail
+    assert kubeapi.mutating() == []
+
+
+def test_rollout_undo_when_the_template_already_matches_the_previous_one(kubeapi, kube):
+    dep = releases(kubeapi)
+    dep.image = "checkout:2"  # someone rolled back by hand already
+    result = run(kube, "rollout_undo")
+    assert result.result == "blocked" and "already runs revision 2" in result.detail
+    assert kubeapi.mutating() == []
+
+
+def test_rollout_undo_waits_for_a_human_unless_the_policy_says_otherwise(tmp_path):
+    from runbooks.policy import parse_file, parse_inline
+
+    (rule,) = parse_inline("latency_p99=rollout_undo")
+    assert rule.risk == "high"
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "default:\n"
+        "  - {match: a, action: rollout_undo}\n"
+        "  - {match: b, action: rollout_undo, risk: medium}\n"
+        "  - {match: c, action: rollout_restart}\n"
+    )
+    rules = parse_file(path)["default"]
+    assert [r.risk for r in rules] == ["high", "medium", "low"]
+
+
 # -- scale_up / scale_down --------------------------------------------------------------
 
 
