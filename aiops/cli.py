@@ -70,6 +70,7 @@ def detect(
         typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
     else:
         print_results(results)
+        print_incidents(report.incidents)
     for name, exc in report.errors.items():
         print(redact(f"aiops: query {name} failed: {exc.kind}: {exc.message}"), file=sys.stderr)
     if report.errors and not report.results:
@@ -101,6 +102,28 @@ def print_results(results: list[Any]) -> None:
             reasons,
         )
     Console().print(table)
+
+
+def incident_lines(incidents: list[Any]) -> list[str]:
+    """One line per incident (its probable cause), then its evidence, indented."""
+    lines = []
+    for inc in sorted(incidents, key=lambda i: i.opened_at):
+        cause = inc.cause
+        if cause is None:
+            continue
+        n = len(inc.members)
+        lines.append(
+            f"incident {inc.id}: probable cause {cause.name()} ({cause.reason});"
+            f" {n} member{'s' if n != 1 else ''}"
+        )
+        lines.extend(f"  {line}" for line in inc.evidence)
+    return lines
+
+
+def print_incidents(incidents: list[Any]) -> None:
+    """The open incidents under the table (``--format table`` only)."""
+    for line in incident_lines(incidents):
+        typer.echo(redact(line))
 
 
 @app.command()

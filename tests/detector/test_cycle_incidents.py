@@ -151,3 +151,19 @@ def test_a_bad_change_query_stops_the_start_naming_the_entry(monkeypatch):
 
     with pytest.raises(ConfigError, match=r"^AIOPS_CONFIG: changes\[0\]: kind"):
         detector(monkeypatch, change_queries=[{"name": "d", "promql": "x", "kind": "reboot"}])
+
+
+def test_detect_once_prints_each_incident_with_its_cause_and_evidence(monkeypatch):
+    from aiops.cli import incident_lines
+
+    det, source, _ = detector(monkeypatch)
+    source.rows["success_rate"] = (
+        apps("payments", "checkout"),
+        np.stack([series(1, -0.1), series(2, -0.05)]),
+    )
+    source.rows["latency_p99"] = (apps("checkout"), series(4, 0.1)[None, :])
+    (inc,) = det.run_cycle(1_700_000_000.0).incidents
+    lines = incident_lines([inc])
+    assert lines[0].startswith(f"incident {inc.id}: probable cause shop.payments success_rate")
+    assert lines[0].endswith("; 3 members")
+    assert "  shop.checkout depends on shop.payments" in lines
