@@ -55,24 +55,35 @@ async def _refuse(request: Request, route: str, why: str) -> HTTPException:
     return HTTPException(401, why)
 
 
+async def _check_signature(
+    request: Request,
+    route: str,
+    secret: str | None,
+    setting: str,
+    verify: Callable[..., str | None],
+    headers: tuple[str, str],
+) -> None:
+    """Pass a request whose raw body ``verify`` accepts under ``secret`` (the timestamp
+    and signature ``headers``); else 401. Without the secret every request is refused."""
+    if not secret:
+        problem = f"{setting} is not set: signed requests cannot be verified"
+    else:
+        stamp, signature = (request.headers.get(h) for h in headers)
+        problem = verify(secret, stamp, signature, await request.body(), time.time())
+    if problem:
+        raise await _refuse(request, route, problem)
+
+
 def signed(route: str) -> Dependency:
     """The detector's signature over the raw body (``aiops.core.signing``), keyed with
     ``RUNBOOK_WEBHOOK_SECRET``: detector events and announced changes."""
 
     async def dependency(request: Request) -> None:
         secret = _secret(request.app.state.settings.webhook_secret)
-        if not secret:
-            problem = "RUNBOOK_WEBHOOK_SECRET is not set: signed events cannot be verified"
-        else:
-            problem = verify_event(
-                secret,
-                request.headers.get(TIMESTAMP_HEADER),
-                request.headers.get(SIGNATURE_HEADER),
-                await request.body(),
-                time.time(),
-            )
-        if problem:
-            raise await _refuse(request, route, problem)
+        headers = (TIMESTAMP_HEADER, SIGNATURE_HEADER)
+        await _check_signature(
+            request, route, secret, "RUNBOOK_WEBHOOK_SECRET", verify_event, headers
+        )
 
     return dependency
 
@@ -84,18 +95,10 @@ signed_event = signed("/anomalies")
 async def slack_signed(request: Request) -> None:
     """Slack's signature over the raw body (``SLACK_SIGNING_SECRET``): a button click."""
     secret = _secret(request.app.state.settings.slack_signing_secret)
-    if not secret:
-        problem = "SLACK_SIGNING_SECRET is not set: Slack requests cannot be verified"
-    else:
-        problem = verify_slack(
-            secret,
-            request.headers.get(SLACK_TIMESTAMP_HEADER),
-            request.headers.get(SLACK_SIGNATURE_HEADER),
-            await request.body(),
-            time.time(),
-        )
-    if problem:
-        raise await _refuse(request, "/slack/interactive", problem)
+    headers = (SLACK_TIMESTAMP_HEADER, SLACK_SIGNATURE_HEADER)
+    await _check_signature(
+        request, "/slack/interactive", secret, "SLACK_SIGNING_SECRET", verify_slack, headers
+    )
 
 
 async def _bearer(request: Request, token: str | None, route: str, unset: str) -> None:
