@@ -48,6 +48,9 @@ class Dependencies:
     """The dependency map: service -> the services it calls (directly)."""
 
     calls_directly: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: transitive callees and callers per service, computed once each (the map is fixed)
+    _down: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
+    _up: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def parse(cls, raw: Any, source: str = "AIOPS_CONFIG: depends_on") -> Dependencies:
@@ -72,20 +75,40 @@ class Dependencies:
             out[caller.strip()] = frozenset(c.strip() for c in callees)
         return cls(out)
 
+    def __hash__(self) -> int:
+        return id(self)
+
+    def callees(self, service: str) -> frozenset[str]:
+        """Every service ``service`` calls, directly or through others."""
+        known = self._down.get(service)
+        if known is None:
+            seen: set[str] = set()
+            todo = [service]
+            while todo:
+                for nxt in self.calls_directly.get(todo.pop(), ()):
+                    if nxt not in seen:
+                        seen.add(nxt)
+                        todo.append(nxt)
+            known = self._down[service] = frozenset(seen - {service})
+        return known
+
+    def callers(self, service: str) -> frozenset[str]:
+        """Every service that calls ``service``, directly or through others."""
+        known = self._up.get(service)
+        if known is None:
+            known = frozenset(c for c in self.calls_directly if service in self.callees(c))
+            self._up[service] = known
+        return known
+
     def calls(self, caller: str | None, callee: str | None) -> bool:
         """Whether ``caller`` calls ``callee``, directly or through other services."""
         if caller is None or callee is None or caller == callee:
             return False
-        seen: set[str] = set()
-        todo = [caller]
-        while todo:
-            for nxt in self.calls_directly.get(todo.pop(), ()):
-                if nxt == callee:
-                    return True
-                if nxt not in seen:
-                    seen.add(nxt)
-                    todo.append(nxt)
-        return False
+        return callee in self.callees(caller)
+
+    def related_to(self, service: str) -> frozenset[str]:
+        """The services related to ``service``: itself, its callers and its callees."""
+        return self.callees(service) | self.callers(service) | {service}
 
     def related(self, a: str | None, b: str | None) -> bool:
         if a is None or b is None:
@@ -167,6 +190,16 @@ class Incident:
     evidence: list[str] = field(default_factory=list)
     #: changes of its members' services shortly before their onsets
     changes: list[Change] = field(default_factory=list)
+    #: its members by service (what a new anomaly is compared with)
+    by_service: dict[str, list[Member]] = field(default_factory=dict, repr=False)
+
+    def add(self, member: Member) -> None:
+        old = self.members.get(member.key)
+        if old is not None and old.service is not None:
+            self.by_service[old.service].remove(old)
+        self.members[member.key] = member
+        if member.service is not None:
+            self.by_service.setdefault(member.service, []).append(member)
 
     @property
     def open(self) -> bool:
@@ -228,6 +261,8 @@ class IncidentTracker:
         self.incidents: dict[str, Incident] = {}  # the open ones
         self._recent: list[Change] = []  # the changes of the latest observe
         self._member_of: dict[SeriesKey, str] = {}
+        #: service -> the open incidents holding a member of it
+        self._incidents_of: dict[str, set[str]] = {}
 
     def observe(
         self, now: float, anomalous: Iterable[Member], changes: Iterable[Change] = ()
@@ -261,14 +296,22 @@ class IncidentTracker:
                 inc = Incident(incident_id(member), member.onset)
                 self.incidents[inc.id] = inc
                 out.opened.append(inc)
-            inc.members[member.key] = member
+            inc.add(member)
             self._member_of[member.key] = inc.id
+            if member.service is not None:
+                self._incidents_of.setdefault(member.service, set()).add(inc.id)
             touched.add(inc.id)
         for iid in sorted(touched):
             inc = self.incidents[iid]
             if not inc.active():
                 inc.closed_at = now
                 del self.incidents[iid]
+                for svc in inc.by_service:
+                    holders = self._incidents_of.get(svc)
+                    if holders is not None:
+                        holders.discard(iid)
+                        if not holders:
+                            del self._incidents_of[svc]
                 for key in inc.members:
                     if self._member_of.get(key) == iid:
                         del self._member_of[key]
@@ -282,13 +325,19 @@ class IncidentTracker:
     def _home(self, member: Member) -> Incident | None:
         """The open incident ``member`` joins: the oldest with a related member that is
         anomalous at ``member``'s onset, or was within the window of it."""
+        if member.service is None:
+            return None
+        related = self.dependencies.related_to(member.service)
+        candidates = set().union(*(self._incidents_of.get(svc, ()) for svc in related))
         best = None
-        for inc in self.incidents.values():
+        for inc in (self.incidents[iid] for iid in sorted(candidates)):
+            if best is not None and inc.opened_at >= best.opened_at:
+                continue
             if any(
                 self._gap(member, m) <= self.window
-                and self.dependencies.related(member.service, m.service)
-                for m in inc.members.values()
-            ) and (best is None or inc.opened_at < best.opened_at):
+                for svc in related & inc.by_service.keys()
+                for m in inc.by_service[svc]
+            ):
                 best = inc
         return best
 
@@ -297,16 +346,6 @@ class IncidentTracker:
         """Seconds between ``new``'s onset and ``m``'s anomaly (0 while it lasts)."""
         end = m.ended_at if m.ended_at is not None else max(new.onset, m.onset)
         return max(0.0, m.onset - new.onset, new.onset - end)
-
-    def _dependents(self, member: Member, members: list[Member]) -> set[str]:
-        """The other member services that call ``member``'s service."""
-        return {
-            s
-            for m in members
-            if (s := m.service) is not None
-            and s != member.service
-            and self.dependencies.calls(s, member.service)
-        }
 
     def _preceding(self, member: Member, inc: Incident) -> Change | None:
         """The latest change of ``member``'s service at most ``change_window`` before its
@@ -321,7 +360,11 @@ class IncidentTracker:
 
     def _explain(self, inc: Incident) -> None:
         members = list(inc.members.values())
-        deps = {m.key: self._dependents(m, members) for m in members}
+        services = set(inc.by_service)
+        # per service, not per member: the other member services that call it
+        callers = {s: self.dependencies.callers(s) & services for s in services}
+        empty: frozenset[str] = frozenset()
+        deps = {m.key: callers[m.service] if m.service else empty for m in members}
         changed = {m.key: self._preceding(m, inc) for m in members}
         for c in changed.values():
             if c is not None and c not in inc.changes:

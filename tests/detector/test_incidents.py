@@ -181,3 +181,29 @@ def test_a_deploy_just_before_the_onset_names_the_cause_and_says_so():
     t2 = IncidentTracker(SHOP, window=300)
     t2.observe(1010, members, [late, old])
     assert next(iter(t2.incidents.values())).cause.service == "shop.payments"
+
+
+def test_a_big_storm_is_grouped_without_comparing_every_pair():
+    """5,000 series of 200 chained services: one incident, its cause at the end of the
+    chain, and the service index empty again once it closed (``python bench/grouping.py``
+    times it: 0.2 s; comparing every pair took 280 s)."""
+    chain = Dependencies.parse({f"ns.s{i}": [f"ns.s{i + 1}"] for i in range(199)})
+    storm = [
+        Member(
+            f"q{j}",
+            {"namespace": "ns", "app": f"s{i}", "pod": str(j)},
+            1000.0 + j % 60,
+            ("level_shift",),
+            1.0,
+            f"ns.s{i}",
+        )
+        for i in range(200)
+        for j in range(25)
+    ]
+    t = IncidentTracker(chain, 300)
+    t.observe(1100, storm)
+    (inc,) = t.incidents.values()
+    assert inc.cause.service == "ns.s199" and len(inc.members) == 5000
+    assert set(inc.by_service) == {f"ns.s{i}" for i in range(200)}
+    t.observe(1160, [])
+    assert not t.incidents and t._incidents_of == {}
