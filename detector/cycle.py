@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from aiops.core.errors import QueryError
+from aiops.core.numbers import finite_or_none
 from aiops.core.redact import redact
 from aiops.core.settings import Settings
 from detector.catalogue import Query, resolve_catalogue
@@ -414,10 +415,10 @@ class Detector:
                             "series": series_key(query, r.labels),
                             "ts": float(r.observed_at),
                             "metric": query,
-                            "value": _finite(r.value),
-                            "baseline": _finite(r.baseline),
-                            "scale": _finite(r.scale),
-                            "features": {k: _finite(v) for k, v in r.features.items()},
+                            "value": finite_or_none(r.value),
+                            "baseline": finite_or_none(r.baseline),
+                            "scale": finite_or_none(r.scale),
+                            "features": {k: finite_or_none(v) for k, v in r.features.items()},
                         }
                         for r in results
                         if r.status == "ok"
@@ -562,10 +563,6 @@ class Detector:
             },
         }
         return healthy, body
-
-
-def _finite(v: float) -> float | None:
-    return float(v) if v is not None and math.isfinite(v) else None
 
 
 def build_detector(settings: Settings, **kwargs: Any) -> Detector:

@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from aiops.core.numbers import finite_or_none
 from aiops.core.redact import short_error
 from aiops.core.series import series_key
 from aiops.core.signing import signed_headers
@@ -47,8 +48,7 @@ def event_id(metric: str, labels: dict[str, str], started_at: float) -> str:
 
 
 def anomaly_event(result: Any, status: str, now: float) -> dict[str, Any]:
-    def num(v: float | None) -> float | None:
-        return None if v is None or v != v or v in (float("inf"), float("-inf")) else float(v)
+    num = finite_or_none
 
     started = result.started_at if result.started_at is not None else result.observed_at
     return {

@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from aiops.core.numbers import finite_or_none
 from detector.explain import Reason
 
 
@@ -37,7 +36,7 @@ class SeriesResult:
 
     def as_dict(self) -> dict[str, Any]:
         def num(v: float) -> float | None:
-            return None if v is None or not np.isfinite(v) else round(float(v), 6)
+            return finite_or_none(v, 6)
 
         return {
             "metric": self.metric,

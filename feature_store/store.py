@@ -9,7 +9,6 @@ on (series, ts): re-running a training window or a cycle rewrites, never doubles
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -20,15 +19,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from aiops.core.db import retrying
+from aiops.core.numbers import finite_or_none
 from aiops.core.series import series_key
 from feature_store import tables
 
 #: rows per INSERT statement batch (keeps statements within SQLite's variable limit)
 BATCH_ROWS = 2000
-
-
-def _num(v: Any) -> float | None:
-    return None if v is None or not math.isfinite(float(v)) else float(v)
 
 
 def _json_safe(v: Any) -> Any:
@@ -38,7 +34,7 @@ def _json_safe(v: Any) -> Any:
     if isinstance(v, list | tuple):
         return [_json_safe(x) for x in v]
     if isinstance(v, float | np.floating):
-        return _num(v)
+        return finite_or_none(v)
     if isinstance(v, np.integer):
         return int(v)
     return v
@@ -136,10 +132,12 @@ class FeatureStore:
                     "series": keys[ii[r]],
                     "ts": float(times[tt[r]]),
                     "metric": metric,
-                    "value": _num(value[r]),
-                    "baseline": _num(baseline[r]),
-                    "scale": _num(scale[r]),
-                    "features": {n: _num(x) for n, x in zip(names, matrix[r], strict=True)},
+                    "value": finite_or_none(value[r]),
+                    "baseline": finite_or_none(baseline[r]),
+                    "scale": finite_or_none(scale[r]),
+                    "features": {
+                        n: finite_or_none(x) for n, x in zip(names, matrix[r], strict=True)
+                    },
                 }
             )
         return rows
@@ -248,10 +246,10 @@ class FeatureStore:
                 "metric": r.metric,
                 "labels": dict(r.labels),
                 "ts": float(r.observed_at),
-                "started_at": _num(r.started_at),
-                "score": _num(r.score),
-                "value": _num(r.value),
-                "baseline": _num(r.baseline),
+                "started_at": finite_or_none(r.started_at),
+                "score": finite_or_none(r.score),
+                "value": finite_or_none(r.value),
+                "baseline": finite_or_none(r.baseline),
                 "reasons": _json_safe([x.as_dict() for x in r.reasons]),
                 "model_version": r.model_version or "",
             }

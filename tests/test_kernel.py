@@ -150,3 +150,13 @@ def time_monotonic() -> float:
     import time
 
     return time.monotonic()
+
+
+def test_a_number_on_its_way_out_is_finite_or_none():
+    import numpy as np
+
+    from aiops.core.numbers import finite_or_none
+
+    assert [finite_or_none(v) for v in (None, float("nan"), np.inf, -np.inf, "x")] == [None] * 5
+    assert finite_or_none(np.float32(1.5)) == 1.5 and type(finite_or_none(np.int64(2))) is float
+    assert finite_or_none(1 / 3, 6) == 0.333333
