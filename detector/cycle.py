@@ -32,6 +32,7 @@ from detector.incidents import (
     Incident,
     IncidentTracker,
     Member,
+    SeriesKey,
     service_of,
 )
 from detector.pipeline import (
@@ -145,8 +146,13 @@ class Detector:
         #: open anomalies whose ``firing`` event was sent (see ``_track_onsets``)
         self._sent: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
         self._last: dict[tuple[str, tuple[tuple[str, str], ...]], SeriesResult] = {}
-        #: firing events of anomalies open before a restart (from the webhook outbox)
-        self._restored: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
+        #: firing events of incidents open before a restart (from the webhook outbox):
+        #: event id -> (the event, its members' series keys)
+        self._restored: dict[str, tuple[dict[str, Any], list[SeriesKey]]] = {}
+        #: incidents whose firing event was sent: id -> (the event, its signature)
+        self._posted: dict[str, tuple[dict[str, Any], Any]] = {}
+        #: series dropped as stale: an incident they end is forgotten, not resolved
+        self._gone: set[SeriesKey] = set()
         self.notifier: Any = None
         if settings.webhook_url:
             from detector.notify import Notifier, Outbox
@@ -162,17 +168,27 @@ class Detector:
         self._lock = threading.Lock()
 
     def _restore_onsets(self, events: list[dict[str, Any]]) -> None:
-        """The onsets of anomalies open when the detector stopped: the anomaly keeps its
-        event id, and its ``resolved`` event is sent when it has ended."""
+        """The onsets of the members of incidents open when the detector stopped (an
+        older detector's per-series event is one member): the incident found again keeps
+        its event id, and the ``resolved`` event of one that ended meanwhile is sent."""
         names = {q.name for q in self.queries}
         for event in events:
-            labels = event.get("labels")
-            if event.get("metric") not in names or not isinstance(labels, dict):
-                continue
-            key = (event["metric"], label_key(labels))
-            self._onsets[key] = float(event["started_at"])
-            self._sent.add(key)
-            self._restored[key] = event
+            inc = event.get("incident")
+            members = inc.get("members") if isinstance(inc, dict) else None
+            if not isinstance(members, list):
+                members = [{**event, "onset": event.get("started_at")}]
+            keys = []
+            for m in members:
+                labels, onset = m.get("labels"), m.get("onset")
+                if m.get("metric") not in names or not isinstance(labels, dict):
+                    continue
+                if m.get("ended_at") is not None or not isinstance(onset, int | float):
+                    continue
+                key = (m["metric"], label_key(labels))
+                self._onsets.setdefault(key, float(onset))
+                self._sent.add(key)
+                keys.append(key)
+            self._restored[event["id"]] = (event, keys)
 
     # -- start-up ---------------------------------------------------------------------------
     def check_queries(self) -> dict[str, str | None]:
@@ -370,6 +386,52 @@ class Detector:
             log.info("incident closed id=%s members=%d", inc.id, len(inc.members))
         report.incidents = list(self.incidents.incidents.values())
         self.incident_collector.update(report.incidents)
+        if self.notifier is not None:
+            self._post_incidents(changes.closed, time.time())
+
+    @staticmethod
+    def _signature(cause: SeriesKey | None, members: Any) -> tuple[Any, frozenset[SeriesKey]]:
+        """What a revision changes: the probable cause and the members."""
+        return cause, frozenset(members)
+
+    def _post_incidents(self, closed: list[Incident], now: float) -> None:
+        """One event per incident to the webhook (``detector.notify``): ``firing`` when
+        it opens (once a member holds a reason other than a spike: a spike is shown,
+        not acted on), again as its next revision when a member joined or the probable
+        cause moved, ``resolved`` when it closed."""
+        from detector.notify import incident_event, resolved_event
+
+        for inc in closed:
+            posted = self._posted.pop(inc.id, None)
+            if posted is None:
+                continue
+            if any(k in self._gone for k in inc.members):  # went stale: no one knows
+                self.notifier.forget([posted[0]])
+            else:
+                self.notifier.send(resolved_event(posted[0], now))
+        self._gone -= {k for inc in closed for k in inc.members}
+        open_now = self.incidents.incidents
+        for eid, (event, keys) in list(self._restored.items()):
+            if eid in open_now:  # the same incident, found again after the restart
+                cause = (event.get("metric"), label_key(event.get("labels") or {}))
+                self._posted[eid] = (event, self._signature(cause, keys))
+                del self._restored[eid]
+            elif not any(k in self._onsets for k in keys):  # ended while away
+                self.notifier.send(resolved_event(event, now))
+                del self._restored[eid]
+        for inc in open_now.values():
+            if inc.cause is None:
+                continue
+            signature = self._signature(inc.cause.key, inc.members)
+            posted = self._posted.get(inc.id)
+            if posted is None and not any(k in self._sent for k in inc.members):
+                continue  # spikes only, so far
+            if posted is not None and posted[1] == signature:
+                continue
+            revision = 1 if posted is None else posted[0]["incident"]["revision"] + 1
+            event = incident_event(inc, self._last.get(inc.cause.key), revision, now)
+            self._posted[inc.id] = (event, signature)
+            self.notifier.send(event)
 
     # -- the database -------------------------------------------------------------------
     def _refresh_models(self) -> None:
@@ -466,17 +528,9 @@ class Detector:
                 log.warning("dropping stale gauges query=%s", q.name)
             self.collector.drop(q.name)
             self.metrics.forget_query(q.name)
-            gone = [k for k in self._onsets if k[0] == q.name]
-            if gone and self.notifier is not None:
-                from detector.notify import event_id
-
-                self.notifier.forget(
-                    [{"id": event_id(k[0], dict(k[1]), self._onsets[k])} for k in gone]
-                )
+            self._gone |= {k for k in self._onsets if k[0] == q.name}
             self._onsets = {k: v for k, v in self._onsets.items() if k[0] != q.name}
             self._sent = {k for k in self._sent if k[0] != q.name}
-            for k in gone:
-                self._restored.pop(k, None)
 
     def _track_onsets(self, query: str, results: list[SeriesResult]) -> None:
         seen = set()
@@ -496,34 +550,15 @@ class Detector:
                         ",".join(x.reason for x in r.reasons),
                     )
                 r.started_at = self._onsets[key]
-                # the webhook hears of an anomaly once a reason other than a spike holds
-                # it (a spike is shown, not acted on): same onset, same event id
-                if key not in self._sent and any(
-                    x.reason not in PASSIVE_REASONS for x in r.reasons
-                ):
+                # its incident is posted to the webhook once a reason other than a spike
+                # holds a member (a spike is shown, not acted on)
+                if any(x.reason not in PASSIVE_REASONS for x in r.reasons):
                     self._sent.add(key)
-                    self._notify(r, "firing")
         for key in [k for k in self._onsets if k[0] == query and k not in seen]:
             log.info("anomaly ended metric=%s labels=%s", query, dict(key[1]))
             del self._onsets[key]
-            last = self._last.pop(key, None)
-            restored = self._restored.pop(key, None)
-            if key not in self._sent:
-                continue  # a spike alone: no firing event was sent, so no resolved one
+            self._last.pop(key, None)
             self._sent.discard(key)
-            if last is not None:
-                self._notify(last, "resolved")
-            elif restored is not None and self.notifier is not None:
-                from detector.notify import resolved_event
-
-                self.notifier.send(resolved_event(restored, time.time()))
-
-    def _notify(self, result: SeriesResult, status: str) -> None:
-        if self.notifier is None:
-            return
-        from detector.notify import anomaly_event
-
-        self.notifier.send(anomaly_event(result, status, time.time()))
 
     def _database_health(self) -> dict[str, Any] | None:
         if self.engine is None:

@@ -1,8 +1,13 @@
-"""Anomaly events to the runbook webhook (DESIGN 4.3), signed, one per onset and end.
+"""Anomaly events to the runbook webhook (DESIGN 4.3), signed, one per incident.
 
-When ``RUNBOOK_WEBHOOK_URL`` is set the detector posts one ``firing`` event when
-an anomaly starts and one ``resolved`` event when it ends — not one per cycle.
-Events are sent from a background thread so a slow webhook never delays a cycle.
+When ``RUNBOOK_WEBHOOK_URL`` is set the detector posts one ``firing`` event when an
+incident opens (``detector.incidents``: related anomalies grouped, with a probable
+cause), one more (the next ``revision``) when a member joins it or its probable cause
+moves, and one ``resolved`` event when its last member ends — not one per series
+or per cycle. The event's ``metric``, ``labels``, ``score`` and ``reasons`` are its
+probable cause's; ``incident`` lists the members (probable cause first, at most
+``MAX_EVENT_MEMBERS``) and the evidence. Events are sent from a background thread
+so a slow webhook never delays a cycle.
 
 An event stays queued until the webhook acknowledges it (2xx): 5xx answers, 429,
 timeouts and connection errors are retried with exponential backoff capped at
@@ -65,6 +70,48 @@ def anomaly_event(result: Any, status: str, now: float) -> dict[str, Any]:
         "model_version": result.model_version,
         "status": status,
     }
+
+
+#: members an incident event lists at most (``member_count`` says how many it has)
+MAX_EVENT_MEMBERS = 200
+
+
+def incident_event(inc: Any, cause: Any, revision: int, now: float) -> dict[str, Any]:
+    """The ``firing`` event of incident ``inc`` (``detector.incidents.Incident``) at its
+    ``revision``; ``cause`` is its probable cause's latest ``SeriesResult`` (None once
+    that series ended: the member's own record stands in)."""
+    member = inc.cause
+    if cause is not None:
+        event = anomaly_event(cause, "firing", now)
+    else:
+        event = {
+            "metric": member.query,
+            "labels": dict(member.labels),
+            "score": finite_or_none(member.score),
+            "forest_score": None,
+            "reasons": [{"reason": r} for r in member.reasons],
+            "value": None,
+            "baseline": None,
+            "observed_at": now,
+            "model_version": "",
+            "status": "firing",
+        }
+    described = inc.as_dict()
+    members = described["members"]
+    event.update(
+        id=inc.id,
+        started_at=inc.opened_at,
+        incident={
+            "id": inc.id,
+            "revision": revision,
+            "cause": member.service,
+            "evidence": described["evidence"],
+            "changes": described["changes"],
+            "members": members[:MAX_EVENT_MEMBERS],
+            "member_count": len(members),
+        },
+    )
+    return event
 
 
 def resolved_event(firing: dict[str, Any], now: float) -> dict[str, Any]:

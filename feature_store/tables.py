@@ -125,6 +125,16 @@ incidents = Table(
     Column("metric", Text),
     Column("namespace", Text),
     Column("app", Text),
+    Column("cause", Text),
+    Column("chain", Text),
+)
+
+incident_members = Table(
+    "runbooks_incident_members",
+    metadata,
+    Column("incident_id", Text, primary_key=True),
+    Column("subject", Text, primary_key=True),
+    Column("service", Text),
 )
 
 actions = Table(

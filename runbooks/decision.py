@@ -44,6 +44,11 @@ class Job:
     what: str = ""  # what it would do (``Action.describe``): the dry run's answer
     risk: str = "low"  # ``high`` holds it for approval
 
+    @property
+    def chain(self) -> str:
+        """What makes one action chain: the action and its target."""
+        return f"{self.name}:{self.target.key}"
+
 
 @dataclass
 class GuardConfig:

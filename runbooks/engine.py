@@ -155,15 +155,18 @@ class Remediator:
         if sig.status == "resolved":
             return self._resolve(conn, rows, sig, now), None
         incident = state.open_incident(conn, sig, now)
-        if incident.created:
-            rows.append(self.audit.write(conn, "incident_opened", sig, incident_id=incident.id))
+        iid = incident.id
         conn.execute(
             update(tables.deliveries)
             .where(tables.deliveries.c.dedup_key == sig.dedup_key)
-            .values(incident_id=incident.id)
+            .values(incident_id=iid)
         )
-        iid = incident.id
-        rule = self.policy.match(sig.names, sig.reasons, sig.namespace, sig.app)
+        grouped = self._incident_rows(conn, rows, sig, incident)
+        if grouped is not None:
+            return grouped, None
+        rule = self.policy.match(
+            sig.names, sig.reasons, sig.namespace, sig.app, incident.cause or sig.cause
+        )
         if rule is None:
             rows.append(self.audit.write(conn, "no_policy", sig, incident_id=iid))
             return Decision("no_policy", iid), None
@@ -182,7 +185,73 @@ class Remediator:
                 conn, "policy_match", sig, incident_id=iid, action=rule.action, details=details
             )
         )
+        other = self._other_chain(incident, job)
+        if other is not None:
+            rows.append(
+                self.audit.write(
+                    conn,
+                    "skipped_incident",
+                    sig,
+                    incident_id=iid,
+                    action=rule.action,
+                    details={"would": job.what, "why": other},
+                )
+            )
+            return Decision("skipped_incident", iid, rule.action, other), None
         return self._guard_chain(conn, rows, sig, job, incident, now)
+
+    def _incident_rows(
+        self, conn: Any, rows: Rows, sig: Signal, incident: state.Incident
+    ) -> Decision | None:
+        """The audit of what the signal did to its incident: opened it, joined it as a
+        member, or revised it (the detector's event after a member joined or the cause
+        moved). A revision of an incident whose action chain already runs stops here."""
+        iid, inc = incident.id, sig.incident
+        grouped = {}
+        if inc is not None:
+            grouped = {
+                "detector_incident": inc.id,
+                "revision": inc.revision,
+                "cause": inc.cause,
+                "members": inc.member_count if inc.member_count is not None else len(inc.members),
+                "evidence": list(inc.evidence),
+            }
+        if incident.created:
+            rows.append(
+                self.audit.write(conn, "incident_opened", sig, incident_id=iid, details=grouped)
+            )
+        elif incident.joined:
+            why = f"{sig.subject} is a member of an open incident"
+            if incident.cause:
+                why += f" whose probable cause is {incident.cause}"
+            details = {"cause": incident.cause, "why": why}
+            rows.append(
+                self.audit.write(conn, "incident_joined", sig, incident_id=iid, details=details)
+            )
+        elif inc is not None:
+            grouped["cause_moved"] = incident.cause_moved
+            rows.append(
+                self.audit.write(conn, "incident_updated", sig, incident_id=iid, details=grouped)
+            )
+            if incident.chain is not None:
+                detail = f"its action chain {incident.chain} already runs"
+                return Decision("incident_updated", iid, detail=detail)
+        return None
+
+    @staticmethod
+    def _other_chain(incident: state.Incident, job: Job) -> str | None:
+        """Why ``job`` may not run for ``incident``: one incident runs at most one action
+        chain, on its probable cause (a member that is a symptom is not acted on)."""
+        target = job.target
+        service = f"{target.namespace}.{target.app}" if target.namespace and target.app else None
+        if incident.joined and incident.cause and service != incident.cause:
+            return (
+                f"{service or target.key} is a symptom in incident {incident.id},"
+                f" whose probable cause is {incident.cause}"
+            )
+        if incident.chain is not None and incident.chain != job.chain:
+            return f"incident {incident.id} already runs its action chain {incident.chain}"
+        return None
 
     def _job(
         self,
@@ -261,6 +330,7 @@ class Remediator:
         verdict = self.guards(conn, app, target.key, name, now, reserve=not held)
         if verdict is not None:
             return refuse(*verdict)
+        state.bind_chain(conn, iid, job.chain)  # the incident's one action chain
         if held:
             approval = approvals.hold(conn, sig, job, self.config, now)
             # the audit keeps what verifies the links (their tokens' digests), never

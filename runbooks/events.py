@@ -71,8 +71,46 @@ class ReasonIn(_Incoming):
     threshold: float | None = None
 
 
+#: members an incident event may list (the detector sends at most ``MAX_EVENT_MEMBERS``)
+MAX_INCIDENT_MEMBERS = 1000
+
+
+class MemberIn(_Incoming):
+    """One anomalous series of a detector incident."""
+
+    model_config = ConfigDict(extra="allow")
+
+    metric: str = Field(min_length=1, max_length=200)
+    labels: dict[str, str] = Field(default_factory=dict)
+    service: str | None = Field(None, max_length=253)
+    onset: float | None = None
+    reasons: list[str] = Field(default_factory=list)
+    score: float | None = None
+
+
+class IncidentIn(_Incoming):
+    """The incident an anomaly event is about: the detector groups related anomalies
+    (``detector.incidents``) and sends one event per incident, its probable cause first."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1, max_length=200)
+    #: 1 when it opens; one more each time a member joins or the probable cause moves
+    revision: int = Field(1, ge=1)
+    #: the probable cause's service (``namespace.app``), when its labels name one
+    cause: str | None = Field(None, max_length=253)
+    evidence: list[str] = Field(default_factory=list, max_length=20)
+    members: list[MemberIn] = Field(default_factory=list, max_length=MAX_INCIDENT_MEMBERS)
+    #: how many members it has (``members`` may list fewer)
+    member_count: int | None = Field(None, ge=0)
+
+
 class AnomalyEvent(_Incoming):
-    """DESIGN 4.3: what the detector posts when an anomaly starts and when it ends."""
+    """DESIGN 4.3: what the detector posts when an anomaly starts and when it ends.
+
+    With ``incident`` (what the detector sends): one event per incident, whose
+    ``metric`` and ``labels`` are its probable cause's; without (an older detector),
+    one per series."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -87,6 +125,7 @@ class AnomalyEvent(_Incoming):
     observed_at: float
     model_version: str = ""
     status: Literal["firing", "resolved"]
+    incident: IncidentIn | None = None
 
 
 #: a service name: ``namespace.app`` (the detector's group_by values joined with dots)
@@ -192,6 +231,22 @@ class Signal:
     labels: dict[str, str]
     at: float
     details: dict[str, Any] = field(default_factory=dict)
+    #: the detector's incident: its revision and members (None: one series or one alert)
+    incident: IncidentIn | None = None
+
+    @property
+    def service(self) -> str | None:
+        """``namespace.app`` of what the signal is about (None without both)."""
+        if self.namespace and self.app:
+            return f"{self.namespace}.{self.app}"
+        return None
+
+    @property
+    def cause(self) -> str | None:
+        """The probable cause's service: the detector incident's, else the signal's own."""
+        if self.incident is not None and self.incident.cause:
+            return self.incident.cause
+        return self.service
 
     @property
     def name(self) -> str:
@@ -203,11 +258,30 @@ class Signal:
         return [n for n in (self.alertname, self.metric) if n]
 
 
+def incident_subject(incident_id: str) -> str:
+    """What a detector incident's webhook incident is about."""
+    return f"incident:{incident_id}"
+
+
 def from_anomaly(event: AnomalyEvent) -> Signal:
+    inc = event.incident
+    dedup_key = f"anomaly:{event.id}:{event.status}"
+    subject = series_key(event.metric, event.labels)
+    extra: dict[str, Any] = {}
+    if inc is not None:  # one event per incident, one more per revision
+        dedup_key += f":{inc.revision}"
+        subject = incident_subject(inc.id)
+        extra = {
+            "incident": inc.id,
+            "revision": inc.revision,
+            "cause": inc.cause,
+            "evidence": list(inc.evidence),
+            "members": inc.member_count if inc.member_count is not None else len(inc.members),
+        }
     return Signal(
         source="anomalies",
-        dedup_key=f"anomaly:{event.id}:{event.status}",
-        subject=series_key(event.metric, event.labels),
+        dedup_key=dedup_key,
+        subject=subject,
         status=event.status,
         alertname=None,
         metric=event.metric,
@@ -222,7 +296,9 @@ def from_anomaly(event: AnomalyEvent) -> Signal:
             "value": event.value,
             "baseline": event.baseline,
             "model_version": event.model_version,
+            **extra,
         },
+        incident=inc,
     )
 
 

@@ -24,6 +24,9 @@ File form (YAML), keyed ``<namespace>.<app>``, ``<namespace>.*``, ``*.<app>`` an
         action: command
         params: {argv: [systemctl, restart, checkout]}
     default:
+      - match: "*"                  # any anomaly of an incident ...
+        cause: shop.payments        # ... whose probable cause is payments (globs allowed)
+        action: rollout_undo
       - match: crashloop
         action: restart_pods
 
@@ -34,6 +37,7 @@ line of the file and what is wrong.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +59,14 @@ class Rule:
     #: low | medium | high (high always asks a human); None: the action's default
     risk: str | None = None
     where: str = ""  # where the rule was defined, for the audit
+    #: the probable cause's service it wants (``shop.payments``, globs allowed); None: any
+    cause: str | None = None
 
-    def matches(self, name: str | list[str], reasons: list[str]) -> bool:
+    def matches(self, name: str | list[str], reasons: list[str], cause: str | None = None) -> bool:
         names = [name] if isinstance(name, str) else name
         if self.match != "*" and self.match not in names:
+            return False
+        if self.cause is not None and (cause is None or not fnmatchcase(cause, self.cause)):
             return False
         if self.reason is not None:
             return self.reason in reasons
@@ -86,16 +94,22 @@ class Policy:
         return "RUNBOOK_AUTOFIX_POLICY", self.inline
 
     def match(
-        self, name: str | list[str], reasons: list[str], namespace: str | None, app: str | None
+        self,
+        name: str | list[str],
+        reasons: list[str],
+        namespace: str | None,
+        app: str | None,
+        cause: str | None = None,
     ) -> Rule | None:
-        """The first rule for ``name`` (an alert name or metric, or a list of both)."""
+        """The first rule for ``name`` (an alert name or metric, or a list of both) and
+        the probable cause's service ``cause``."""
         key, rules = self.rules_for(namespace, app)
         for rule in rules:
-            if rule.matches(name, reasons):
+            if rule.matches(name, reasons, cause):
                 return rule
         if key != "RUNBOOK_AUTOFIX_POLICY":  # a scoped key without a match falls back
             for rule in self.inline:
-                if rule.matches(name, reasons):
+                if rule.matches(name, reasons, cause):
                     return rule
         return None
 
@@ -115,7 +129,7 @@ def _checked(rule: Rule, setting: str) -> Rule:
         params = cls.validate(rule.params)
     except ActionError as exc:
         raise ConfigError(f"{setting}: {rule.where}: {rule.action}: {exc}") from None
-    return Rule(rule.match, rule.action, params, rule.reason, risk, rule.where)
+    return Rule(rule.match, rule.action, params, rule.reason, risk, rule.where, rule.cause)
 
 
 def parse_inline(text: str | None) -> list[Rule]:
@@ -180,7 +194,7 @@ def parse_file(path: Path) -> dict[str, list[Rule]]:
             data = yaml.safe_load(yaml.serialize(item))
             if not isinstance(data, dict):
                 raise ConfigError(f"{setting}: {where}: a rule is a mapping")
-            unknown = set(data) - {"match", "reason", "action", "params", "risk"}
+            unknown = set(data) - {"match", "reason", "action", "params", "risk", "cause"}
             if unknown:
                 raise ConfigError(f"{setting}: {where}: unknown field {sorted(unknown)[0]!r}")
             if not data.get("match") or not data.get("action"):
@@ -195,6 +209,7 @@ def parse_file(path: Path) -> dict[str, list[Rule]]:
                 str(data["reason"]) if data.get("reason") else None,
                 None if data.get("risk") is None else str(data["risk"]),
                 where,
+                str(data["cause"]) if data.get("cause") else None,
             )
             rules.append(_checked(rule, setting))
         out[key] = rules

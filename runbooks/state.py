@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, insert, select, update
 
+from aiops.core.series import series_key
 from feature_store import tables
 from runbooks.events import Signal
 
@@ -32,9 +33,18 @@ class Incident:
     metric: str | None = None
     namespace: str | None = None
     app: str | None = None
+    #: the probable cause's service (a detector incident's, else its own namespace.app)
+    cause: str | None = None
+    #: ``action:target`` of the one action chain it runs (None until one starts)
+    chain: str | None = None
+    #: the signal joined it as a member (an Alertmanager notification about a series
+    #: or a service of a detector incident), it is not the incident's own subject
+    joined: bool = False
+    #: the detector's incident event moved its probable cause
+    cause_moved: bool = False
 
 
-def _incident(row: Any, created: bool = False) -> Incident:
+def _incident(row: Any, created: bool = False, joined: bool = False) -> Incident:
     return Incident(
         row.id,
         row.status,
@@ -47,18 +57,70 @@ def _incident(row: Any, created: bool = False) -> Incident:
         row.metric,
         row.namespace,
         row.app,
+        row.cause,
+        row.chain,
+        joined,
     )
 
 
+def _member_of(conn: Any, sig: Signal) -> Any:
+    """The oldest open incident holding the signal's series, or else its service."""
+    t, m = tables.incidents, tables.incident_members
+    about = m.c.subject == sig.subject
+    if sig.service is not None:
+        about = about | (m.c.service == sig.service)
+    return conn.execute(
+        select(t)
+        .join(m, m.c.incident_id == t.c.id)
+        .where(and_(t.c.status == "open", about))
+        .order_by((m.c.subject == sig.subject).desc(), t.c.opened_at)
+        .limit(1)
+    ).first()
+
+
+def record_members(conn: Any, iid: str, members: list[tuple[str, str | None]]) -> int:
+    """Add the (series key, service) members the incident does not hold yet."""
+    m = tables.incident_members
+    have = set(conn.execute(select(m.c.subject).where(m.c.incident_id == iid)).scalars())
+    new = {}
+    for subject, service in members:
+        if subject not in have and subject not in new:
+            new[subject] = {"incident_id": iid, "subject": subject, "service": service}
+    if new:
+        conn.execute(insert(m), list(new.values()))
+    return len(new)
+
+
+def _detector_members(sig: Signal) -> list[tuple[str, str | None]]:
+    """A detector incident event's members: its cause (the event's series) first."""
+    out: list[tuple[str, str | None]] = [(series_key(sig.metric or "", sig.labels), sig.cause)]
+    if sig.incident is not None:
+        out += [(series_key(x.metric, x.labels), x.service) for x in sig.incident.members]
+    return out
+
+
 def open_incident(conn: Any, sig: Signal, now: float) -> Incident:
-    """The open incident of the signal's subject (one more event), or a new one."""
+    """The open incident of the signal's subject (one more event), or the open incident
+    it is a member of (an Alertmanager notification about a detector incident's series
+    or service joins it), or a new one. A detector incident event records its members,
+    and its probable cause when that moved."""
     t = tables.incidents
     row = conn.execute(
         select(t).where(and_(t.c.subject == sig.subject, t.c.status == "open"))
     ).first()
+    joined = False
+    if row is None and sig.incident is None:
+        row = _member_of(conn, sig)
+        joined = row is not None
     if row is not None:
         conn.execute(update(t).where(t.c.id == row.id).values(events=t.c.events + 1))
-        return _incident(row)
+        inc = _incident(row, joined=joined)
+        if sig.incident is not None:
+            record_members(conn, row.id, _detector_members(sig))
+            if sig.cause != row.cause:
+                conn.execute(update(t).where(t.c.id == row.id).values(cause=sig.cause))
+                inc.cause, inc.cause_moved = sig.cause, True
+        return inc
     iid = uuid.uuid4().hex[:16]
     values = {
         "id": iid,
@@ -73,11 +135,31 @@ def open_incident(conn: Any, sig: Signal, now: float) -> Incident:
         "metric": sig.metric,
         "namespace": sig.namespace,
         "app": sig.app,
+        "cause": sig.cause,
     }
     conn.execute(insert(t).values(**values))
+    if sig.incident is not None:
+        record_members(conn, iid, _detector_members(sig))
     return Incident(
-        iid, "open", now, 1, 0, False, True, sig.alertname, sig.metric, sig.namespace, sig.app
+        iid,
+        "open",
+        now,
+        1,
+        0,
+        False,
+        True,
+        sig.alertname,
+        sig.metric,
+        sig.namespace,
+        sig.app,
+        sig.cause,
     )
+
+
+def bind_chain(conn: Any, iid: str, chain: str) -> None:
+    """The incident's one action chain is ``chain`` (``action:target``) from now on."""
+    t = tables.incidents
+    conn.execute(update(t).where(and_(t.c.id == iid, t.c.chain.is_(None))).values(chain=chain))
 
 
 def close_incident(conn: Any, subject: str, now: float) -> Incident | None:

@@ -167,3 +167,106 @@ def test_detect_once_prints_each_incident_with_its_cause_and_evidence(monkeypatc
     assert lines[0].startswith(f"incident {inc.id}: probable cause shop.payments success_rate")
     assert lines[0].endswith("; 3 members")
     assert "  shop.checkout depends on shop.payments" in lines
+
+
+# -- one event per incident to the webhook ----------------------------------------------
+
+
+def storm_rows(source, *, latency: bool, healthy: bool = False) -> None:
+    """payments fails and checkout's success rate follows; ``latency``: checkout's p99 too."""
+    shift = 0.0 if healthy else 1.0
+    source.rows["success_rate"] = (
+        apps("payments", "checkout", "search"),
+        np.stack([series(1, -0.1 * shift), series(2, -0.05 * shift), series(3)]),
+    )
+    source.rows["latency_p99"] = (
+        apps("checkout", "search"),
+        np.stack([series(4, 0.1 * shift if latency else 0.0), series(5)]),
+    )
+
+
+def posted(server) -> list[dict]:
+    import json
+
+    return [json.loads(body) for _, body in server.got]
+
+
+def test_the_webhook_gets_one_event_per_incident_a_revision_per_member_and_one_resolved(
+    monkeypatch,
+):
+    from tests.runbooks.conftest import SECRET
+    from tests.runbooks.test_notify import scripted
+
+    server = scripted()
+    url = f"http://127.0.0.1:{server.server_address[1]}/anomalies"
+    det, source, _ = detector(monkeypatch, webhook_url=url, webhook_secret=SECRET)
+    now = 1_700_000_000.0
+    storm_rows(source, latency=False)
+    (inc,) = det.run_cycle(now).incidents
+    det.run_cycle(now + 60)  # nothing new: no event
+    storm_rows(source, latency=True)  # checkout's p99 joins
+    det.run_cycle(now + 120)
+    storm_rows(source, latency=True, healthy=True)
+    assert det.run_cycle(now + 180).incidents == []
+    assert det.notifier.drain()
+    events = posted(server)
+    assert [(e["status"], e["incident"]["revision"]) for e in events] == [
+        ("firing", 1),
+        ("firing", 2),
+        ("resolved", 2),
+    ]
+    assert {e["id"] for e in events} == {inc.id}
+    first, second, _ = events
+    # the probable cause on top, every member listed (the cause first)
+    assert (first["metric"], first["labels"]["app"]) == ("success_rate", "payments")
+    assert first["incident"]["cause"] == "shop.payments"
+    assert [m["service"] for m in first["incident"]["members"]] == [
+        "shop.payments",
+        "shop.checkout",
+    ]
+    assert second["incident"]["member_count"] == 3
+    assert any("depends on shop.payments" in line for line in second["incident"]["evidence"])
+    server.shutdown()
+
+
+def test_a_restarted_detector_keeps_the_incident_and_resolves_it_with_the_same_id(
+    monkeypatch, tmp_path
+):
+    from aiops.core.db import make_engine
+    from feature_store.store import FeatureStore
+    from sql.migrate import migrate
+    from tests.runbooks.conftest import SECRET
+    from tests.runbooks.test_notify import scripted
+
+    engine = make_engine(f"sqlite:///{tmp_path}/store.db")
+    migrate(engine)
+    server = scripted()
+    url = f"http://127.0.0.1:{server.server_address[1]}/anomalies"
+
+    def start():
+        for k in ("AIOPS_METRICS", "AIOPS_CONFIG"):
+            monkeypatch.delenv(k, raising=False)
+        s = load_settings(
+            interval_seconds=60, depends_on=DEPENDS, webhook_url=url, webhook_secret=SECRET
+        )
+        source = ScriptedSource()
+        det = Detector(s, queries=QUERIES, source=source, store=FeatureStore(engine))
+        return det, source
+
+    det, source = start()
+    now = 1_700_000_000.0
+    storm_rows(source, latency=True)
+    (inc,) = det.run_cycle(now).incidents
+    assert det.notifier.drain()
+    det.notifier.close()
+    again, source = start()  # the outbox remembers the open incident's onsets
+    storm_rows(source, latency=True)
+    assert [i.id for i in again.run_cycle(now + 60).incidents] == [inc.id]
+    storm_rows(source, latency=True, healthy=True)
+    again.run_cycle(now + 120)
+    assert again.notifier.drain()
+    events = posted(server)
+    assert [(e["id"], e["status"]) for e in events] == [(inc.id, "firing"), (inc.id, "resolved")]
+    again.notifier.close()
+    server.shutdown()
+    engine.dispose()

@@ -36,6 +36,7 @@ EXPECTED_TABLES = {
     "runbooks_halts",
     "aiops_webhook_outbox",
     "aiops_changes",
+    "runbooks_incident_members",
     TABLE,
 }
 
@@ -89,6 +90,7 @@ def test_migrate_creates_every_table_and_records_versions_with_checksums(engine)
         "004_runbooks_halts",
         "005_webhook_outbox",
         "006_change_events",
+        "007_incident_members",
     ]
     assert set(sqlalchemy.inspect(engine).get_table_names()) >= EXPECTED_TABLES
     rows = recorded(engine)
@@ -99,6 +101,7 @@ def test_migrate_creates_every_table_and_records_versions_with_checksums(engine)
         (4, "runbooks_halts"),
         (5, "webhook_outbox"),
         (6, "change_events"),
+        (7, "incident_members"),
     ]
     for (_, _, checksum, applied_at), stem in zip(
         rows,
@@ -109,6 +112,7 @@ def test_migrate_creates_every_table_and_records_versions_with_checksums(engine)
             "004_runbooks_halts",
             "005_webhook_outbox",
             "006_change_events",
+            "007_incident_members",
         ),
         strict=True,
     ):
