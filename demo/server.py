@@ -6,6 +6,8 @@ Routes::
     GET    /faults                       JSON list of ongoing and scheduled faults
     POST   /fault?app=..&kind=..[&duration=s][&magnitude=x][&start=epoch|&offset=s]
     DELETE /fault[?app=..]               end faults (of one app or all)
+    POST   /deploy?app=..[&description=..]  announce a (fake) deploy of the app to the
+                                         webhook's POST /changes, signed (``aiops demo up``)
     GET    /healthz                      {"status": "ok"}
 """
 
@@ -46,6 +48,8 @@ class DemoServer(ThreadingHTTPServer):
         self.clock = clock
         self.registry = workload.register(registry, clock=clock)
         self.thread: threading.Thread | None = None
+        #: where ``POST /deploy`` announces a change: (the webhook's /changes URL, secret)
+        self.announce_to: tuple[str, str] | None = None
 
     @property
     def url(self) -> str:
@@ -67,9 +71,12 @@ def serve(
     *,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], float] = time.time,
+    announce_to: tuple[str, str] | None = None,
 ) -> tuple[DemoServer, threading.Thread]:
-    """Serve ``workload`` in a daemon thread; ``port=0`` picks a free port."""
+    """Serve ``workload`` in a daemon thread; ``port=0`` picks a free port.
+    ``announce_to``: the webhook's ``/changes`` URL and secret ``POST /deploy`` uses."""
     server = DemoServer((host, port), workload, registry, clock)
+    server.announce_to = announce_to
     thread = threading.Thread(target=server.serve_forever, name="demo-workload-http", daemon=True)
     server.thread = thread
     thread.start()
@@ -140,6 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
                 wl.advance_to(self.server.clock())
                 cleared = wl.clear(params.get("app") or None)
                 self._json(HTTPStatus.OK, {"cleared": cleared})
+            elif route == ("POST", "/deploy"):
+                self._deploy(params)
             elif route in (("GET", "/healthz"), ("GET", "/")):
                 self._json(HTTPStatus.OK, {"status": "ok", "time": wl.state_time})
             else:
@@ -170,3 +179,38 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(HTTPStatus.OK, fault.to_dict(wl.state_time))
 
     do_GET = do_POST = do_DELETE = _dispatch
+
+    def _deploy(self, params: dict[str, str]) -> None:
+        """A fake deploy of ``app``, announced to the webhook like CI/CD would."""
+        import uuid
+
+        import httpx
+
+        from aiops.core.signing import signed_headers
+        from demo.workload import APPS
+
+        app = params.get("app")
+        if app not in APPS:
+            raise ValueError(f"app must be one of {', '.join(APPS)}, got {app!r}")
+        if self.server.announce_to is None:
+            self._json(HTTPStatus.CONFLICT, {"error": "no webhook to announce to (aiops demo up)"})
+            return
+        url, secret = self.server.announce_to
+        change = {
+            "id": f"demo-deploy-{uuid.uuid4().hex[:12]}",
+            "labels": {"namespace": self.server.workload.namespace, "app": app},
+            "kind": "deploy",
+            "description": params.get("description") or "a demo deploy",
+            "at": self.server.clock(),
+        }
+        body = json.dumps(change).encode()
+        headers = {"Content-Type": "application/json", **signed_headers(secret, body)}
+        try:
+            r = httpx.post(url, content=body, headers=headers, timeout=5.0)
+        except httpx.HTTPError as exc:
+            self._json(HTTPStatus.BAD_GATEWAY, {"error": f"the webhook did not answer: {exc}"})
+            return
+        if not r.is_success:
+            self._json(HTTPStatus.BAD_GATEWAY, {"error": f"the webhook answered {r.status_code}"})
+            return
+        self._json(HTTPStatus.OK, {"change": change, "webhook": r.json()})

@@ -52,6 +52,7 @@ STEP = "5s"
 LOOKBACK = "1h"
 WINDOWS = ("30s", "1m", "3m")
 RULE_FOR = "15s"
+SETTLE_SECONDS = 10.0
 RULE_KEEP_FIRING_FOR = "30s"
 VERIFY_SECONDS = 180.0
 
@@ -283,6 +284,9 @@ def _run(
         database_url=f"sqlite:///{workdir}/aiops.db",
         webhook_url=f"http://127.0.0.1:{webhook_port}/anomalies" if direct else None,
         webhook_secret=secret,
+        # two cycles for a storm's members to join before the webhook hears of it:
+        # less than the alert rules' `for` (RULE_FOR), so the detector's event comes first
+        incident_settle_seconds=SETTLE_SECONDS,
     )
     setup_logging(settings.log_level)
 
@@ -302,7 +306,10 @@ def _run(
     backfill(history, workdir / "data", promtool=promtool)
     history.unlink()
 
-    wl_server, _ = serve(workload, host="127.0.0.1", port=ports["workload"])
+    changes_url = f"http://127.0.0.1:{webhook_port}/changes"
+    wl_server, _ = serve(
+        workload, host="127.0.0.1", port=ports["workload"], announce_to=(changes_url, secret)
+    )
     stack.push_stop("demo workload", wl_server.stop)
     wl = wl_server.url
     rules = write_rules(workdir / "rules")
@@ -383,9 +390,15 @@ Anomalies reach the webhook through {paths}.
 
 Make an app misbehave (kinds: error_burst, latency_shift, latency_jitter, traffic_drop):
   curl -X POST '{wl}/fault?app=payments&kind=error_burst&duration=120'
-Within a minute the detector flags it (Prometheus fires AIOpsAnomalyDetected 15 s
-later), the webhook opens an incident, and its policy
+frontend calls checkout, checkout calls payments: a payments fault raises checkout's
+and frontend's errors and lowers checkouts and revenue. Within a minute the detector
+flags it and groups the storm into ONE incident whose probable cause is payments
+(Prometheus fires AIOpsIncident and AIOpsAnomalyDetected 15 s later); the webhook
+opens one incident for it, acts on payments only, and its policy
 {heal}
+Announce a (fake) deploy first, and the incident names it as the cause's evidence:
+  curl -X POST '{wl}/deploy?app=payments'
+
 Read the audit:  curl -s -H "Authorization: Bearer $(cat {token_file})" \\
                    'http://127.0.0.1:{webhook_port}/audit?kind=incident_opened'
 End a fault by hand:  curl -X DELETE '{wl}/fault?app=payments'
@@ -425,8 +438,19 @@ def write_catalogue(workdir: Path) -> Path:
         "# The demo's catalogue (aiops demo up): the default queries at the demo's pace.\n"
         "# Use it with: aiops detect --once --config THIS_FILE --prom-url ...\n"
     )
-    path.write_text(header + yaml.safe_dump({"queries": demo_queries()}, sort_keys=False))
+    catalogue = {"queries": demo_queries(), "depends_on": demo_dependencies()}
+    path.write_text(header + yaml.safe_dump(catalogue, sort_keys=False))
     return path
+
+
+def demo_dependencies(namespace: str = "demo") -> dict[str, list[str]]:
+    """The workload's dependency map as the catalogue's ``depends_on:``."""
+    from demo.workload import CALLS
+
+    return {
+        f"{namespace}.{caller}": [f"{namespace}.{c}" for c in callees]
+        for caller, callees in CALLS.items()
+    }
 
 
 def write_rules(outdir: Path) -> list[str]:

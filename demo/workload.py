@@ -38,6 +38,11 @@ MAGNITUDE_RANGE: dict[str, tuple[float, float]] = {
     "latency_jitter": (0.0, 5.0),
     "traffic_drop": (0.0, 1.0),
 }
+#: who calls whom (the demo's dependency map): a fault of a callee shows in its callers
+CALLS: dict[str, tuple[str, ...]] = {"frontend": ("checkout",), "checkout": ("payments",)}
+#: the share of a callee's extra 5xx its caller answers with 5xx (a failed payment fails
+#: most checkouts), and the share of a callee's extra latency its caller adds
+PASSED_ERRORS, PASSED_LATENCY = 0.8, 0.5
 BASE_RATE = {"frontend": 48.0, "checkout": 30.0, "payments": 24.0}  # mean requests/s
 MEDIAN_LATENCY = {"frontend": 0.040, "checkout": 0.090, "payments": 0.120}  # seconds
 LATENCY_SIGMA = 0.54  # lognormal sigma: p99 ≈ 3.5 × median
@@ -220,6 +225,11 @@ class Workload:
                 lat[m] *= f.magnitude
             else:
                 jitter[m] = np.hypot(jitter[m], f.magnitude)
+        for callee in CALLS.get(app, ()):  # what the services it calls pass on
+            _, c_share, c_lat, c_jitter = self._factors(callee, u)
+            share = share + (1.0 - share) * PASSED_ERRORS * np.maximum(c_share - P5XX, 0.0)
+            lat = lat * (1.0 + PASSED_LATENCY * (c_lat - 1.0))
+            jitter = np.hypot(jitter, PASSED_LATENCY * c_jitter)
         return traffic, share, lat, jitter
 
     def _block(self, k: int) -> _State:
@@ -264,7 +274,9 @@ class Workload:
             if app == "frontend":
                 biz[:, 0] = r_biz.poisson(SESSION_RATE * season * traffic)
             elif app == "checkout":
-                biz[:, 1] = r_biz.binomial(biz[:, 0], CONVERSION * traffic)
+                # a checkout answered with 5xx is a sale lost
+                lost = np.maximum(share - P5XX, 0.0)
+                biz[:, 1] = r_biz.binomial(biz[:, 0], CONVERSION * traffic * (1.0 - lost))
                 mu = math.log(ORDER_MEAN) - ORDER_SIGMA**2 / 2.0
                 cents = np.rint(r_order.lognormal(mu, ORDER_SIGMA, int(biz[:, 1].sum())) * 100)
                 owner = np.repeat(np.arange(BLOCK), biz[:, 1])

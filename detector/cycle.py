@@ -387,19 +387,22 @@ class Detector:
         report.incidents = list(self.incidents.incidents.values())
         self.incident_collector.update(report.incidents)
         if self.notifier is not None:
-            self._post_incidents(changes.closed, time.time())
+            self._post_incidents(changes.closed, now)
 
     @staticmethod
     def _signature(cause: SeriesKey | None, members: Any) -> tuple[Any, frozenset[SeriesKey]]:
         """What a revision changes: the probable cause and the members."""
         return cause, frozenset(members)
 
-    def _post_incidents(self, closed: list[Incident], now: float) -> None:
-        """One event per incident to the webhook (``detector.notify``): ``firing`` when
-        it opens (once a member holds a reason other than a spike: a spike is shown,
-        not acted on), again as its next revision when a member joined or the probable
-        cause moved, ``resolved`` when it closed."""
+    def _post_incidents(self, closed: list[Incident], at: float) -> None:
+        """One event per incident to the webhook (``detector.notify``): ``firing`` once
+        it is ``AIOPS_INCIDENT_SETTLE_SECONDS`` old (the storm's other members have
+        joined, its probable cause is known) and a member holds a reason other than a
+        spike (a spike is shown, not acted on); again as its next revision when a
+        member joined or the probable cause moved; ``resolved`` when it closed."""
         from detector.notify import incident_event, resolved_event
+
+        now, settle = time.time(), self.settings.incident_settle_seconds
 
         for inc in closed:
             posted = self._posted.pop(inc.id, None)
@@ -424,8 +427,10 @@ class Detector:
                 continue
             signature = self._signature(inc.cause.key, inc.members)
             posted = self._posted.get(inc.id)
-            if posted is None and not any(k in self._sent for k in inc.members):
-                continue  # spikes only, so far
+            if posted is None and (
+                at - inc.opened_at < settle or not any(k in self._sent for k in inc.members)
+            ):
+                continue  # settling, or spikes only so far
             if posted is not None and posted[1] == signature:
                 continue
             revision = 1 if posted is None else posted[0]["incident"]["revision"] + 1

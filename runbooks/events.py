@@ -332,8 +332,9 @@ def from_alerts(payload: AlertmanagerPayload) -> list[Signal]:
                 alertname=labels["alertname"],
                 metric=labels.get("metric"),
                 reasons=[reason] if reason else [],
-                namespace=labels.get("namespace"),
-                app=labels.get("app"),
+                # AIOpsIncident names the incident's probable cause: a rule acts on it
+                namespace=labels.get("namespace") or labels.get("probable_cause_namespace"),
+                app=labels.get("app") or labels.get("probable_cause_app"),
                 labels=labels,
                 at=ends or starts,
                 details={
@@ -353,9 +354,12 @@ _META_LABELS = frozenset({"alertname", "severity", "reason", "metric", "job", "i
 
 
 def _alert_subject(labels: dict[str, str], fingerprint: str) -> str:
-    """What an alert's incident is about. An alert naming a detector ``metric`` (as
-    AIOpsAnomalyDetected does) is about that series, so its incident is the one the
-    detector's own events open (one incident, whatever the reason or the path)."""
+    """What an alert's incident is about. An alert naming a detector ``incident`` (as
+    AIOpsIncident does) is about that incident, and one naming a detector ``metric``
+    (as AIOpsAnomalyDetected does) about that series: their incident is the one the
+    detector's own events open (one incident, whatever the path)."""
+    if labels.get("incident"):  # AIOpsIncident: the detector incident's own incident
+        return incident_subject(labels["incident"])
     metric = labels.get("metric")
     if metric:
         return series_key(metric, {k: v for k, v in labels.items() if k not in _META_LABELS})

@@ -99,6 +99,23 @@ def _detector_members(sig: Signal) -> list[tuple[str, str | None]]:
     return out
 
 
+def _adopt(conn: Any, sig: Signal) -> Any:
+    """The oldest open incident of one of a detector incident's member series (an
+    Alertmanager page about it came first): it becomes the detector incident's."""
+    t = tables.incidents
+    subjects = [subject for subject, _ in _detector_members(sig)]
+    row = conn.execute(
+        select(t)
+        .where(and_(t.c.subject.in_(subjects), t.c.status == "open"))
+        .order_by(t.c.opened_at)
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    conn.execute(update(t).where(t.c.id == row.id).values(subject=sig.subject))
+    return row
+
+
 def open_incident(conn: Any, sig: Signal, now: float) -> Incident:
     """The open incident of the signal's subject (one more event), or the open incident
     it is a member of (an Alertmanager notification about a detector incident's series
@@ -112,6 +129,8 @@ def open_incident(conn: Any, sig: Signal, now: float) -> Incident:
     if row is None and sig.incident is None:
         row = _member_of(conn, sig)
         joined = row is not None
+    elif row is None:  # a page about a member may have opened an incident first
+        row = _adopt(conn, sig)
     if row is not None:
         conn.execute(update(t).where(t.c.id == row.id).values(events=t.c.events + 1))
         inc = _incident(row, joined=joined)

@@ -276,6 +276,13 @@ class Settings(BaseSettings):
         gt=0,
         validation_alias=AliasChoices("AIOPS_INCIDENT_WINDOW_SECONDS", "incident_window_seconds"),
     )
+    #: a new incident is posted to the webhook once it is this old: the storm's other
+    #: members join it and its probable cause is known before anything acts
+    incident_settle_seconds: float = Field(
+        60.0,
+        ge=0,
+        validation_alias=AliasChoices("AIOPS_INCIDENT_SETTLE_SECONDS", "incident_settle_seconds"),
+    )
 
     @field_validator("prom_url")
     @classmethod

@@ -187,14 +187,27 @@ def _fault_vs_baseline(app: str, kind: str, **kw: float) -> tuple[dict, dict, di
     return before, during, base_during, {"after": window(faulty, T0 + 1800, T0 + 2400)}
 
 
-def test_error_burst_raises_5xx_share_of_that_app_only() -> None:
+def test_error_burst_raises_5xx_share_of_that_app_and_of_its_callers_only() -> None:
     before, during, base, rest = _fault_vs_baseline("checkout", "error_burst")
     assert share_5xx(before, "checkout") < 0.004
     assert 0.065 < share_5xx(during, "checkout") < 0.095
     assert share_5xx(rest["after"], "checkout") < 0.004
     for other in ("frontend", "payments"):
         assert requests(during, other) == requests(base, other)
-        assert share_5xx(during, other) < 0.004
+    assert share_5xx(during, "payments") < 0.004  # checkout calls payments, not back
+    # frontend calls checkout: it answers most of checkout's failures with a 5xx
+    assert 0.04 < share_5xx(during, "frontend") < share_5xx(during, "checkout")
+
+
+def test_a_payments_fault_spreads_to_checkout_frontend_and_the_business() -> None:
+    before, during, base, _ = _fault_vs_baseline("payments", "error_burst")
+    assert 0.065 < share_5xx(during, "payments") < 0.095
+    assert 0.045 < share_5xx(during, "checkout") < share_5xx(during, "payments")
+    assert 0.03 < share_5xx(during, "frontend") < share_5xx(during, "checkout")
+    # a checkout that failed sells nothing: fewer checkouts, less revenue; same sessions
+    assert during[SESSIONS] == base[SESSIONS]
+    assert during[CHECKOUTS] < 0.97 * base[CHECKOUTS]
+    assert during[REVENUE] < base[REVENUE]
 
 
 def test_latency_shift_triples_mean_latency() -> None:
@@ -202,7 +215,10 @@ def test_latency_shift_triples_mean_latency() -> None:
     assert 2.7 < mean_latency(during, "payments") / mean_latency(before, "payments") < 3.3
     assert 2.7 < mean_latency(during, "payments") / mean_latency(base, "payments") < 3.3
     assert 0.9 < mean_latency(rest["after"], "payments") / mean_latency(before, "payments") < 1.1
-    assert mean_latency(during, "frontend") == mean_latency(base, "frontend")
+    # checkout calls payments and adds half its extra latency; frontend, half of that
+    checkout = mean_latency(during, "checkout") / mean_latency(base, "checkout")
+    frontend = mean_latency(during, "frontend") / mean_latency(base, "frontend")
+    assert 1.8 < checkout < 2.2 and 1.35 < frontend < 1.65
 
 
 def test_latency_jitter_is_a_volatility_spike_not_a_level_shift() -> None:

@@ -202,12 +202,13 @@ def test_the_webhook_gets_one_event_per_incident_a_revision_per_member_and_one_r
     det, source, _ = detector(monkeypatch, webhook_url=url, webhook_secret=SECRET)
     now = 1_700_000_000.0
     storm_rows(source, latency=False)
-    (inc,) = det.run_cycle(now).incidents
-    det.run_cycle(now + 60)  # nothing new: no event
+    (inc,) = det.run_cycle(now).incidents  # settling: nothing posted yet
+    det.run_cycle(now + 60)  # settled (AIOPS_INCIDENT_SETTLE_SECONDS, 60): posted
+    det.run_cycle(now + 120)  # nothing new: no event
     storm_rows(source, latency=True)  # checkout's p99 joins
-    det.run_cycle(now + 120)
+    det.run_cycle(now + 180)
     storm_rows(source, latency=True, healthy=True)
-    assert det.run_cycle(now + 180).incidents == []
+    assert det.run_cycle(now + 240).incidents == []
     assert det.notifier.drain()
     events = posted(server)
     assert [(e["status"], e["incident"]["revision"]) for e in events] == [
@@ -257,13 +258,14 @@ def test_a_restarted_detector_keeps_the_incident_and_resolves_it_with_the_same_i
     now = 1_700_000_000.0
     storm_rows(source, latency=True)
     (inc,) = det.run_cycle(now).incidents
+    det.run_cycle(now + 60)  # settled (AIOPS_INCIDENT_SETTLE_SECONDS): posted
     assert det.notifier.drain()
     det.notifier.close()
     again, source = start()  # the outbox remembers the open incident's onsets
     storm_rows(source, latency=True)
-    assert [i.id for i in again.run_cycle(now + 60).incidents] == [inc.id]
+    assert [i.id for i in again.run_cycle(now + 120).incidents] == [inc.id]
     storm_rows(source, latency=True, healthy=True)
-    again.run_cycle(now + 120)
+    again.run_cycle(now + 180)
     assert again.notifier.drain()
     events = posted(server)
     assert [(e["id"], e["status"]) for e in events] == [(inc.id, "firing"), (inc.id, "resolved")]

@@ -1,20 +1,23 @@
 """``aiops demo up``: the whole loop on real processes, from the fault to the closed incident.
 
 Two demos run side by side (real Prometheus, Alertmanager, detector, webhook and
-demo workload each), both with ``--autofix`` and the checkout app's latency
-tripled from the start:
+demo workload each), both with ``--autofix``:
 
-- ``--via both`` (the README's demo): the detector flags the series and posts a
-  signed event; the webhook opens an incident and its policy "restarts" checkout
-  (ends its fault). Prometheus' AIOpsAnomalyDetected reaches the webhook through
-  Alertmanager and joins the same incident (the cooldown holds). The latency
-  recovers, the detector's anomaly clears and it posts a signed ``resolved``
-  event, which makes the fix ``verified`` and closes the incident with its time
-  to resolve; Alertmanager's resolved notifications follow. Then every
-  dashboard panel is proven against this run's data.
-- ``--via alertmanager``: the detector posts nothing; the alert alone opens the
-  incident and triggers the fix, and Alertmanager's resolved notification, once
-  the detector's anomaly cleared and the rule stopped firing, verifies and closes it.
+- ``--via both`` (the README's demo), with payments failing from the start (the
+  storm of issue 20): a payments fault raises checkout's and frontend's errors
+  too. The detector groups the storm into ONE incident whose probable cause is
+  payments and posts one signed event for it; the webhook opens one incident and
+  its policy "restarts" payments (ends its fault), and nothing else. Prometheus'
+  alerts about the members reach the webhook through Alertmanager and join that
+  incident (checkout's and frontend's are symptoms: never acted on). Payments
+  recovers, the last member's anomaly clears and the detector posts a signed
+  ``resolved`` event, which makes the fix ``verified`` and closes the incident
+  with its time to resolve. Then every dashboard panel is proven against this
+  run's data.
+- ``--via alertmanager``, with the checkout app's latency tripled from the start:
+  the detector posts nothing; the alert alone opens the incident and triggers the
+  fix, and Alertmanager's resolved notification, once the detector's anomaly
+  cleared and the rule stopped firing, verifies and closes it.
 
 The demo runs at its own pace (5 s steps, windows 30s/1m/3m, rules' ``for`` 15 s),
 so each loop ends within about two minutes. SIGINT stops every process a demo started.
@@ -39,8 +42,8 @@ from tests.integration.conftest import aiops_command, demo_audit, detector_env, 
 
 pytestmark = pytest.mark.integration
 
-#: the fault every demo starts with; long enough never to end by itself during the test
-FAULT = "checkout:latency_shift:1800:0"
+#: the fault each demo starts with; long enough never to end by itself during the test
+FAULTS = {"both": "payments:error_burst:1800:0", "alertmanager": "checkout:latency_shift:1800:0"}
 #: from the start: the fix ran (detection, and for the alert path its 15 s `for`)
 HEAL_DEADLINE = 150.0
 #: from the start: the metric recovered, the anomaly cleared, the incident closed
@@ -50,7 +53,8 @@ CLOSE_DEADLINE = 300.0
 class DemoRun:
     """One ``aiops demo up`` process on free ports, with its audit and its Ctrl-C."""
 
-    def __init__(self, tmp_path: Path, *args: str) -> None:
+    def __init__(self, tmp_path: Path, fault: str, *args: str) -> None:
+        self.app = fault.split(":")[0]  # the app at fault
         self.ports = {n: free_port() for n in ("prom", "workload", "detector", "am", "webhook")}
         # the default, relative --workdir (var/demo) of a demo started in tmp_path: no
         # process it starts may depend on the working directory
@@ -78,7 +82,7 @@ class DemoRun:
                 "5",
                 "--autofix",
                 "--fault",
-                FAULT,
+                fault,
                 *args,
             ],
             env=detector_env(),
@@ -123,7 +127,7 @@ def demos(binaries, tmp_path_factory) -> Iterator[dict[str, DemoRun]]:
     """Both demos, started together so that their loops run at the same time."""
     require_binary("/usr/bin/prometheus-alertmanager")
     runs = {
-        via: DemoRun(tmp_path_factory.mktemp(f"demo-{via}"), "--via", via)
+        via: DemoRun(tmp_path_factory.mktemp(f"demo-{via}"), FAULTS[via], "--via", via)
         for via in ("both", "alertmanager")
     }
     try:
@@ -137,16 +141,24 @@ def checkout_rows(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["app"] == "checkout" and r["metric"] == "latency_p99"]
 
 
+def fault_rows(run: DemoRun, rows: list[dict]) -> list[dict]:
+    """The rows about the app at fault (checkout: its latency only)."""
+    if run.app == "checkout":
+        return checkout_rows(rows)
+    return [r for r in rows if r["app"] == run.app]
+
+
 def healed_incident(run: DemoRun) -> str:
-    """The incident whose fix ended checkout's fault (exactly one fix ran for it)."""
+    """The incident whose fix ended the app's fault (exactly one fix ran for it)."""
     poll(
-        lambda: any(r["kind"] == "executed" for r in checkout_rows(run.audit())),
+        lambda: any(r["kind"] == "executed" for r in fault_rows(run, run.audit())),
         timeout=run.left(HEAL_DEADLINE),
-        what="the webhook healing checkout",
+        what=f"the webhook healing {run.app}",
     )
-    executed = [r for r in run.audit() if r["kind"] == "executed" and r["app"] == "checkout"]
+    executed = [r for r in run.audit() if r["kind"] == "executed" and r["app"] == run.app]
     assert len(executed) == 1, executed
-    assert executed[0]["metric"] == "latency_p99"
+    if run.app == "checkout":
+        assert executed[0]["metric"] == "latency_p99"
     assert executed[0]["action"] == "command" and executed[0]["result"] == "executed"
     # the "restart" ended the fault: nothing else would before 30 minutes
     assert httpx.get(f"{run.url('workload')}/faults", timeout=5).json() == []
@@ -172,7 +184,7 @@ def closed_loop(run: DemoRun, incident: str) -> list[dict]:
     for i, row in enumerate(rows):
         if row["incident_id"] == incident:
             before = rows[i - 1] if i else None
-            if before and before["kind"] == "request" and before in checkout_rows([before]):
+            if before and before["kind"] == "request" and before in fault_rows(run, [before]):
                 loop.append(before)
             loop.append(row)
     kinds = [r["kind"] for r in loop]
@@ -206,8 +218,9 @@ def closed_loop(run: DemoRun, incident: str) -> list[dict]:
         if line.startswith("runbooks_mean_time_to_resolve_seconds ")
     ]
     assert mttr and mttr[0] > 0, metrics[-1500:]
-    # the detector agrees that checkout's latency is back to normal
-    current = _detector_gauge(run, "aiops_anomaly_current", 'app="checkout"', "latency_p99")
+    # the detector agrees that the app is back to normal
+    metric = "latency_p99" if run.app == "checkout" else "success_rate"
+    current = _detector_gauge(run, "aiops_anomaly_current", f'app="{run.app}"', metric)
     assert current == 0.0
     return loop
 
@@ -221,7 +234,7 @@ def _detector_gauge(run: DemoRun, name: str, label: str, metric: str) -> float |
 
 
 @pytest.mark.timeout(420)
-def test_demo_up_heals_through_the_detector_events_recovers_and_stops_cleanly(demos):
+def test_demo_up_groups_the_payments_storm_heals_its_cause_once_and_stops_cleanly(demos):
     run = demos["both"]
     incident = healed_incident(run)
     rows = run.audit()
@@ -229,38 +242,42 @@ def test_demo_up_heals_through_the_detector_events_recovers_and_stops_cleanly(de
         r for r in rows if r["kind"] == "incident_opened" and r["incident_id"] == incident
     )
     first = rows[rows.index(opened) - 1]
-    # the detector's signed event opened the incident and triggered the fix
+    # the detector's signed event about its incident opened it and triggered the fix
     assert first["kind"] == "request" and first["details"]["source"] == "anomalies"
     assert first["details"]["status"] == "firing" and first["details"]["event_id"]
+    assert opened["details"]["cause"] == "demo.payments", opened
     assert not [r for r in rows if r["kind"] == "unauthorized"]
 
-    # Prometheus' rule fires and Alertmanager delivers the alert, which joins the incident
-    poll(
-        lambda: any(r["alertname"] == "AIOpsAnomalyDetected" for r in checkout_rows(run.audit())),
-        timeout=run.left(HEAL_DEADLINE),
-        what="AIOpsAnomalyDetected through Alertmanager",
-    )
+    # the storm is that one incident: checkout's anomalies are its members, and
+    # Alertmanager's pages about them join it as symptoms (nothing runs for them)
+    def grouped() -> list[dict]:
+        return [
+            r
+            for r in run.audit()
+            if r["incident_id"] == incident
+            and (
+                any("demo.checkout" in line for line in r["details"].get("evidence", []))
+                or (r["kind"] == "incident_joined" and r["app"] == "checkout")
+            )
+        ]
+
+    poll(grouped, timeout=run.left(HEAL_DEADLINE), what="checkout grouped into the incident")
     loop = closed_loop(run, incident)
     # the resolve that verified the fix is the detector's own signed `resolved` event
     closing = loop[-3]
     assert closing["details"]["source"] == "anomalies", closing
-    assert closing["details"]["event_id"] == first["details"]["event_id"]  # same onset, same id
-    from_alert = [r for r in checkout_rows(run.audit()) if r["alertname"] == "AIOpsAnomalyDetected"]
-    # rows without an incident: duplicates, and resolves of alerts whose incident was closed
-    assert {r["incident_id"] for r in from_alert if r["incident_id"]} == {incident}
-    assert any(r["kind"] == "skipped_cooldown" for r in from_alert)  # the cooldown held
-    # Alertmanager's resolved notification reaches the webhook too, once the rule stops
-    poll(
-        lambda: any(
-            r["kind"] == "request"
-            and r["details"]["source"] == "alertmanager"
-            and r["details"]["status"] == "resolved"
-            for r in checkout_rows(run.audit())
-        ),
-        timeout=run.left(CLOSE_DEADLINE),
-        what="Alertmanager's resolved notification",
+    assert closing["details"]["event_id"] == first["details"]["event_id"]  # same incident id
+    rows = run.audit()
+    # one incident for the whole storm, from the detector; one action, on payments
+    detector_incidents = {r["incident_id"] for r in rows if r["details"].get("detector_incident")}
+    assert detector_incidents == {incident}, detector_incidents
+    assert [r["app"] for r in rows if r["kind"] == "executed"] == ["payments"]
+    joined = [r for r in rows if r["kind"] == "incident_joined"]
+    assert all(r["incident_id"] == incident for r in joined), joined
+    # the detector exported the incident with payments as its probable cause
+    assert _prometheus_has(
+        run, 'max_over_time(aiops_incident_info{probable_cause_app="payments"}[10m])'
     )
-    assert sum(r["kind"] == "executed" for r in checkout_rows(run.audit())) == 1
 
     # every PromQL panel of every dashboard shows data from this run
     assert _empty_panels(run.url("prom")) == []
@@ -275,6 +292,11 @@ def test_demo_up_heals_through_the_detector_events_recovers_and_stops_cleanly(de
     finally:
         engine.dispose()
     run.assert_stopped_cleanly("webhook", "alertmanager", "prometheus")
+
+
+def _prometheus_has(run: DemoRun, expr: str) -> bool:
+    r = httpx.get(f"{run.url('prom')}/api/v1/query", params={"query": expr}, timeout=10)
+    return bool(r.json()["data"]["result"])
 
 
 @pytest.mark.timeout(420)

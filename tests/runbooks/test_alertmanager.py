@@ -114,3 +114,51 @@ def test_ack_without_the_admin_token_is_401_and_says_which_setting(make_hook):
     r = hook.client.get("/ack", params={"alertname": "X"}, headers={"Authorization": "Bearer "})
     assert r.status_code == 401 and "RUNBOOK_ADMIN_TOKEN is not set" in r.json()["error"]
     assert hook.kinds() == ["unauthorized"]
+
+
+@pytest.mark.timeout(120)
+def test_a_burst_across_ten_apps_through_alertmanager_is_capped_by_the_blast_radius(
+    make_hook, tmp_path
+):
+    """Ten apps page at once through a real Alertmanager: the fleet's budget (the
+    defaults: 3 actions per 10 minutes) lets three actions run, the rest are audited
+    ``skipped_blast_radius`` (a storm never becomes a restart storm)."""
+    import json
+    import sys
+
+    from tests.runbooks.conftest import RECORDER
+
+    require_binary(ALERTMANAGER)
+    trace = tmp_path / "burst-trace.txt"
+    policy = tmp_path / "burst-policy.yaml"
+    argv = json.dumps([sys.executable, "-c", RECORDER, str(trace), "{app}"])
+    policy.write_text(
+        f"default:\n  - match: AppDown\n    action: command\n    params: {{argv: {argv}}}\n"
+    )
+    hook = make_hook(policy_file=policy)
+    assert hook.rem.config.fleet_max == 3 and hook.rem.config.fleet_window == 600
+    with served(hook.app) as url:
+        am = AlertmanagerProcess(tmp_path / "am", f"{url}/alertmanager", TOKEN).start()
+        try:
+            starts = datetime.now(timezone.utc) - timedelta(minutes=1)
+            burst = []
+            for i in range(10):
+                a = alert(starts)
+                a["labels"].update(alertname="AppDown", app=f"app{i}")
+                burst.append(a)
+            am.post_alerts(burst)
+            poll(
+                lambda: (
+                    len(hook.audit(kind="executed")) + len(hook.audit(kind="skipped_blast_radius"))
+                    == 10
+                ),
+                timeout=60,
+                what="ten decisions",
+            )
+            assert len(hook.audit(kind="executed")) == 3
+            capped = hook.audit(kind="skipped_blast_radius")
+            assert len(capped) == 7 and len({r["app"] for r in capped}) == 7
+            assert len(trace.read_text().splitlines()) == 3
+            assert hook.metric("runbooks_blast_radius_open") == 1.0
+        finally:
+            am.stop()

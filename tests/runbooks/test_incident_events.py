@@ -72,6 +72,21 @@ def detector_alert(app: str, metric: str, fingerprint: str) -> dict[str, Any]:
 STORM = [member("checkout", "latency_p99"), member("checkout", "success_rate")]
 
 
+def incident_alert(iid: str, cause_app: str, fingerprint: str) -> dict[str, Any]:
+    """Prometheus' AIOpsIncident about detector incident ``iid``, through Alertmanager."""
+    payload = alerts(alertname="AIOpsIncident", fingerprint=fingerprint)
+    labels = payload["alerts"][0]["labels"]
+    del labels["namespace"], labels["app"]
+    labels.update(
+        incident=iid,
+        probable_cause_namespace="shop",
+        probable_cause_app=cause_app,
+        probable_cause_metric="success_rate",
+        reason="level_shift",
+    )
+    return payload
+
+
 def test_a_storm_is_one_incident_acted_on_its_cause_once_and_members_join_it(make_hook):
     hook = make_hook(cooldown_seconds=0)
     first = hook.post_event(incident_event(others=STORM)).json()
@@ -92,6 +107,9 @@ def test_a_storm_is_one_incident_acted_on_its_cause_once_and_members_join_it(mak
     assert series["alerts"][0]["incident_id"] == iid
     assert series["alerts"][0]["decision"] == "skipped_incident"
     assert len(hook.audit(kind="incident_joined")) == 2
+    # AIOpsIncident, the page about the detector incident itself, is the same incident
+    page = hook.post_alerts(incident_alert("inc-1", "payments", "fp-inc")).json()["alerts"][0]
+    assert page["incident_id"] == iid and page["decision"] == "no_policy"
 
     # a member joins in the detector: the next revision is recorded, no second chain
     later = incident_event(revision=2, others=[*STORM, member("frontend", "success_rate")])
@@ -163,3 +181,24 @@ def test_a_policy_matches_on_the_probable_cause(make_hook, tmp_path):
     assert trace.read_text().splitlines() == ["payments"]
     (match,) = hook.audit(kind="policy_match")
     assert match["app"] == "payments"
+    # with Alertmanager alone, AIOpsIncident names the cause the rule acts on
+    page = hook.post_alerts(incident_alert("inc-am", "payments", "fp-am")).json()["alerts"][0]
+    assert page["decision"] == "executed", page
+    assert trace.read_text().splitlines() == ["payments", "payments"]
+
+
+def test_a_page_about_a_member_that_came_first_becomes_the_detector_incident(make_hook):
+    hook = make_hook()  # the default cooldown (15 minutes)
+    page = hook.post_alerts(detector_alert("payments", "payments_errors", "fp-first")).json()
+    (first,) = page["alerts"]
+    assert first["decision"] == "executed"  # Alertmanager was quicker than the detector
+    event = hook.post_event(incident_event(others=STORM)).json()
+    # the same incident, now the detector's: its one chain is the page's, nothing new runs
+    assert event["incident_id"] == first["incident_id"]
+    assert event["decision"] == "incident_updated", event
+    assert hook.runs() == ["payments"]
+    checkout = hook.post_alerts(detector_alert("checkout", "latency_p99", "fp-co")).json()
+    assert checkout["alerts"][0]["decision"] == "skipped_incident"
+    assert checkout["alerts"][0]["incident_id"] == first["incident_id"]
+    closed = hook.post_event(incident_event(status="resolved")).json()
+    assert closed["decision"] == "resolved" and closed["incident_id"] == first["incident_id"]
