@@ -200,7 +200,7 @@ def test_error_burst_raises_5xx_share_of_that_app_and_of_its_callers_only() -> N
 
 
 def test_a_payments_fault_spreads_to_checkout_frontend_and_the_business() -> None:
-    before, during, base, _ = _fault_vs_baseline("payments", "error_burst")
+    _, during, base, _ = _fault_vs_baseline("payments", "error_burst")
     assert 0.065 < share_5xx(during, "payments") < 0.095
     assert 0.045 < share_5xx(during, "checkout") < share_5xx(during, "payments")
     assert 0.03 < share_5xx(during, "frontend") < share_5xx(during, "checkout")
