@@ -256,7 +256,7 @@ def test_demo_up_groups_the_payments_storm_heals_its_cause_once_and_stops_cleanl
             for r in run.audit()
             if r["incident_id"] == incident
             and (
-                any("demo.checkout" in line for line in r["details"].get("evidence", []))
+                any("demo.checkout" in line for line in (r["details"] or {}).get("evidence", []))
                 or (r["kind"] == "incident_joined" and r["app"] == "checkout")
             )
         ]
@@ -269,7 +269,9 @@ def test_demo_up_groups_the_payments_storm_heals_its_cause_once_and_stops_cleanl
     assert closing["details"]["event_id"] == first["details"]["event_id"]  # same incident id
     rows = run.audit()
     # one incident for the whole storm, from the detector; one action, on payments
-    detector_incidents = {r["incident_id"] for r in rows if r["details"].get("detector_incident")}
+    detector_incidents = {
+        r["incident_id"] for r in rows if (r["details"] or {}).get("detector_incident")
+    }
     assert detector_incidents == {incident}, detector_incidents
     assert [r["app"] for r in rows if r["kind"] == "executed"] == ["payments"]
     joined = [r for r in rows if r["kind"] == "incident_joined"]

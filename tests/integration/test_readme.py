@@ -102,6 +102,7 @@ class Walk:
     log: Path | None = None
     fault_posted_at: dict[str, float] = field(default_factory=dict)
     fault_ends_at: dict[str, float] = field(default_factory=dict)
+    deployed: set[str] = field(default_factory=set)
     ran: list[str] = field(default_factory=list)
 
     def url(self, name: str) -> str:
@@ -200,6 +201,15 @@ def post_fault(walk: Walk, command: str) -> None:
     walk.fault_ends_at[f"{app}:{kind}"] = time.monotonic() + float(fault["duration"])
 
 
+def announce_deploy(walk: Walk, command: str) -> None:
+    """``curl -X POST '.../deploy?app=A'``: 200, the change sent to the webhook, recorded."""
+    out = _json(walk.sh(command))
+    app = re.search(r"app=(\w+)", command).group(1)  # type: ignore[union-attr]
+    assert isinstance(out, dict) and out["change"]["labels"]["app"] == app, out
+    assert out["change"]["kind"] == "deploy" and out["webhook"]["recorded"] is True, out
+    walk.deployed.add(app)
+
+
 def delete_fault(walk: Walk, command: str) -> None:
     """``curl -X DELETE '.../fault[?app=A]'``: 200, the faults of that app (or all) end."""
     out = _json(walk.sh(command))
@@ -260,6 +270,11 @@ def audit_dry_run(walk: Walk, command: str) -> None:
     kinds = [rows[opened - 1]["kind"], *(r["kind"] for r in mine)]
     assert kinds[:4] == ["request", "incident_opened", "policy_match", "dry_run"], kinds
     assert not [r for r in rows if r["kind"] == "executed"], "a dry run ran an action"
+    # one incident for the storm, its probable cause payments, the deploy its evidence
+    details = mine[0]["details"]
+    assert details["cause"] == "demo.payments", details
+    if "payments" in walk.deployed:
+        assert any("demo.payments was deployed" in line for line in details["evidence"]), details
 
 
 def audit_resolved(walk: Walk, command: str) -> None:
@@ -342,6 +357,7 @@ CHECKS: list[tuple[re.Pattern[str], Callable[[Walk, str], None]]] = [
     (re.compile(r"^bash scripts/setup\.sh(\s+#.*)?$"), setup_again),
     (re.compile(r"^curl -X POST 'http://127\.0\.0\.1:9101/fault\?app=\w+&kind=\w+"), post_fault),
     (re.compile(r"^curl -X DELETE 'http://127\.0\.0\.1:9101/fault"), delete_fault),
+    (re.compile(r"^curl -X POST 'http://127\.0\.0\.1:9101/deploy\?app=\w+'$"), announce_deploy),
     (re.compile(r"^curl http://127\.0\.0\.1:9101/faults"), list_faults),
     (re.compile(r"^curl -s http://127\.0\.0\.1:9109/metrics \| grep"), gauges_show_the_reason),
     (re.compile(r"^curl -s -H .*/audit\?kind=dry_run'$"), audit_dry_run),
