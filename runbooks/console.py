@@ -1,9 +1,12 @@
-"""``GET /console``: the live audit stream and the pending approvals, on one page.
+"""``GET /console``: the live audit stream, the open incidents and the pending
+approvals, on one page.
 
 The page is self-contained (inline CSS and plain JavaScript, no external assets):
 it follows ``GET /events`` (one ``audit`` SSE event per audit row), filters the
-rows by kind and text, and lists ``GET /console/pending`` with Approve/Reject
-buttons that call the signed ``/approve`` / ``/reject`` links.
+rows by kind and text, shows ``GET /console/incidents`` (the open incidents with
+their probable cause, their one action chain and their members, and a banner while
+the fleet's blast radius holds actions back), and lists ``GET /console/pending``
+with Approve/Reject buttons that call the signed ``/approve`` / ``/reject`` links.
 
 The page and its calls take the read credential (``runbooks.access``): the page
 is opened once as ``/console?token=$RUNBOOK_READ_TOKEN`` (or through the small form
@@ -24,7 +27,7 @@ from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from sqlalchemy import and_, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from aiops.core.redact import redact_value
@@ -32,7 +35,7 @@ from aiops.core.signing import approval_binding, make_approval_token
 from feature_store import tables
 from runbooks import auth
 from runbooks.access import read_denied
-from runbooks.schemas import PendingOut, ok
+from runbooks.schemas import IncidentsOut, PendingOut, ok
 
 router = APIRouter()
 
@@ -87,6 +90,66 @@ async def pending(request: Request) -> Response:
     body: dict[str, Any] = {"pending": rows, "count": len(rows)}
     if not secret:
         body["note"] = "RUNBOOK_APPROVAL_SECRET is not set: approvals cannot be decided"
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+def open_incidents(engine: Any, settings: Any, now: float) -> dict[str, Any]:
+    """The open incidents (newest first, at most 100) and the fleet's blast radius."""
+    from runbooks.state import fleet_count
+
+    t, m = tables.incidents, tables.incident_members
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(t).where(t.c.status == "open").order_by(t.c.opened_at.desc()).limit(100)
+        ).all()
+        ids = [r.id for r in rows]
+        members = dict(
+            conn.execute(
+                select(m.c.incident_id, func.count())
+                .where(m.c.incident_id.in_(ids))
+                .group_by(m.c.incident_id)
+            ).all()
+        )
+        fleet = fleet_count(conn, now, settings.action_window_seconds)
+    incidents = [
+        {
+            "id": r.id,
+            "subject": r.subject,
+            "opened_at": r.opened_at,
+            "cause": r.cause,
+            "chain": r.chain,
+            "members": members.get(r.id, 0),
+            "events": r.events,
+            "actions": r.actions,
+            "escalated": bool(r.escalated),
+        }
+        for r in rows
+    ]
+    budget = settings.max_actions_per_window
+    return {
+        "incidents": incidents,
+        "count": len(incidents),
+        "blast_radius": {
+            "actions": fleet,
+            "max": budget,
+            "window_seconds": settings.action_window_seconds,
+            "reached": fleet >= budget,
+        },
+    }
+
+
+@router.get(
+    "/console/incidents",
+    responses=ok(IncidentsOut, 401, 503),
+    dependencies=[Depends(auth.reader("/console/incidents"))],
+)
+async def incidents(request: Request) -> Response:
+    try:
+        body = await asyncio.to_thread(
+            open_incidents, request.app.state.engine, request.app.state.settings, time.time()
+        )
+    except SQLAlchemyError:
+        return JSONResponse({"error": "database unavailable"}, status_code=503)
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
@@ -187,10 +250,22 @@ PAGE = """<!doctype html>
   tr.k-executed td.kind, tr.k-approved td.kind { color: #080; }
   tr.k-failed td.kind, tr.k-unauthorized td.kind, tr.k-escalated td.kind { color: #c00; }
   tr.k-approval_pending td.kind { color: #b60; }
+  #blast { background: #fdd; border: 1px solid #c00; padding: 6px 10px; font-weight: bold; }
 </style>
 </head>
 <body>
 <h1>aiops runbooks console <span id="stream-state">connecting</span></h1>
+
+<p id="blast" hidden></p>
+
+<section id="incidents">
+  <h2>Open incidents</h2>
+  <table>
+    <thead><tr><th>Opened</th><th>Incident</th><th>Probable cause</th><th>Members</th>
+      <th>Action chain</th><th>Actions</th></tr></thead>
+    <tbody id="incident-list"></tbody>
+  </table>
+</section>
 
 <section id="pending">
   <h2>Pending approvals <button id="refresh" type="button">Refresh</button></h2>
@@ -322,7 +397,45 @@ async function loadPending() {
   }
 }
 
+async function loadIncidents() {
+  let body;
+  try {
+    const r = await fetch("/console/incidents", { cache: "no-store" });
+    if (!r.ok) return;
+    body = await r.json();
+  } catch (err) {
+    return;
+  }
+  const b = body.blast_radius;
+  $("blast").hidden = !b.reached;
+  $("blast").textContent = b.reached
+    ? "Blast radius reached: " + b.actions + " actions across all apps in the last " +
+      Math.round(b.window_seconds / 60) + " min (limit " + b.max +
+      "); further actions are refused until the window passes."
+    : "";
+  const list = $("incident-list");
+  list.replaceChildren();
+  for (const i of body.incidents) {
+    const tr = document.createElement("tr");
+    tr.dataset.incident = i.id;
+    cell(tr, time(i.opened_at));
+    cell(tr, i.id);
+    cell(tr, i.cause || i.subject);
+    cell(tr, i.members || 1);
+    cell(tr, i.chain || "none yet");
+    cell(tr, i.actions + (i.escalated ? " (escalated)" : ""));
+    list.appendChild(tr);
+  }
+  if (!body.incidents.length) {
+    const tr = document.createElement("tr");
+    cell(tr, "No open incident.", "empty").colSpan = 6;
+    list.appendChild(tr);
+  }
+}
+
 const APPROVAL_KINDS = new Set(["approval_pending", "approved", "rejected", "expired"]);
+const INCIDENT_KINDS = new Set(["incident_opened", "incident_updated", "incident_joined",
+  "resolved", "executed", "dry_run", "skipped_blast_radius", "skipped_incident"]);
 const stream = new EventSource("/events");
 stream.onopen = () => {
   $("stream-state").textContent = "live";
@@ -337,13 +450,16 @@ stream.addEventListener("audit", (e) => {
   const row = JSON.parse(e.data);
   addRow(row);
   if (APPROVAL_KINDS.has(row.kind)) loadPending();
+  if (INCIDENT_KINDS.has(row.kind)) loadIncidents();
 });
 
 $("filter-kind").addEventListener("input", applyFilters);
 $("filter-text").addEventListener("input", applyFilters);
 $("refresh").addEventListener("click", loadPending);
 setInterval(loadPending, 30000);
+setInterval(loadIncidents, 30000);
 loadPending();
+loadIncidents();
 </script>
 </body>
 </html>

@@ -124,6 +124,16 @@ class PendingOut(BaseModel):
     note: str | None = None
 
 
+class IncidentsOut(BaseModel):
+    incidents: list[dict[str, Any]] = Field(
+        description="open incidents, newest first: cause, chain, members, actions"
+    )
+    count: int
+    blast_radius: dict[str, Any] = Field(
+        description="actions across all apps in the window, the budget, and whether it is spent"
+    )
+
+
 class SlackReplyOut(BaseModel):
     ok: bool
     replace_original: bool
@@ -153,6 +163,7 @@ READ_PATHS = (
     ("/events", "get"),
     ("/console", "get"),
     ("/console/pending", "get"),
+    ("/console/incidents", "get"),
 )
 
 

@@ -48,6 +48,32 @@ def test_the_page_has_the_live_stream_filters_and_pending_sections(make_hook):
     assert "http://" not in page and "https://" not in page
 
 
+def test_incidents_lists_the_open_incidents_with_cause_chain_members_and_the_blast_radius(
+    make_hook,
+):
+    from tests.runbooks.test_incident_events import STORM, incident_event
+
+    hook = make_hook(max_actions_per_window=1)
+    assert hook.client.get("/console/incidents").status_code == 401  # a read endpoint
+    assert hook.post_event(incident_event(others=STORM)).json()["decision"] == "executed"
+    assert hook.post_event(anomaly("other", app="cart")).json()["decision"] == "no_policy"
+    body = hook.read("/console/incidents").json()
+    assert body["count"] == 2
+    storm = next(i for i in body["incidents"] if i["cause"] == "shop.payments")
+    assert storm["chain"] == "command:shop/payments" and storm["members"] == 3
+    assert storm["actions"] == 1 and storm["subject"] == "incident:inc-1"
+    assert body["blast_radius"] == {
+        "actions": 1,
+        "max": 1,
+        "window_seconds": 600.0,
+        "reached": True,
+    }
+    hook.post_event(incident_event(status="resolved"))
+    assert [i["cause"] for i in hook.read("/console/incidents").json()["incidents"]] == [
+        "shop.cart"
+    ]
+
+
 def test_pending_lists_a_held_action_with_links_that_work(make_hook):
     hook = make_hook(risk="high")
     empty = hook.read("/console/pending").json()
@@ -174,7 +200,7 @@ def _group_alive(pgid: int) -> bool:
 @pytest.fixture
 def served(make_hook) -> Iterator[tuple[Any, str]]:
     """A high-risk hook served by uvicorn on a free port: (hook, base URL)."""
-    hook = make_hook(risk="high")
+    hook = make_hook(risk="high", max_actions_per_window=1)  # one action spends the budget
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(hook.app, host="127.0.0.1", port=port, log_level="warning")
@@ -227,6 +253,17 @@ def test_a_browser_follows_the_stream_and_approves_a_held_action(chromium, serve
             timeout=10,
             what="the event's row in the live list",
         )
+        # its incident shows under the open incidents, its cause its own service
+        incident_rows = (
+            "[...document.querySelectorAll('#incident-list tr')].map(tr => tr.textContent)"
+            ".join('|')"
+        )
+        poll(
+            lambda: "shop.cart-7f3a" in cdp.js(incident_rows),
+            timeout=10,
+            what="the incident in the open incidents",
+        )
+        assert cdp.js("document.getElementById('blast').hidden") is True
         # the text filter hides rows that do not match, and shows them again
         visible = f"{rows_for}.filter(tr => !tr.hidden).length"
         assert cdp.js(visible) >= 1
@@ -257,5 +294,12 @@ def test_a_browser_follows_the_stream_and_approves_a_held_action(chromium, serve
         assert "Decision: executed" in cdp.js("document.getElementById('message').textContent")
         assert hook.kinds()[-2:] == ["approved", "executed"]
         assert [row["actor"] for row in hook.audit(kind="approved")] == ["http:127.0.0.1"]
+        # that action spent the fleet's budget: the banner says so
+        poll(
+            lambda: cdp.js("document.getElementById('blast').hidden") is False,
+            timeout=10,
+            what="the blast-radius banner",
+        )
+        assert "Blast radius reached" in cdp.js("document.getElementById('blast').textContent")
     finally:
         cdp.close()
