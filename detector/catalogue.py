@@ -57,6 +57,9 @@ class Query(BaseModel):
     #: the labels that name a series' service for incident grouping (detector.incidents);
     #: unset: namespace and app
     group_by: tuple[str, ...] | None = None
+    #: a demand series (traffic, sessions, sign-ups): a change in it can cause a fault in
+    #: the services its service calls, never be the echo of one (detector.incidents)
+    demand: bool = False
     description: str = ""
 
     @field_validator("name")
@@ -175,6 +178,7 @@ DEFAULT_QUERIES: tuple[Query, ...] = (
         direction="both",
         labels=_SLO,
         seasonality="daily",
+        demand=True,
         description="sessions started per second (business KPI)",
     ),
 )

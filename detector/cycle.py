@@ -9,7 +9,6 @@ problem: errors are counted, logged and shown by ``health``.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,14 +25,12 @@ from detector.changes import ChangeWatcher, parse_change_queries
 from detector.explain import PASSIVE_REASONS
 from detector.exporter import AnomalyCollector, DetectorMetrics, IncidentCollector
 from detector.incidents import (
-    DEFAULT_GROUP_BY,
     Change,
     Dependencies,
     Incident,
     IncidentTracker,
     Member,
     SeriesKey,
-    service_of,
 )
 from detector.pipeline import (
     detect_batch,
@@ -123,7 +120,7 @@ class Detector:
         change_queries = parse_change_queries(settings.change_queries)
         self.changes = ChangeWatcher(change_queries, self.source, store) if change_queries else None
         self._polled: list[Change] = []  # changes the watcher found (used without a store)
-        self._group_by = {q.name: q.group_by or DEFAULT_GROUP_BY for q in self.queries}
+        self._queries = {q.name: q for q in self.queries}
         self.metrics = DetectorMetrics(self.registry)
         self.store = store
         self.engine: Any = None  # set by build_detector
@@ -356,15 +353,13 @@ class Detector:
             last = self._last.get(key)
             if last is None:  # restored after a restart and not scored anomalous yet
                 continue
-            group_by = self._group_by.get(key[0], DEFAULT_GROUP_BY)
             members.append(
-                Member(
-                    key[0],
-                    dict(last.labels),
+                Member.of(
+                    self._queries[key[0]],
+                    last.labels,
                     onset,
-                    tuple(r.reason for r in last.reasons),
-                    last.score if math.isfinite(last.score) else 0.0,
-                    service_of(last.labels, group_by),
+                    (r.reason for r in last.reasons),
+                    last.score,
                 )
             )
         changes = self.incidents.observe(now, members, self._recent_changes(now))

@@ -14,7 +14,13 @@ turns such a storm into ONE incident and names its probable cause, in words.
 - A new anomaly **joins** an open incident when a member it is related to is
   anomalous at its onset, or was within ``AIOPS_INCIDENT_WINDOW_SECONDS`` (default
   300) of it (an echo is often flagged minutes after the fault, once the longer
-  windows see it); otherwise it opens an incident of its own. Its id is stable: it
+  windows see it); otherwise it opens an incident of its own. A fault travels up
+  the map (the callers see the errors and the latency), demand travels down (a
+  campaign's traffic loads what the frontend calls): a **demand** series' anomaly
+  (the catalogue's ``demand: true``: traffic, sessions) can be the cause of another
+  service's anomaly, never its echo, so it is not related to another service's
+  anomaly that began before it (a campaign that starts while payments fails is an
+  incident of its own). Its id is stable: it
   follows from the first member and its onset, so a replay or a restart that
   restores the onsets gives the same ids.
 - An incident **ends** when its last member ends.
@@ -28,6 +34,7 @@ turns such a storm into ONE incident and names its probable cause, in words.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,6 +145,30 @@ class Member:
     score: float = 0.0
     service: str | None = None
     ended_at: float | None = None
+    #: from a demand series (the catalogue's ``demand: true``: traffic, sessions)
+    demand: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        query: Any,
+        labels: Mapping[str, str],
+        onset: float,
+        reasons: Iterable[str],
+        score: float,
+    ) -> Member:
+        """The member for an anomalous series of ``query`` (a catalogue ``Query``): its
+        service from the query's ``group_by``, demand from its ``demand``; the live cycle
+        and the storm suite build their members here."""
+        return cls(
+            query.name,
+            dict(labels),
+            onset,
+            tuple(reasons),
+            score if math.isfinite(score) else 0.0,
+            service_of(labels, query.group_by or DEFAULT_GROUP_BY),
+            demand=bool(query.demand),
+        )
 
     @property
     def key(self) -> SeriesKey:
@@ -192,14 +223,23 @@ class Incident:
     changes: list[Change] = field(default_factory=list)
     #: its members by service (what a new anomaly is compared with)
     by_service: dict[str, list[Member]] = field(default_factory=dict, repr=False)
+    #: per service: the first onset of a member that is not a demand one, and the last
+    #: onset of a demand member (``_may_share_a_cause``)
+    first_fault: dict[str, float] = field(default_factory=dict, repr=False)
+    last_demand: dict[str, float] = field(default_factory=dict, repr=False)
 
     def add(self, member: Member) -> None:
         old = self.members.get(member.key)
         if old is not None and old.service is not None:
             self.by_service[old.service].remove(old)
         self.members[member.key] = member
-        if member.service is not None:
-            self.by_service.setdefault(member.service, []).append(member)
+        svc = member.service
+        if svc is not None:
+            self.by_service.setdefault(svc, []).append(member)
+            if member.demand:
+                self.last_demand[svc] = max(self.last_demand.get(svc, -math.inf), member.onset)
+            else:
+                self.first_fault[svc] = min(self.first_fault.get(svc, math.inf), member.onset)
 
     @property
     def open(self) -> bool:
@@ -237,6 +277,15 @@ class Changes:
     opened: list[Incident] = field(default_factory=list)
     changed: list[Incident] = field(default_factory=list)
     closed: list[Incident] = field(default_factory=list)
+
+
+def _may_share_a_cause(member: Member, inc: Incident, services: set[str]) -> bool:
+    """False when a demand anomaly would join (or be joined by) another service's
+    anomaly (not a demand one) that began before it: demand is a cause, never an echo."""
+    others = services - {member.service}
+    if member.demand:
+        return all(member.onset <= inc.first_fault.get(s, math.inf) for s in others)
+    return all(inc.last_demand.get(s, -math.inf) <= member.onset for s in others)
 
 
 def incident_id(first: Member) -> str:
@@ -333,10 +382,9 @@ class IncidentTracker:
         for inc in (self.incidents[iid] for iid in sorted(candidates)):
             if best is not None and inc.opened_at >= best.opened_at:
                 continue
-            if any(
-                self._gap(member, m) <= self.window
-                for svc in related & inc.by_service.keys()
-                for m in inc.by_service[svc]
+            services = related & inc.by_service.keys()
+            if _may_share_a_cause(member, inc, services) and any(
+                self._gap(member, m) <= self.window for svc in services for m in inc.by_service[svc]
             ):
                 best = inc
         return best

@@ -12,8 +12,9 @@ services that call it, a little later and weaker:
   other: two incidents;
 - ``coincidence``: payments fails while a marketing campaign brings the frontend
   more sessions: two incidents a person would keep apart, in services the map
-  links (the frontend calls payments through checkout), which the grouping merges
-  (a known limit: it counts against "merged wrongly");
+  links (the frontend calls payments through checkout); sessions are a demand
+  series (the catalogue's ``demand: true``), whose surge after payments' fault
+  cannot be its echo, so the grouping keeps them apart;
 - ``single``: one series alone;
 - ``deploy``: a release of the frontend, announced (``POST /changes``) two minutes
   before, fails some of its requests and doubles its calls to checkout, whose
@@ -45,14 +46,13 @@ import numpy as np
 import pandas as pd
 
 from aiops.core.settings import Settings, load_settings
+from detector.catalogue import DEFAULT_QUERIES
 from detector.incidents import (
-    DEFAULT_GROUP_BY,
     Change,
     Dependencies,
     IncidentTracker,
     Member,
 )
-from detector.incidents import service_of as _service_of
 from training.incidents import (
     STEP,
     TOLERANCE,
@@ -64,6 +64,8 @@ from training.incidents import (
 )
 
 NAMESPACE = "shop"
+#: the catalogue's queries by name: each part's series is one of them
+QUERIES = {q.name: q for q in DEFAULT_QUERIES}
 #: who calls whom in the storms' shop (the catalogue's ``depends_on:``)
 DEPENDS_ON = {
     "shop.frontend": ["shop.checkout", "shop.search"],
@@ -283,17 +285,11 @@ def group(run: StormRun, dependencies: Dependencies, window: float) -> dict[str,
         for i, part in enumerate(spec.parts):
             if anomalous[i][r]:
                 labels = {"namespace": NAMESPACE, "app": part.app}
-                reasons = tuple(str(run.frames[i]["reasons"].iat[r] or "").split(";"))
+                reasons = str(run.frames[i]["reasons"].iat[r] or "").split(";")
                 score = float(run.frames[i]["score"].iat[r])
+                query = QUERIES[part.metric]
                 members.append(
-                    Member(
-                        part.metric,
-                        labels,
-                        float(seconds[onsets[i][r]]),
-                        reasons,
-                        score if math.isfinite(score) else 0.0,
-                        _service_of(labels, DEFAULT_GROUP_BY),
-                    )
+                    Member.of(query, labels, float(seconds[onsets[i][r]]), reasons, score)
                 )
         known = [c for c in announced if c.at <= seconds[r]]  # announced by then
         changes = tracker.observe(float(seconds[r]), members, known)

@@ -41,6 +41,41 @@ def test_a_storm_through_the_dependency_map_is_one_incident_caused_by_the_callee
     assert inc.as_dict()["members"][0]["service"] == "shop.payments"
 
 
+def demand(app: str, onset: float) -> Member:
+    """An anomaly of the catalogue's sessions query (``demand: true``)."""
+    from detector.catalogue import DEFAULT_QUERIES
+
+    (sessions,) = [q for q in DEFAULT_QUERIES if q.name == "sessions"]
+    assert sessions.demand
+    return Member.of(sessions, {"namespace": "shop", "app": app}, onset, ["level_shift"], 2.0)
+
+
+def test_a_demand_surge_after_a_fault_downstream_is_an_incident_of_its_own():
+    """Payments fails, then a campaign brings the frontend more sessions: demand is a
+    cause, never an echo, and it began after the fault: two incidents."""
+    t = IncidentTracker(SHOP, window=300)
+    fault = anomaly("payments", "success_rate", 1000)
+    t.observe(1000, [fault])
+    t.observe(1120, [fault, demand("frontend", 1120)])
+    assert sorted(i.cause.service for i in t.incidents.values()) == [
+        "shop.frontend",
+        "shop.payments",
+    ]
+    # the frontend's own failures are echoes of the fault: they join it
+    t.observe(1180, [fault, demand("frontend", 1120), anomaly("frontend", "success_rate", 1180)])
+    sizes = {i.cause.service: len(i.members) for i in t.incidents.values()}
+    assert sizes == {"shop.payments": 2, "shop.frontend": 1}
+
+
+def test_a_demand_surge_before_a_fault_downstream_may_be_its_cause():
+    t = IncidentTracker(SHOP, window=300)
+    surge = demand("frontend", 1000)
+    t.observe(1000, [surge])
+    t.observe(1120, [surge, anomaly("payments", "success_rate", 1120)])
+    (inc,) = t.incidents.values()  # the surge may have overloaded payments: one incident
+    assert len(inc.members) == 2
+
+
 def test_unrelated_anomalies_at_the_same_time_stay_separate():
     t = IncidentTracker(SHOP, window=300)
     t.observe(1000, [anomaly("payments", "success_rate", 1000), anomaly("search", "p99", 1010)])
