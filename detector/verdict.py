@@ -220,6 +220,7 @@ def judge(
     *,
     relaxed_columns: int | None = None,
     levels: dict[str, np.ndarray] | None = None,
+    floors: dict[str, np.ndarray] | None = None,
 ) -> Judgement:
     """Strict and relaxed verdicts for every column of ``f`` (scores: NaN = no forest).
 
@@ -231,6 +232,10 @@ def judge(
     NaN: none), which replaces the one ``own_levels`` finds in ``f`` (the live lookback is
     short): the spike's in band sds, every other reason's as a multiple of its threshold.
 
+    ``floors``: reason → the floor operators' feedback puts under each series' threshold
+    for it, in the reason's statistic units (``detector.feedback.floor_columns``: series
+    × columns, or series × 1; 0 = none): a threshold is never below its floor.
+
     ``Judgement.calibrated`` is the strongest reason's strength over the series' own level
     for it: 1 at the level (see ``calibrated_score``)."""
     strict_ev = evaluate(thresholds.explainers(direction), f)
@@ -240,17 +245,24 @@ def judge(
             t = np.asarray(trained, dtype=np.float64).reshape(-1, 1)
             floor = thresholds.spike_z if reason == "spike" else 1.0
             own[reason] = np.where(np.isfinite(t), np.maximum(t, floor), own[reason])
+    floors = floors or {}
     calibrated = np.zeros(f.ready.shape)
     for ev in strict_ev:
+        # a false alarm's floor (detector.feedback): bounded, decaying, per series
+        floor = floors.get(ev.reason)
         if ev.reason == "spike":
             with np.errstate(invalid="ignore"):
                 bad = np.nan_to_num(signed(f.band_z, direction), nan=0.0)
             level = own["spike"]
+            if floor is not None:
+                level = np.maximum(level, floor)
             ev.fired = ev.fired & (bad >= level - 1e-9)
             ev.threshold = level
             calibrated = np.maximum(calibrated, bad / level)
         elif ev.strength is not None and ev.reason in own:
             rel = own[ev.reason]
+            if floor is not None:  # the floor in the statistic's units, rel in thresholds
+                rel = np.maximum(rel, floor / ev.threshold)
             strength = np.nan_to_num(ev.strength, nan=0.0)
             ev.fired = ev.fired & (strength >= rel - 1e-9)
             ev.threshold = ev.threshold * rel

@@ -108,14 +108,18 @@ def replay(
     direction: str = "both",
     *,
     refit_every: int = 500,
+    floors: dict[str, np.ndarray] | None = None,
 ) -> Replay:
-    """Replay the live detector over ``values`` (n_series × n_times) in streaming order."""
+    """Replay the live detector over ``values`` (n_series × n_times) in streaming order.
+
+    ``floors``: operators' feedback in force at each column (reason → series × time
+    floors, ``detector.feedback.floor_columns``), as the live cycle applies it."""
     x = np.asarray(values, dtype=np.float64)
     if x.ndim == 1:
         x = x[None, :]
     f = compute_features(x, spec)
     scores = streaming_scores(f, spec, direction, refit_every=refit_every)
-    j = judge(f, thresholds, direction, scores, spec.longest)
+    j = judge(f, thresholds, direction, scores, spec.longest, floors=floors)
     # as live: where no forest could be fitted yet there is no score, and no verdict
     # (the live detector reports such a series warming up, never anomalous)
     scored = np.isfinite(scores)
