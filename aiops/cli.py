@@ -300,9 +300,14 @@ def _mount_subcommands() -> None:
     app.command()(train)
     app.add_typer(models_app, name="models", help="Inspect and manage model versions.")
 
-    from runbooks.cli import audit_app, killswitch_app
+    from runbooks.cli import audit_app, feedback_app, killswitch_app
 
     app.add_typer(audit_app, name="audit", help="The runbook audit log.")
+    app.add_typer(
+        feedback_app,
+        name="feedback",
+        help="Operators' verdicts on anomalies: list (--effects), add, export.",
+    )
     app.add_typer(
         killswitch_app,
         name="killswitch",

@@ -123,6 +123,8 @@ class Detector:
         self._queries = {q.name: q for q in self.queries}
         self.metrics = DetectorMetrics(self.registry)
         self.store = store
+        #: operators' verdicts in force (detector.feedback), read every cycle
+        self.feedback: Any = None
         self.engine: Any = None  # set by build_detector
         self._pruned_at = 0.0
         self.database_up: bool | None = None
@@ -222,6 +224,7 @@ class Detector:
         for phase in PHASES:
             phases[phase] = 0.0
         self._refresh_models()
+        self._refresh_feedback(now)
         for q in self.queries:
             st = self.state[q.name]
             step = q.step_seconds(self.settings)
@@ -272,7 +275,14 @@ class Detector:
                 fetch_failed(q, exc)
                 self.metrics.query_errors.labels(q.name, exc.kind).inc()
             phases["fetch"] += time.perf_counter() - t1
-            active = {key for (name, key) in self._onsets if name == q.name}
+            # an anomaly an operator called "not an incident" is not held by hysteresis:
+            # it ends unless its reasons still pass the (raised) strict thresholds
+            dismissed = self.feedback.dismissed if self.feedback is not None else set()
+            active = {
+                key
+                for (name, key), onset in self._onsets.items()
+                if name == q.name and (series_key(name, dict(key)), onset) not in dismissed
+            }
             results = detect_batch(
                 batch,
                 q,
@@ -288,6 +298,7 @@ class Detector:
                 # the spec is computed once per query, unless the weekly profile it
                 # was made for is dropped with the slices it failed to fetch
                 spec=spec if past is not None or weekly is None else None,
+                feedback=self.feedback,
             )
             t2 = time.perf_counter()
             self._track_onsets(q.name, results)
@@ -444,6 +455,23 @@ class Detector:
         for q in self.queries:
             groups = self.provider.trained(q.name)  # type: ignore[attr-defined]
             self.metrics.trained_models.labels(q.name).set(sum(len(g.index) for g in groups))
+
+    #: verdicts older than this are not read (their floors have long decayed)
+    FEEDBACK_DAYS = 365
+
+    def _refresh_feedback(self, now: float) -> None:
+        """Operators' verdicts from the feature store (``detector.feedback``); while the
+        database is down the last ones read stay in force."""
+        if self.store is None or not hasattr(self.store, "feedback"):
+            return
+        from detector.feedback import Feedback
+
+        try:
+            rows = self.store.feedback(since=now - self.FEEDBACK_DAYS * 86400, limit=100_000)
+        except Exception as exc:  # the database may be down: detection goes on
+            log.warning("cannot read feedback: %s", short_error(exc))
+            return
+        self.feedback = Feedback.from_rows(rows, self.settings)
 
     def _database(self, up: bool | None) -> None:
         if up is None:

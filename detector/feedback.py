@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -79,6 +79,11 @@ def seen(reasons: Iterable[dict]) -> tuple[ReasonSeen, ...]:
         if name not in best or z > best[name].statistic:
             best[name] = ReasonSeen(name, z, thr)
     return tuple(best[k] for k in sorted(best))
+
+
+def verdict_of(row: dict) -> Verdict:
+    """A stored verdict (a row of ``aiops_feedback``)."""
+    return Verdict(row["series"], row["verdict"], float(row["given_at"]), seen(row["reasons"]))
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,41 @@ def floors_at(
             if floor > base or cap is not None:
                 out.append(Floor(series, reason, floor, base, n, cap))
     return out
+
+
+@dataclass
+class Feedback:
+    """The verdicts the live detector applies, and how (the settings)."""
+
+    verdicts: list[Verdict]
+    max_raise: float = 3.0
+    half_life: float = 30 * 86400.0
+    #: (series, onset) of the anomalies called false alarms: not held by hysteresis
+    dismissed: set[tuple[str, float]] = field(default_factory=set)
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[dict], settings: object) -> Feedback:
+        rows = list(rows)
+        return cls(
+            [verdict_of(r) for r in rows],
+            float(getattr(settings, "feedback_max_raise", 3.0)),
+            float(getattr(settings, "feedback_half_life_days", 30.0)) * 86400.0,
+            {
+                (r["series"], float(r["started_at"]))
+                for r in rows
+                if r["verdict"] == "false_alarm"
+            },
+        )
+
+    def floors(self, keys: Sequence[str], now: float) -> dict[str, np.ndarray]:
+        """Reason → the floor of each series (by ``keys``) now, as a column."""
+        return floor_columns(
+            self.verdicts,
+            keys,
+            np.array([now]),
+            max_raise=self.max_raise,
+            half_life=self.half_life,
+        )
 
 
 def floor_columns(

@@ -172,6 +172,7 @@ def _detect_chunk(
     clock: _Clock,
     levels: dict[str, np.ndarray] | None = None,
     weekly: np.ndarray | None = None,
+    floors: dict[str, np.ndarray] | None = None,
 ) -> _Part:
     feats = compute_features(values, spec, past, weekly)
     clock.lap("features")
@@ -189,6 +190,7 @@ def _detect_chunk(
         # its resolve points: the newest columns must hold both
         relaxed_columns=max(feats.short_points, th.resolve_points, 1),
         levels=levels,
+        floors=floors,
     )
     part = _Part(
         last=feats.take(np.array([feats.ready.shape[1] - 1])),  # a copy, not a view
@@ -255,8 +257,12 @@ def detect_batch(
     threads: int = 1,
     weekly: np.ndarray | None = None,
     spec: FeatureSpec | None = None,
+    feedback: Any = None,
 ) -> list[SeriesResult]:
     """Score and explain the newest point of every series in ``batch``.
+
+    ``feedback`` (a ``detector.feedback.Feedback``): operators' verdicts, whose floors
+    raise the thresholds of the series they concern.
 
     ``spec``: the query's feature spec when the caller computed it already (to fetch
     the seasonal slices of ``past`` with it); else it is computed here, once.
@@ -287,6 +293,11 @@ def detect_batch(
     model = reusable(query.name, n_columns, now=now) if reusable else None
     spent: list[dict[str, float]] = []
     levels = _trained_levels(provider, query, batch)
+    floors = (
+        feedback.floors([series_key(query.name, lb) for lb in batch.labels], now)
+        if feedback is not None and feedback.verdicts
+        else {}
+    )
 
     def chunk(s: int) -> _Part:
         own: dict[str, float] = {}
@@ -301,6 +312,7 @@ def detect_batch(
             _Clock(own),
             None if levels is None else {r: v[s : s + CHUNK_SERIES] for r, v in levels.items()},
             None if weekly is None else weekly[s : s + CHUNK_SERIES],
+            {r: v[s : s + CHUNK_SERIES] for r, v in floors.items()} or None,
         )
 
     starts = range(0, len(batch), CHUNK_SERIES)

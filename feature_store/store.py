@@ -320,3 +320,78 @@ class FeatureStore:
         q = select(t).where(t.c.at >= since).order_by(t.c.at.desc()).limit(limit)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
+
+    # -- operators' feedback on anomalies (issue 21) -----------------------------------------
+    def episode(self, series: str, started_at: float) -> dict[str, Any] | None:
+        """The anomaly of ``series`` that began at ``started_at`` (its recorded rows
+        summed up: reasons at their strongest, the peak score, the first value and
+        baseline, the feature row at the onset), or None when nothing was recorded."""
+        t, f = tables.anomalies, tables.features
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t)
+                .where(and_(t.c.series == series, t.c.started_at == float(started_at)))
+                .order_by(t.c.ts)
+            ).all()
+            if not rows:
+                return None
+            feats = conn.execute(
+                select(f.c.features).where(and_(f.c.series == series, f.c.ts == rows[0].ts))
+            ).scalar()
+        reasons = [x for r in rows for x in (r.reasons or [])]
+        scores = [r.score for r in rows if r.score is not None]
+        return {
+            "series": series,
+            "metric": rows[0].metric,
+            "labels": dict(rows[0].labels),
+            "started_at": float(started_at),
+            "reasons": reasons,
+            "score": max(scores) if scores else None,
+            "value": rows[0].value,
+            "baseline": rows[0].baseline,
+            "features": feats,
+            "ended_at": rows[-1].ts,
+        }
+
+    def record_feedback(self, row: dict[str, Any]) -> bool:
+        """Store a verdict; a person's second verdict on an anomaly replaces the first.
+        True when it replaced one."""
+        t = tables.feedback
+        mine = and_(
+            t.c.series == row["series"],
+            t.c.started_at == row["started_at"],
+            t.c.actor == row["actor"],
+        )
+        safe = {
+            **row,
+            "reasons": _json_safe(row["reasons"]),
+            "features": _json_safe(row.get("features")),
+        }
+
+        def work() -> bool:
+            with self.engine.begin() as conn:
+                replaced = conn.execute(t.delete().where(mine)).rowcount > 0
+                conn.execute(t.insert().values(**safe))
+            return replaced
+
+        return retrying(work, what="feature store")
+
+    def feedback(
+        self,
+        *,
+        since: float | None = None,
+        metric: str | None = None,
+        verdict: str | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Verdicts, newest first."""
+        t = tables.feedback
+        q = select(t).order_by(t.c.given_at.desc(), t.c.id.desc()).limit(limit)
+        if since is not None:
+            q = q.where(t.c.given_at >= since)
+        if metric is not None:
+            q = q.where(t.c.metric == metric)
+        if verdict is not None:
+            q = q.where(t.c.verdict == verdict)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]

@@ -203,3 +203,22 @@ changes = Table(
     Column("source", Text, nullable=False),
     Column("received_at", Float, nullable=False),
 )
+
+feedback = Table(
+    "aiops_feedback",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("series", Text, nullable=False),
+    Column("metric", Text, nullable=False),
+    Column("labels", Json, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("verdict", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("reasons", Json, nullable=False),
+    Column("score", Float),
+    Column("value", Float),
+    Column("baseline", Float),
+    Column("features", Json),
+    Column("given_at", Float, nullable=False),
+)

@@ -5,6 +5,7 @@ The routes live in their own modules, one router each:
 - ``runbooks.inputs``: ``POST /anomalies``, ``POST /alertmanager`` (what can
   trigger an action);
 - ``runbooks.changes``: ``POST /changes`` (deploys and configuration changes);
+- ``runbooks.feedback``: ``POST /feedback`` (operators' verdicts on anomalies);
 - ``runbooks.admin``: ``GET /approve``, ``GET /reject``, ``GET /ack``, ``GET`` and
   ``POST /killswitch``;
 - ``runbooks.reads``: ``GET /audit``, ``GET /events``;
@@ -39,13 +40,13 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aiops.core.settings import Settings
-from runbooks import admin, changes, console, health, inputs, reads, slack
+from runbooks import admin, changes, console, feedback, health, inputs, reads, slack
 from runbooks.access import ReadAccess, Refusals
 from runbooks.decision import GuardConfig
 from runbooks.engine import Remediator
 from runbooks.guards import make_guards
 from runbooks.limits import BodyLimit, RateLimiter
-from runbooks.metrics import RunbookMetrics, StateCollector
+from runbooks.metrics import FeedbackCollector, RunbookMetrics, StateCollector
 from runbooks.policy import Policy
 from runbooks.schemas import install_openapi
 from runbooks.web import http_error, method_table, validation_error
@@ -58,6 +59,7 @@ TICK_SECONDS = 1.0
 ROUTERS = (
     inputs.router,
     changes.router,
+    feedback.router,
     admin.router,
     reads.router,
     console.router,
@@ -89,6 +91,7 @@ def create_app(
         guard_store=guard_store,
     )
     registry.register(StateCollector(engine, settings, guard_store, lambda: rem.config.enabled))
+    registry.register(FeedbackCollector(engine))
     refusals = Refusals(
         lambda actor, details: rem.audit.now("unauthorized", None, actor=actor, details=details),
         registry,

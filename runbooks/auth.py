@@ -127,6 +127,23 @@ def admin(route: str, what: str) -> Dependency:
     return dependency
 
 
+def feedback_giver(route: str) -> Dependency:
+    """``RUNBOOK_FEEDBACK_TOKEN`` or ``RUNBOOK_ADMIN_TOKEN`` as a bearer token: a verdict
+    changes what the detector pages for, so nobody who merely reaches the webhook
+    gives one."""
+
+    async def dependency(request: Request) -> None:
+        s = request.app.state.settings
+        tokens = [t for t in (_secret(s.feedback_token), _secret(s.admin_token)) if t]
+        given = request.headers.get("authorization", "").encode()
+        if any(hmac.compare_digest(given, f"Bearer {t}".encode()) for t in tokens):
+            return
+        unset = "RUNBOOK_FEEDBACK_TOKEN is not set: feedback over HTTP"
+        raise await _refuse(request, route, "missing or wrong bearer token" if tokens else unset)
+
+    return dependency
+
+
 def reader(route: str) -> Dependency:
     """Read access to ``route`` (``runbooks.access``): else 401 asking for a bearer."""
 

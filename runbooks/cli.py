@@ -182,3 +182,221 @@ def killswitch_status(config: ConfigOpt = None) -> None:
     for h in halts:
         since = datetime.fromtimestamp(h.halted_at, tz=timezone.utc).isoformat(timespec="seconds")
         print(f"halted {h.scope} since {since} by {h.actor}: {h.reason}")
+
+
+feedback_app = typer.Typer(
+    no_args_is_help=True, help="Operators' verdicts on anomalies (what the detector learns)."
+)
+
+
+def _feedback_store(config: Any) -> Any:
+    from aiops.core.db import make_engine
+    from feature_store.store import FeatureStore
+    from sql.migrate import require_current
+
+    settings = load(config=config)
+    engine = make_engine(settings.database_url)
+    with database_errors():
+        require_current(engine)
+    return settings, FeatureStore(engine)
+
+
+def _when(ts: float | None) -> str:
+    from datetime import datetime, timezone
+
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+@feedback_app.command("list")
+def feedback_list(
+    since: Annotated[str, typer.Option(help="from: epoch, ISO 8601 or now-30d")] = "now-30d",
+    effects: Annotated[
+        bool, typer.Option("--effects", help="the floors in force now, per series and reason")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """The verdicts given (newest first), or with --effects what they do to detection now."""
+    import time
+
+    from aiops.core.clikit import parse_time
+    from detector.feedback import Feedback, floors_at
+
+    settings, store = _feedback_store(config)
+    with database_errors():
+        if effects:  # every verdict still in force, whenever it was given
+            rows = store.feedback(since=time.time() - 365 * 86400, limit=100_000)
+        else:
+            rows = store.feedback(since=parse_time(since, "--since"), limit=100_000)
+    store.engine.dispose()
+    if effects:
+        known = Feedback.from_rows(rows, settings)
+        floors = floors_at(
+            known.verdicts, time.time(), max_raise=known.max_raise, half_life=known.half_life
+        )
+        if not floors:
+            print("no feedback in force")
+        for f in floors:
+            cap = "-" if f.cap is None else f"{f.cap:.3g}"
+            print(
+                f"{f.series}  {f.reason}  threshold {f.threshold:.3g} -> {f.floor:.3g}"
+                f" (x{f.raise_factor:.2f}, {f.false_alarms} false alarm(s), cap {cap})"
+            )
+        return
+    if not rows:
+        print("no feedback")
+    for r in rows:
+        reasons = ",".join(sorted({x.get("reason", "?") for x in r["reasons"] or []}))
+        note = f"  {r['note']}" if r["note"] else ""
+        print(
+            f"{_when(r['given_at'])}  {r['actor']}  {r['verdict']}  {r['series']}"
+            f"  began {_when(r['started_at'])}  [{reasons}]{note}"
+        )
+
+
+@feedback_app.command("add")
+def feedback_add(
+    metric: Annotated[str, typer.Option(help="the query (metric) of the series")],
+    started_at: Annotated[
+        str, typer.Option(help="the anomaly's onset: epoch, as the detector reports it")
+    ],
+    verdict: Annotated[str, typer.Option(help="false_alarm or incident")],
+    label: Annotated[
+        list[str] | None, typer.Option(help="the series' labels, NAME=VALUE, repeatable")
+    ] = None,
+    note: Annotated[str, typer.Option(help="why (stored, audited)")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Give a verdict on one anomaly, as POST /feedback does (stored and audited)."""
+    import time
+
+    from aiops.core.series import series_key
+    from runbooks.audit import audit_row, insert_row
+    from runbooks.events import FeedbackIn
+    from runbooks.feedback import give
+
+    labels = {}
+    for item in label or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise fail(f"--label: expected NAME=VALUE, got {item!r}")
+        labels[name] = value
+    try:
+        fb = FeedbackIn(
+            metric=metric,
+            labels=labels,
+            started_at=float(started_at),
+            verdict=verdict,  # type: ignore[arg-type]
+            note=note,
+        )
+    except ValueError as exc:
+        raise fail(f"feedback: {short_error(exc)}") from None
+    settings, store = _feedback_store(config)
+    actor = _actor()
+    try:
+        with database_errors():
+            out = give(store, fb, actor, settings, time.time())
+            if out is None:
+                raise fail(
+                    f"no anomaly of {series_key(fb.metric, fb.labels)} began at {fb.started_at:.0f}"
+                )
+            replaced, floors, _ = out
+            row = audit_row(
+                "feedback",
+                None,
+                metric=fb.metric,
+                namespace=fb.labels.get("namespace"),
+                app=fb.labels.get("app"),
+                actor=actor,
+                details={
+                    "verdict": fb.verdict,
+                    "series": series_key(fb.metric, fb.labels),
+                    "started_at": fb.started_at,
+                    "note": fb.note,
+                    "replaced": replaced,
+                    "floors": floors,
+                },
+            )
+            with store.engine.begin() as conn:
+                insert_row(conn, row)
+    finally:
+        store.engine.dispose()
+    print(f"{'replaced' if replaced else 'recorded'}: {fb.verdict} on {row['details']['series']}")
+    for f in floors:
+        print(f"  {f['reason']}: threshold {f['threshold']:g} -> {f['floor']:g}")
+
+
+@feedback_app.command("export")
+def feedback_export(
+    fmt: Annotated[
+        str, typer.Option("--format", help="csv, json, or labels (for aiops backtest --labels)")
+    ] = "csv",
+    since: Annotated[str, typer.Option(help="from: epoch, ISO 8601 or now-365d")] = "now-365d",
+    config: ConfigOpt = None,
+) -> None:
+    """Write the verdicts to standard output. ``--format labels``: the confirmed incidents
+    as labelled windows keyed like ``aiops backtest --query`` names its series, so a team
+    replays its own history: ``aiops backtest --query Q --labels labels.json``."""
+    import csv
+    import json
+    import sys
+
+    from aiops.core.clikit import parse_time
+    from aiops.core.series import series_name
+
+    if fmt not in ("csv", "json", "labels"):
+        raise fail(f"--format: csv, json or labels, got {fmt!r}")
+    _, store = _feedback_store(config)
+    try:
+        with database_errors():
+            rows = list(
+                reversed(store.feedback(since=parse_time(since, "--since"), limit=1_000_000))
+            )
+            if fmt == "labels":
+                windows: dict[str, list[list[str]]] = {}
+                for r in rows:
+                    if r["verdict"] != "incident":
+                        continue
+                    episode = store.episode(r["series"], r["started_at"])
+                    end = episode["ended_at"] if episode else r["started_at"]
+                    key = series_name(r["metric"], r["labels"]) + ".csv"
+                    span = [_stamp(r["started_at"]), _stamp(end)]
+                    if span not in windows.setdefault(key, []):
+                        windows[key].append(span)
+                json.dump({k: sorted(v) for k, v in sorted(windows.items())}, sys.stdout, indent=2)
+                print()
+                return
+    finally:
+        store.engine.dispose()
+    columns = [
+        "given_at",
+        "actor",
+        "verdict",
+        "metric",
+        "labels",
+        "started_at",
+        "score",
+        "note",
+        "reasons",
+    ]
+    if fmt == "json":
+        json.dump([{c: r[c] for c in columns} for r in rows], sys.stdout, indent=2, default=str)
+        print()
+        return
+    out = csv.writer(sys.stdout)
+    out.writerow(columns)
+    for r in rows:
+        out.writerow(
+            [
+                json.dumps(r[c], sort_keys=True) if c in ("labels", "reasons") else r[c]
+                for c in columns
+            ]
+        )
+
+
+def _stamp(ts: float) -> str:
+    """A window bound as ``aiops backtest`` reads it: naive UTC (its index is UTC)."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")

@@ -183,6 +183,20 @@ class ChangeEvent(_Incoming):
         return self
 
 
+class FeedbackIn(_Incoming):
+    """An operator's verdict on one anomaly (``POST /feedback``): the series (its
+    metric and labels) and the anomaly's onset (``started_at``, as the detector's
+    events and ``aiops_anomalies`` give it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field(min_length=1, max_length=200)
+    labels: dict[str, str] = Field(default_factory=dict)
+    started_at: float = Field(ge=0)
+    verdict: Literal["false_alarm", "incident"]
+    note: str = Field("", max_length=1000)
+
+
 class Alert(_Incoming):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 

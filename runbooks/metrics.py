@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, and_, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -170,3 +170,44 @@ def _family(name: str, value: float | None = None) -> GaugeMetricFamily:
     """The gauge family ``name`` of ``STATE_FAMILIES``; with ``value``, its one sample."""
     help_text, labels = STATE_FAMILIES[name]
     return GaugeMetricFamily(name, help_text, value=value, labels=labels)
+
+
+class FeedbackCollector(Collector):
+    """``aiops_feedback_total{query,reason,verdict}``: the operators' verdicts in force
+    (one per person and anomaly), per query, reason and verdict, read from
+    ``aiops_feedback`` at scrape time. Precision in production, per query: incident /
+    (incident + false_alarm). Nothing while the database is down (``runbooks_database_up``
+    says so)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield self._family()
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "aiops_feedback",
+            "Operators' verdicts on anomalies (one per person and anomaly), by query,"
+            " reason and verdict (false_alarm, incident)",
+            labels=["query", "reason", "verdict"],
+        )
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        t = tables.feedback
+        family = self._family()
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(t.c.metric, t.c.verdict, t.c.reasons)).all()
+        except SQLAlchemyError:
+            yield family
+            return
+        counts: dict[tuple[str, str, str], int] = {}
+        for metric, verdict, reasons in rows:
+            for reason in sorted({r.get("reason") for r in reasons or [] if r.get("reason")}):
+                key = (metric, reason, verdict)
+                counts[key] = counts.get(key, 0) + 1
+        for key, n in sorted(counts.items()):
+            family.add_metric(list(key), float(n))
+        yield family

@@ -112,6 +112,17 @@ class ChangeOut(BaseModel):
     recorded: bool = Field(description="false: this id was recorded before (a replay)")
 
 
+class FeedbackOut(BaseModel):
+    feedback: str = Field(description="recorded, or replaced (this person's earlier verdict)")
+    series: str
+    started_at: float
+    verdict: str
+    floors: list[dict[str, Any]] = Field(
+        description="what the series' verdicts do now: per reason the floor under its"
+        " threshold (statistic units), the threshold it raises, the factor, the cap"
+    )
+
+
 class AckOut(BaseModel):
     silence_id: str | None
     alertname: str

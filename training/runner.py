@@ -19,7 +19,6 @@ band_low, band_high``
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from aiops.core.errors import AiopsError
+from aiops.core.series import series_name
 from aiops.core.settings import Settings
 from detector.catalogue import Query
 from detector.pipeline import feature_spec
@@ -241,13 +241,6 @@ def fetch_history(
     if math.floor((end - math.ceil(start / step) * step) / step) + 1 < 2:
         raise BacktestError("--end must be after --start by at least two steps")
     return source.fetch_range(query, start=start, end=end, step=step, max_points=MAX_POINTS)
-
-
-def series_name(query: str, labels: dict[str, str]) -> str:
-    if not labels:
-        return f"{query}/series"
-    text = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-    return f"{query}/" + re.sub(r"[^A-Za-z0-9_.,=-]+", "_", text)
 
 
 def prometheus_inputs(batch: SeriesBatch) -> list[SeriesInput]:

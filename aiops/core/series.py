@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 def series_key(metric: str, labels: dict[str, str]) -> str:
     """``metric{a="x",b="y"}``: labels sorted, values escaped like Prometheus does.
@@ -25,3 +27,12 @@ LabelKey = tuple[tuple[str, str], ...]
 def label_key(labels: dict[str, str]) -> LabelKey:
     """The labels of a series as a key of a dict or set: sorted (name, value) pairs."""
     return tuple(sorted(labels.items()))
+
+
+def series_name(query: str, labels: dict[str, str]) -> str:
+    """``query/a=x,b=y``: a series' name as a file path (``aiops backtest --query`` names
+    its results so, and ``aiops feedback export --format labels`` keys its windows so)."""
+    if not labels:
+        return f"{query}/series"
+    text = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return f"{query}/" + re.sub(r"[^A-Za-z0-9_.,=-]+", "_", text)

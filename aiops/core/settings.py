@@ -209,6 +209,11 @@ class Settings(BaseSettings):
     alertmanager_token: SecretStr | None = Field(
         None, validation_alias=AliasChoices("RUNBOOK_ALERTMANAGER_TOKEN", "alertmanager_token")
     )
+    #: bearer token of POST /feedback (operators' verdicts on anomalies); the admin
+    #: token is accepted too
+    feedback_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("RUNBOOK_FEEDBACK_TOKEN", "feedback_token")
+    )
     admin_token: SecretStr | None = Field(
         None, validation_alias=AliasChoices("RUNBOOK_ADMIN_TOKEN", "admin_token")
     )
@@ -282,6 +287,19 @@ class Settings(BaseSettings):
         60.0,
         ge=0,
         validation_alias=AliasChoices("AIOPS_INCIDENT_SETTLE_SECONDS", "incident_settle_seconds"),
+    )
+    #: operators' feedback (detector.feedback): a false alarm's floor is at most this many
+    #: times the threshold it crossed, and decays back with this half-life
+    feedback_max_raise: float = Field(
+        3.0,
+        ge=1.0,
+        le=100.0,
+        validation_alias=AliasChoices("AIOPS_FEEDBACK_MAX_RAISE", "feedback_max_raise"),
+    )
+    feedback_half_life_days: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=AliasChoices("AIOPS_FEEDBACK_HALF_LIFE_DAYS", "feedback_half_life_days"),
     )
 
     @field_validator("prom_url")

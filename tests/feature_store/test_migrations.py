@@ -37,6 +37,7 @@ EXPECTED_TABLES = {
     "aiops_webhook_outbox",
     "aiops_changes",
     "runbooks_incident_members",
+    "aiops_feedback",
     TABLE,
 }
 
@@ -91,6 +92,7 @@ def test_migrate_creates_every_table_and_records_versions_with_checksums(engine)
         "005_webhook_outbox",
         "006_change_events",
         "007_incident_members",
+        "008_feedback",
     ]
     assert set(sqlalchemy.inspect(engine).get_table_names()) >= EXPECTED_TABLES
     rows = recorded(engine)
@@ -102,6 +104,7 @@ def test_migrate_creates_every_table_and_records_versions_with_checksums(engine)
         (5, "webhook_outbox"),
         (6, "change_events"),
         (7, "incident_members"),
+        (8, "feedback"),
     ]
     for (_, _, checksum, applied_at), stem in zip(
         rows,
@@ -113,6 +116,7 @@ def test_migrate_creates_every_table_and_records_versions_with_checksums(engine)
             "005_webhook_outbox",
             "006_change_events",
             "007_incident_members",
+            "008_feedback",
         ),
         strict=True,
     ):
