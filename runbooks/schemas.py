@@ -18,7 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 
 from aiops.core.signing import SIGNATURE_HEADER, SLACK_SIGNATURE_HEADER, TIMESTAMP_HEADER
-from runbooks.events import AlertmanagerPayload, AnomalyEvent, ChangeEvent
+from runbooks.events import AlertmanagerPayload, AnomalyEvent, ChangeEvent, FeedbackIn
 
 
 class ErrorOut(BaseModel):
@@ -166,6 +166,7 @@ DETECTOR_SCHEME = "detectorSignature"
 ALERTMANAGER_SCHEME = "alertmanagerBearer"
 SLACK_SCHEME = "slackSignature"
 ADMIN_SCHEME = "adminBearer"
+FEEDBACK_SCHEME = "feedbackBearer"
 READ_SCHEME = "readBearer"
 READ_COOKIE_SCHEME = "readCookie"
 #: the read endpoints (runbooks.access)
@@ -225,6 +226,11 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "name": "aiops_read",
         "description": "the console's cookie, set by GET /console?token=... or POST /console",
     },
+    FEEDBACK_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "RUNBOOK_FEEDBACK_TOKEN (POST /feedback; the admin token works too)",
+    },
     SLACK_SCHEME: {
         "type": "apiKey",
         "in": "header",
@@ -281,6 +287,9 @@ def install_openapi(app: FastAPI, *, alertmanager_token: bool, read_open: bool =
         switch["requestBody"] = _body(KillSwitchIn, schemas)
         switch["security"] = [{ADMIN_SCHEME: []}]
         paths["/ack"]["get"]["security"] = [{ADMIN_SCHEME: []}]
+        given = paths["/feedback"]["post"]
+        given["requestBody"] = _body(FeedbackIn, schemas)
+        given["security"] = [{FEEDBACK_SCHEME: []}, {ADMIN_SCHEME: []}]
         for path, method in READ_PATHS:
             paths[path][method]["security"] = (
                 [] if read_open else [{READ_SCHEME: []}, {READ_COOKIE_SCHEME: []}]
