@@ -106,7 +106,14 @@ class _State:
 class Workload:
     """Cumulative state of the simulated apps; thread safe."""
 
-    def __init__(self, seed: int = 0, namespace: str = "demo", start: float | None = None) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        namespace: str = "demo",
+        start: float | None = None,
+        calls: dict[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """``calls``: who calls whom (default ``CALLS``; ``{}``: independent apps)."""
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         start = time.time() if start is None else start
@@ -114,6 +121,7 @@ class Workload:
             raise ValueError(f"start must be a finite epoch time >= 0, got {start}")
         self.seed = int(seed)
         self.namespace = namespace
+        self.calls = CALLS if calls is None else dict(calls)
         self._t = math.floor(start)
         self._state = _State.zero()
         self._faults: list[Fault] = []
@@ -225,7 +233,7 @@ class Workload:
                 lat[m] *= f.magnitude
             else:
                 jitter[m] = np.hypot(jitter[m], f.magnitude)
-        for callee in CALLS.get(app, ()):  # what the services it calls pass on
+        for callee in self.calls.get(app, ()):  # what the services it calls pass on
             _, c_share, c_lat, c_jitter = self._factors(callee, u)
             share = share + (1.0 - share) * PASSED_ERRORS * np.maximum(c_share - P5XX, 0.0)
             lat = lat * (1.0 + PASSED_LATENCY * (c_lat - 1.0))

@@ -170,11 +170,7 @@ class Feedback:
             [verdict_of(r) for r in rows],
             float(getattr(settings, "feedback_max_raise", 3.0)),
             float(getattr(settings, "feedback_half_life_days", 30.0)) * 86400.0,
-            {
-                (r["series"], float(r["started_at"]))
-                for r in rows
-                if r["verdict"] == "false_alarm"
-            },
+            {(r["series"], float(r["started_at"])) for r in rows if r["verdict"] == "false_alarm"},
         )
 
     def floors(self, keys: Sequence[str], now: float) -> dict[str, np.ndarray]:

@@ -35,7 +35,7 @@ from aiops.core.signing import approval_binding, make_approval_token
 from feature_store import tables
 from runbooks import auth
 from runbooks.access import read_denied
-from runbooks.schemas import IncidentsOut, PendingOut, ok
+from runbooks.schemas import AnomaliesOut, IncidentsOut, PendingOut, ok
 
 router = APIRouter()
 
@@ -153,6 +153,94 @@ async def incidents(request: Request) -> Response:
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
+def recent_anomalies(
+    engine: Any, secret: str | None, person: str | None, now: float, hours: float = 24.0
+) -> list[dict[str, Any]]:
+    """The anomalies of the last ``hours`` (newest first, at most 100), each with the
+    verdicts given on it and, for ``person``, its signed feedback links."""
+    from runbooks.feedback import feedback_link
+
+    t, fb = tables.anomalies, tables.feedback
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                t.c.series, t.c.metric, t.c.labels, t.c.started_at, t.c.ts, t.c.score, t.c.reasons
+            )
+            .where(and_(t.c.ts >= now - hours * 3600, t.c.started_at.is_not(None)))
+            .order_by(t.c.ts.desc())
+            .limit(20_000)
+        ).all()
+        episodes: dict[tuple[str, float], dict[str, Any]] = {}
+        for r in rows:
+            key = (r.series, float(r.started_at))
+            ep = episodes.get(key)
+            if ep is None:
+                if len(episodes) >= 100:
+                    continue
+                ep = episodes[key] = {
+                    "series": r.series,
+                    "metric": r.metric,
+                    "labels": dict(r.labels),
+                    "started_at": float(r.started_at),
+                    "last_seen": r.ts,
+                    "score": r.score,
+                    "reasons": set(),
+                    "verdicts": [],
+                }
+            ep["score"] = (
+                max(x for x in (ep["score"], r.score) if x is not None)
+                if (ep["score"] is not None or r.score is not None)
+                else None
+            )
+            ep["reasons"].update(x.get("reason") for x in r.reasons or [] if x.get("reason"))
+        series = sorted({k[0] for k in episodes})
+        given = conn.execute(
+            select(fb.c.series, fb.c.started_at, fb.c.actor, fb.c.verdict, fb.c.note).where(
+                fb.c.series.in_(series)
+            )
+        ).all()
+    for g in given:
+        ep = episodes.get((g.series, float(g.started_at)))
+        if ep is not None:
+            ep["verdicts"].append({"actor": g.actor, "verdict": g.verdict, "note": g.note})
+    out = []
+    for ep in episodes.values():
+        ep["reasons"] = sorted(ep["reasons"])
+        if secret and person:
+            for verdict in ("false_alarm", "incident"):
+                ep[f"{verdict}_url"] = feedback_link(
+                    secret, ep["metric"], ep["labels"], ep["started_at"], person, verdict, now
+                )
+        out.append(ep)
+    return out
+
+
+@router.get(
+    "/console/anomalies",
+    responses=ok(AnomaliesOut, 401, 503),
+    dependencies=[Depends(auth.reader("/console/anomalies"))],
+)
+async def anomalies(
+    request: Request,
+    by: str | None = Query(None, min_length=1, max_length=200, description="who will click"),
+    hours: float = Query(24.0, gt=0, le=24 * 30),
+) -> Response:
+    settings = request.app.state.settings
+    secret = settings.approval_secret.get_secret_value() if settings.approval_secret else None
+    try:
+        rows = await asyncio.to_thread(
+            recent_anomalies, request.app.state.engine, secret, by, time.time(), hours
+        )
+    except SQLAlchemyError:
+        return JSONResponse({"error": "database unavailable"}, status_code=503)
+    body: dict[str, Any] = {"anomalies": rows, "count": len(rows)}
+    if not secret:
+        body["note"] = "RUNBOOK_APPROVAL_SECRET is not set: no feedback links"
+    elif not by:
+        body["note"] = "name yourself (by=...) for feedback links"
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -264,6 +352,17 @@ PAGE = """<!doctype html>
     <thead><tr><th>Opened</th><th>Incident</th><th>Probable cause</th><th>Members</th>
       <th>Action chain</th><th>Actions</th></tr></thead>
     <tbody id="incident-list"></tbody>
+  </table>
+</section>
+
+<section id="anomalies">
+  <h2>Recent anomalies <button id="refresh-anomalies" type="button">Refresh</button></h2>
+  <p><label>Your name <input id="person" placeholder="who gives feedback"></label>
+    <span id="feedback-message"></span></p>
+  <table>
+    <thead><tr><th>Began</th><th>Series</th><th>Reasons</th><th>Score</th>
+      <th>Verdicts</th><th>Note</th><th></th></tr></thead>
+    <tbody id="anomaly-list"></tbody>
   </table>
 </section>
 
@@ -433,6 +532,74 @@ async function loadIncidents() {
   }
 }
 
+function person() {
+  return $("person").value.trim();
+}
+
+async function giveFeedback(url, tr, button) {
+  button.disabled = true;
+  const note = tr.querySelector("input.note").value.trim();
+  try {
+    const r = await fetch(url + (note ? "&note=" + encodeURIComponent(note) : ""),
+                          { cache: "no-store" });
+    const body = await r.json();
+    $("feedback-message").textContent = r.ok
+      ? "Feedback " + body.feedback + ": " + body.verdict
+      : "Refused: " + body.error;
+  } catch (err) {
+    $("feedback-message").textContent = "Request failed: " + err;
+  }
+  loadAnomalies();
+}
+
+async function loadAnomalies() {
+  const who = person();
+  let body;
+  try {
+    const q = who ? "?by=" + encodeURIComponent(who) : "";
+    const r = await fetch("/console/anomalies" + q, { cache: "no-store" });
+    if (!r.ok) return;
+    body = await r.json();
+  } catch (err) {
+    return;
+  }
+  const list = $("anomaly-list");
+  list.replaceChildren();
+  for (const a of body.anomalies) {
+    const tr = document.createElement("tr");
+    tr.dataset.series = a.series;
+    cell(tr, time(a.started_at));
+    cell(tr, a.series);
+    cell(tr, (a.reasons || []).join(", "));
+    cell(tr, a.score == null ? "" : Number(a.score).toFixed(2));
+    cell(tr, a.verdicts.map((v) => v.actor + ": " + v.verdict).join("; "));
+    const noteCell = cell(tr, "");
+    const note = document.createElement("input");
+    note.className = "note";
+    note.placeholder = "optional note";
+    noteCell.appendChild(note);
+    const td = cell(tr, "");
+    for (const [verdict, label] of [["incident", "Real incident"],
+                                    ["false_alarm", "Not an incident"]]) {
+      const url = a[verdict + "_url"];
+      if (!url) continue;
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = label;
+      b.setAttribute("data-feedback", verdict);
+      b.addEventListener("click", () => giveFeedback(url, tr, b));
+      td.appendChild(b);
+    }
+    if (!td.children.length) td.textContent = body.note || "";
+    list.appendChild(tr);
+  }
+  if (!body.anomalies.length) {
+    const tr = document.createElement("tr");
+    cell(tr, "No anomaly in the last 24 hours.", "empty").colSpan = 7;
+    list.appendChild(tr);
+  }
+}
+
 const APPROVAL_KINDS = new Set(["approval_pending", "approved", "rejected", "expired"]);
 const INCIDENT_KINDS = new Set(["incident_opened", "incident_updated", "incident_joined",
   "resolved", "executed", "dry_run", "skipped_blast_radius", "skipped_incident"]);
@@ -458,8 +625,16 @@ $("filter-text").addEventListener("input", applyFilters);
 $("refresh").addEventListener("click", loadPending);
 setInterval(loadPending, 30000);
 setInterval(loadIncidents, 30000);
+setInterval(loadAnomalies, 30000);
+$("person").value = localStorage.getItem("aiops-person") || "";
+$("person").addEventListener("change", () => {
+  localStorage.setItem("aiops-person", person());
+  loadAnomalies();
+});
+$("refresh-anomalies").addEventListener("click", loadAnomalies);
 loadPending();
 loadIncidents();
+loadAnomalies();
 </script>
 </body>
 </html>

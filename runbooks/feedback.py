@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -136,6 +136,165 @@ async def feedback(
         {
             "feedback": "replaced" if replaced else "recorded",
             "series": series_key(fb.metric, fb.labels),
+            "started_at": fb.started_at,
+            "verdict": fb.verdict,
+            "floors": floors,
+        }
+    )
+
+
+# -- one-click signed links (the console's buttons; chat and mail can carry them) -----------
+
+#: how long a feedback link works
+LINK_TTL_SECONDS = 7 * 86400.0
+
+
+def feedback_binding(series: str, started_at: float, person: str) -> str:
+    """What a feedback link is bound to: one anomaly and one person."""
+    import hashlib
+    import json
+
+    blob = json.dumps(["feedback", series, float(started_at), person], separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def feedback_link(
+    secret: str,
+    metric: str,
+    labels: dict[str, str],
+    started_at: float,
+    person: str,
+    verdict: str,
+    now: float,
+) -> str:
+    """The relative one-click link that records ``person``'s ``verdict`` on the anomaly
+    (signed with ``RUNBOOK_APPROVAL_SECRET``, expiring after ``LINK_TTL_SECONDS``)."""
+    import json
+    from urllib.parse import urlencode
+
+    from aiops.core.signing import make_approval_token
+
+    binding = feedback_binding(series_key(metric, labels), started_at, person)
+    token = make_approval_token(secret, binding, now + LINK_TTL_SECONDS, verdict)
+    query = {
+        "metric": metric,
+        "labels": json.dumps(labels, sort_keys=True, separators=(",", ":")),
+        "started_at": repr(float(started_at)),
+        "by": person,
+        "verdict": verdict,
+        "token": token,
+    }
+    return "/feedback/link?" + urlencode(query)
+
+
+def _already(
+    store: FeatureStore, series: str, started_at: float, person: str, verdict: str
+) -> bool:
+    from sqlalchemy import and_, select
+
+    from feature_store import tables
+
+    t = tables.feedback
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            select(t.c.verdict).where(
+                and_(t.c.series == series, t.c.started_at == started_at, t.c.actor == person)
+            )
+        ).first()
+    return row is not None and row.verdict == verdict
+
+
+@router.get("/feedback/link", responses=ok(FeedbackOut, 403, 404, 409, 410, 422, 503))
+async def feedback_by_link(
+    request: Request,
+    rem: RemediatorDep,
+    engine: EngineDep,
+    metrics: MetricsDep,
+    metric: str = Query(min_length=1, max_length=200),
+    labels: str = Query(max_length=4096, description="the series' labels as a JSON object"),
+    started_at: float = Query(ge=0),
+    by: str = Query(min_length=1, max_length=200, description="the person the link is for"),
+    verdict: Literal["false_alarm", "incident"] = Query(),
+    token: str = Query(min_length=1, max_length=4096),
+    note: str = Query("", max_length=1000),
+) -> Response:
+    """One click records ``by``'s verdict: the token (``RUNBOOK_APPROVAL_SECRET``) is bound
+    to the anomaly, the person and the verdict, and expires; a forged one is a 403, an
+    expired one a 410, a second click on the same verdict a 409."""
+    import json
+
+    from aiops.core.signing import check_approval_token
+
+    settings = request.app.state.settings
+    secret = settings.approval_secret.get_secret_value() if settings.approval_secret else None
+    if not secret:
+        return JSONResponse(
+            {"error": "RUNBOOK_APPROVAL_SECRET is not set: feedback links cannot be checked"},
+            status_code=409,
+        )
+    try:
+        parsed = json.loads(labels)
+        fb = FeedbackIn(
+            metric=metric, labels=parsed, started_at=started_at, verdict=verdict, note=note
+        )
+    except ValueError as exc:
+        return bad_request(metrics, "feedback", exc)
+    series = series_key(fb.metric, fb.labels)
+    now = time.time()
+    why = check_approval_token(
+        secret, token, feedback_binding(series, started_at, by), verdict, now
+    )
+    if why is not None:
+        status = 410 if why == "token expired" else 403
+        metrics.requests.labels("feedback", str(status)).inc()
+        await asyncio.to_thread(
+            rem.audit.now,
+            "unauthorized",
+            None,
+            actor=peer(request),
+            details={"route": "/feedback/link", "why": why, "by": by},
+        )
+        return JSONResponse({"error": why}, status_code=status)
+    store = FeatureStore(engine)
+    try:
+        if await asyncio.to_thread(_already, store, series, float(started_at), by, verdict):
+            metrics.requests.labels("feedback", "409").inc()
+            return JSONResponse(
+                {"error": f"{by} already said {verdict} of this anomaly"}, status_code=409
+            )
+        out = await asyncio.to_thread(give, store, fb, by, settings, now)
+        if out is None:
+            metrics.requests.labels("feedback", "404").inc()
+            return JSONResponse(
+                {"error": f"no anomaly of {series} began at {started_at:.0f}"}, status_code=404
+            )
+        replaced, floors, _ = out
+        await asyncio.to_thread(
+            rem.audit.now,
+            "feedback",
+            None,
+            metric=fb.metric,
+            namespace=fb.labels.get("namespace"),
+            app=fb.labels.get("app"),
+            actor=by,
+            details={
+                "verdict": fb.verdict,
+                "series": series,
+                "started_at": fb.started_at,
+                "note": fb.note,
+                "replaced": replaced,
+                "via": "link",
+                "floors": floors,
+            },
+        )
+    except SQLAlchemyError as exc:
+        metrics.requests.labels("feedback", "503").inc()
+        return db_error(exc)
+    metrics.requests.labels("feedback", "200").inc()
+    return JSONResponse(
+        {
+            "feedback": "replaced" if replaced else "recorded",
+            "series": series,
             "started_at": fb.started_at,
             "verdict": fb.verdict,
             "floors": floors,

@@ -135,6 +135,15 @@ class PendingOut(BaseModel):
     note: str | None = None
 
 
+class AnomaliesOut(BaseModel):
+    anomalies: list[dict[str, Any]] = Field(
+        description="recent anomalies, newest first: series, onset, reasons, score, the"
+        " verdicts given, and signed false_alarm_url / incident_url for the person named"
+    )
+    count: int
+    note: str | None = None
+
+
 class IncidentsOut(BaseModel):
     incidents: list[dict[str, Any]] = Field(
         description="open incidents, newest first: cause, chain, members, actions"
@@ -176,6 +185,7 @@ READ_PATHS = (
     ("/console", "get"),
     ("/console/pending", "get"),
     ("/console/incidents", "get"),
+    ("/console/anomalies", "get"),
 )
 
 

@@ -16,7 +16,11 @@ For every catalogue query (or the series picked with ``--series``):
    same model from the same data;
 5. score the tail. The candidate is promoted only if its anomaly rate on the tail
    is within bounds (at most ``TAIL_RATE_FACTOR`` × contamination) and not worse
-   than the currently promoted version's rate on the same tail.
+   than the currently promoted version's rate on the same tail, and if, on the
+   anomalies of the tail operators gave a verdict on (``aiops_feedback``), its forest
+   lets through no more confirmed false alarms and no fewer confirmed incidents than
+   the promoted version's (at ``AIOPS_SCORE_THRESH``, the live gate); the evaluation
+   says how many of each it would have caught.
 
 One run at a time: a lease in the database (``aiops_locks``) makes a second
 ``aiops train`` stop with a message naming the holder (or wait, with ``--wait``).
@@ -89,6 +93,9 @@ class SeriesData:
     #: the weekly profile explained the end of its history better than the daily one
     #: (detector.features.weekly_choice), stored for the live detector
     weekly: bool = False
+    #: operators' verdicts on anomalies that began in the tail: verdict -> the feature
+    #: rows (scored as live) at their onsets (the promotion gate, ``decide``)
+    verdict_rows: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -169,6 +176,7 @@ def prepare(
     skipped: list[Outcome] = []
     stored = 0
     latest = stored_until(store, query.name) if store is not None else {}
+    verdicts = _verdicts(store, query.name) if store is not None else {}
     keep_from = float(times[-1]) - settings.feature_retention_seconds
     for c in range(0, len(wanted), per_chunk):
         rows = wanted[c : c + per_chunk]
@@ -196,10 +204,61 @@ def prepare(
             if isinstance(data, Outcome):
                 skipped.append(data)
             else:
+                data.params["score_thresh"] = settings.score_thresh
+                data.verdict_rows = _verdict_rows(
+                    feats, j, query, times, calendar, tail_start, verdicts.get(keys[i], [])
+                )
                 data.levels = {r: float(v[j]) for r, v in levels.items() if np.isfinite(v[j])}
                 data.weekly = bool(weekly[j, -1]) if weekly is not None else False
                 out.append(data)
     return out, skipped, stored
+
+
+def _verdicts(store: FeatureStore, metric: str) -> dict[str, list[tuple[float, str]]]:
+    """Operators' verdicts on the query's anomalies: series -> [(onset, verdict)]."""
+    out: dict[str, list[tuple[float, str]]] = {}
+    try:
+        rows = store.feedback(metric=metric, limit=1_000_000)
+    except Exception as exc:  # no feedback table yet, or the database hiccups: no gate
+        log.warning("cannot read feedback for the promotion gate: %s", exc)
+        return out
+    for r in rows:
+        out.setdefault(r["series"], []).append((float(r["started_at"]), r["verdict"]))
+    return out
+
+
+def _verdict_rows(
+    feats: Features,
+    j: int,
+    query: Query,
+    times: np.ndarray,
+    calendar: tuple[str, ...],
+    tail_start: int,
+    verdicts: list[tuple[float, str]],
+) -> dict[str, np.ndarray]:
+    """The tail's feature rows at the onsets of the anomalies given a verdict."""
+    cols: dict[str, list[int]] = {}
+    for at, verdict in verdicts:
+        col = int(np.searchsorted(times, at))
+        if tail_start <= col < len(times) and feats.ready[j, col]:
+            cols.setdefault(verdict, []).append(col)
+    out = {}
+    for verdict, cs in cols.items():
+        at_cols = (np.full(len(cs), j), np.array(sorted(set(cs))))
+        X = scoring_rows(feats, query.direction, at_cols, times=times, calendar=calendar)
+        out[verdict] = X[np.isfinite(X).all(axis=1)]
+    return out
+
+
+def _verdicts_flagged(
+    scores_of: Callable[[np.ndarray], np.ndarray], data: SeriesData
+) -> dict[str, dict[str, int]]:
+    """Per verdict: the rows, and how many a forest's gate lets through."""
+    thr = data.params.get("score_thresh", 0.0)
+    return {
+        verdict: {"rows": len(X), "flagged": int((scores_of(X) >= thr).sum()) if len(X) else 0}
+        for verdict, X in sorted(data.verdict_rows.items())
+    }
 
 
 def _series_data(
@@ -295,6 +354,8 @@ def fit_one(data: SeriesData) -> tuple[dict[str, Any], bytes]:
         "levels": {r: round(v, 4) for r, v in sorted(data.levels.items())},
         # the weekly profile, not the daily one, explains the series (seasonality: auto)
         "weekly": data.weekly,
+        # operators' verdicts on the tail's anomalies: how many the forest lets through
+        "feedback": _verdicts_flagged(lambda X: -model.score_samples(X), data),
     }
     return evaluation, dump_model(model)
 
@@ -374,6 +435,16 @@ def decide(
             f"worse than the promoted version on the tail ({rate:.3%} > {old_rate:.3%})",
             old_rate,
         )
+    mine = evaluation.get("feedback") or {}
+    theirs = _verdicts_flagged(lambda X: -promoted.score_samples(X), data)
+    for verdict, worse, what in (
+        ("incident", lambda a, b: a < b, "catches fewer confirmed incidents"),
+        ("false_alarm", lambda a, b: a > b, "lets more confirmed false alarms through"),
+    ):
+        a = mine.get(verdict, {}).get("flagged", 0)
+        b = theirs.get(verdict, {}).get("flagged", 0)
+        if worse(a, b):
+            return False, f"{what} than the promoted version ({a} vs {b})", old_rate
     return True, f"tail anomaly rate {rate:.3%} (promoted version: {old_rate:.3%})", old_rate
 
 

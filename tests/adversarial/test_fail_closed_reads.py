@@ -26,7 +26,14 @@ from tests.runbooks.conftest import READ_TOKEN, SECRET, anomaly
 from tests.runbooks.test_slack import FakeSlack
 
 ADMIN = "admin-token-for-tests"
-READS = ("/audit", "/console/pending", "/console/incidents", "/console", "/events")
+READS = (
+    "/audit",
+    "/console/pending",
+    "/console/incidents",
+    "/console/anomalies",
+    "/console",
+    "/events",
+)
 
 
 def _status(client: httpx.Client, url: str, path: str, headers: dict[str, str]) -> int:

@@ -68,9 +68,10 @@ def binaries() -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def demo_history(binaries, tmp_path_factory) -> tuple[Workload, Path, float]:
-    """A workload with incidents in its last minutes, and its history as OpenMetrics."""
+    """A workload with incidents in its last minutes, and its history as OpenMetrics. Its
+    apps are independent (no dependency map): each fault shows in its own app only."""
     now = time.time()
-    workload = Workload(seed=7, start=now - HISTORY_HOURS * 3600)
+    workload = Workload(seed=7, start=now - HISTORY_HOURS * 3600, calls={})
     for app, kind, duration, offset in FAULTS:
         workload.inject(app, kind, start=now + offset, duration=duration)
     path = tmp_path_factory.mktemp("history") / "history.om"

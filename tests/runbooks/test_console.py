@@ -303,3 +303,76 @@ def test_a_browser_follows_the_stream_and_approves_a_held_action(chromium, serve
         assert "Blast radius reached" in cdp.js("document.getElementById('blast').textContent")
     finally:
         cdp.close()
+
+
+def test_a_browser_gives_feedback_on_an_anomaly_with_one_click(chromium, served):
+    """The console's "Not an incident" button: the person names themself once, the
+    button's signed link records their verdict (with the note), /metrics counts it."""
+    import time
+    from types import SimpleNamespace
+
+    from feature_store.store import FeatureStore
+
+    hook, base = served
+    now = time.time()
+    reason = SimpleNamespace(
+        as_dict=lambda: {"reason": "level_shift", "zscore": 5.0, "threshold": 3.0, "window": "5m"}
+    )
+    FeatureStore(hook.engine).record_anomalies(
+        [
+            SimpleNamespace(
+                metric="latency_p99",
+                labels={"namespace": "shop", "app": "checkout"},
+                observed_at=now - 60,
+                started_at=now - 120,
+                score=1.7,
+                value=0.9,
+                baseline=0.3,
+                reasons=[reason],
+                model_version="v1",
+                anomalous=True,
+            )
+        ]
+    )
+
+    def page_target() -> str | None:
+        targets = httpx.get(f"{chromium}/json/list", timeout=2).json()
+        pages = [t for t in targets if t.get("type") == "page"]
+        return pages[0]["webSocketDebuggerUrl"] if pages else None
+
+    cdp = DevTools(poll(page_target, timeout=20, what="chromium's page target"))
+    try:
+        cdp.call("Page.enable")
+        cdp.call("Page.navigate", url=f"{base}/console?token={READ_TOKEN}")
+        rows = "document.querySelectorAll('#anomaly-list tr[data-series]')"
+        poll(lambda: cdp.js(f"{rows}.length") == 1, timeout=15, what="the anomaly listed")
+        # no buttons until the person names themself (the links are made for them)
+        assert cdp.js("document.querySelectorAll('#anomaly-list button').length") == 0
+        cdp.js(
+            "(() => { const p = document.getElementById('person'); p.value = 'alice';"
+            " p.dispatchEvent(new Event('change')); })()"
+        )
+        button = "document.querySelector('#anomaly-list button[data-feedback=\"false_alarm\"]')"
+        poll(lambda: cdp.js(f"{button} !== null"), timeout=10, what="the feedback buttons")
+        cdp.js("document.querySelector('#anomaly-list input.note').value = 'the batch job'")
+        cdp.js(f"{button}.click()")
+        store = FeatureStore(hook.engine)
+        poll(lambda: store.feedback(), timeout=10, what="the verdict recorded")
+        (row,) = store.feedback()
+        assert (row["actor"], row["verdict"], row["note"]) == (
+            "alice",
+            "false_alarm",
+            "the batch job",
+        )
+        poll(
+            lambda: "alice: false_alarm" in cdp.js(f"{rows}[0].textContent"),
+            timeout=10,
+            what="the verdict shown",
+        )
+        assert "Feedback recorded" in cdp.js(
+            "document.getElementById('feedback-message').textContent"
+        )
+        sample = {"query": "latency_p99", "reason": "level_shift", "verdict": "false_alarm"}
+        assert hook.metric("aiops_feedback_total", **sample) == 1.0
+    finally:
+        cdp.close()

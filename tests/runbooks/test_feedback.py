@@ -18,8 +18,12 @@ from tests.detector.test_exporter import ScriptedSource, series
 FEEDBACK_TOKEN = "feedback-token-for-tests"
 GIVER = {"Authorization": f"Bearer {FEEDBACK_TOKEN}", "X-Actor": "alice"}
 LABELS = {"namespace": "shop", "app": "checkout"}
-#: the detector's clock is the wall clock here: a verdict counts from when it was given
-NOW = float(int(time.time()) // 60 * 60)
+
+
+def next_cycle(det: Detector) -> float:
+    """The time of the detector's next cycle: a minute on, and never before now (its
+    clock is the wall clock here: a verdict counts from when it was given)."""
+    return max((det.last_cycle or 0.0) + 60.0, time.time() + 1.0)
 
 
 def detector_on(hook, monkeypatch) -> tuple[Detector, ScriptedSource]:
@@ -43,7 +47,7 @@ def flagged(make_hook, monkeypatch):
     """A hook, and a detector whose first cycle flagged checkout's latency (recorded)."""
     hook = make_hook(feedback_token=FEEDBACK_TOKEN)
     det, _ = detector_on(hook, monkeypatch)
-    (r,) = det.run_cycle(NOW).all_results()
+    (r,) = det.run_cycle(time.time()).all_results()
     assert r.anomalous and "level_shift" in [x.reason for x in r.reasons]
     return hook, det, r
 
@@ -113,17 +117,17 @@ def test_without_a_feedback_or_admin_token_nobody_gives_feedback(make_hook):
 def test_the_detector_applies_a_false_alarm_at_its_next_cycle(flagged):
     hook, det, r = flagged
     # without feedback the same data stays anomalous
-    (same,) = det.run_cycle(NOW + 60).all_results()
+    (same,) = det.run_cycle(next_cycle(det)).all_results()
     assert same.anomalous
     ok = hook.client.post("/feedback", json=verdict(r), headers=GIVER)
     assert ok.status_code == 200, ok.text
-    (after,) = det.run_cycle(NOW + 120).all_results()
+    (after,) = det.run_cycle(next_cycle(det)).all_results()
     assert not after.anomalous  # not held, and below its floor now
     assert det.feedback is not None and len(det.feedback.verdicts) == 1
     # a shift three times as large is still news on that series
     source = det.source
     source.rows["latency_p99"] = ([LABELS], series(1, shift=0.15)[None, :])
-    (bigger,) = det.run_cycle(NOW + 180).all_results()
+    (bigger,) = det.run_cycle(next_cycle(det)).all_results()
     assert bigger.anomalous and bigger.score >= 1.0
     assert np.isfinite(bigger.score)
 
@@ -177,3 +181,52 @@ def test_the_cli_adds_lists_shows_effects_and_exports_labels_for_backtests(flagg
     assert start.timestamp() == pytest.approx(r.started_at) and end >= start
     bad = run_aiops("feedback", "export", "--format", "xml", env=env)
     assert bad.returncode != 0 and "--format" in bad.stderr
+
+
+def test_the_console_lists_anomalies_with_signed_links_that_record_once_per_person(flagged):
+    from urllib.parse import parse_qs, urlsplit
+
+    from runbooks.feedback import feedback_link
+
+    hook, det, r = flagged
+    assert hook.client.get("/console/anomalies").status_code == 401  # a read endpoint
+    unnamed = hook.read("/console/anomalies").json()
+    (anomaly,) = unnamed["anomalies"]
+    assert "false_alarm_url" not in anomaly and "name yourself" in unnamed["note"]
+    (anomaly,) = hook.read("/console/anomalies", params={"by": "alice"}).json()["anomalies"]
+    assert anomaly["series"] == 'latency_p99{app="checkout",namespace="shop"}'
+    assert anomaly["started_at"] == r.started_at and "level_shift" in anomaly["reasons"]
+    url = anomaly["false_alarm_url"]
+    # a link is bound to its anomaly, person and verdict: changing any of them is a 403
+    query = parse_qs(urlsplit(url).query)
+    for name, value in (("by", "mallory"), ("verdict", "incident"), ("started_at", "12.0")):
+        forged = {**{k: v[0] for k, v in query.items()}, name: value}
+        assert hook.client.get("/feedback/link", params=forged).status_code == 403, name
+    expired = feedback_link(
+        "approval-secret", "latency_p99", dict(r.labels), r.started_at, "alice", "incident", 0.0
+    )
+    assert hook.client.get(expired).status_code == 410
+    # one click records alice's verdict; a second click on it is a 409
+    first = hook.client.get(url + "&note=the+nightly+batch")
+    assert first.status_code == 200, first.text
+    assert first.json()["feedback"] == "recorded"
+    assert hook.client.get(url).status_code == 409
+    (row,) = FeatureStore(hook.engine).feedback()
+    assert (row["actor"], row["verdict"], row["note"]) == (
+        "alice",
+        "false_alarm",
+        "the nightly batch",
+    )
+    (audited,) = hook.audit(kind="feedback")
+    assert audited["actor"] == "alice" and audited["details"]["via"] == "link"
+    refused = [a["details"]["route"] for a in hook.audit(kind="unauthorized")]
+    assert refused == ["/console/anomalies", *["/feedback/link"] * 4]
+    # the list shows the verdict; the threshold moved; /metrics counts it
+    (listed,) = hook.read("/console/anomalies").json()["anomalies"]
+    assert listed["verdicts"] == [
+        {"actor": "alice", "verdict": "false_alarm", "note": "the nightly batch"}
+    ]
+    (after,) = det.run_cycle(next_cycle(det)).all_results()
+    assert not after.anomalous
+    metric = {"query": "latency_p99", "reason": "level_shift", "verdict": "false_alarm"}
+    assert hook.metric("aiops_feedback_total", **metric) == 1.0

@@ -334,3 +334,55 @@ def test_the_retrain_stores_each_series_own_levels_and_the_detector_reads_them(s
     assert stored_levels({"spike_level": 9.8}) == {"spike": 9.8}
     assert stored_levels({"spike_level": None}) == {} and stored_levels(None) == {}
     assert stored_levels({"levels": {"spike": 7.0, "level_shift": float("nan")}}) == {"spike": 7.0}
+
+
+def test_the_promotion_gate_weighs_the_operators_verdicts_on_the_tail():
+    """A candidate whose forest lets through fewer confirmed incidents, or more confirmed
+    false alarms, than the promoted version's is not promoted; the evaluation counts them."""
+    from sklearn.ensemble import IsolationForest
+
+    from aiops.core import defaults
+    from training.train import SeriesData, _verdicts_flagged, decide
+
+    rng = np.random.default_rng(0)
+    normal = rng.normal(0, 1, (2000, 4))
+    far = np.full((3, 4), 6.0)  # the onsets of three confirmed incidents
+    promoted = IsolationForest(random_state=0, contamination=0.01).fit(normal)
+    # a candidate fitted on a history that held such rows: it learnt them as normal
+    blind = IsolationForest(random_state=0, contamination=0.01).fit(
+        np.vstack([normal, 6.0 + rng.normal(0, 1, (2000, 4))])
+    )
+    names = ["a", "b", "c", "d"]
+
+    def judged(candidate, verdict_rows):
+        data = SeriesData(
+            key="lat",
+            metric="lat",
+            labels={},
+            X_train=normal,
+            X_tail=normal[np.abs(normal).max(axis=1) < 1.0][:200],  # ordinary rows
+            feature_names=names,
+            params={"contamination": 0.01, "score_thresh": defaults.SCORE_THRESH},
+            train_start=0.0,
+            train_end=1.0,
+            verdict_rows=verdict_rows,
+        )
+        tail = -candidate.score_samples(data.X_tail)
+        evaluation = {
+            "tail_anomaly_rate": float(np.mean(tail > -candidate.offset_)),
+            "feedback": _verdicts_flagged(lambda X: -candidate.score_samples(X), data),
+        }
+        return evaluation, decide(data, evaluation, promoted, names)
+
+    evaluation, (ok, why, _) = judged(blind, {"incident": far})
+    assert evaluation["feedback"]["incident"] == {"rows": 3, "flagged": 0}
+    assert not ok and "catches fewer confirmed incidents than the promoted version (0 vs 3)" in why
+    # the same candidate on a false alarm at those rows: it lets fewer through, promoted
+    evaluation, (ok, why, _) = judged(blind, {"false_alarm": far})
+    assert ok, why
+    # promoted, a version that learnt them as normal; a candidate that would flag them
+    promoted = blind
+    candidate = IsolationForest(random_state=0, contamination=0.01).fit(normal)
+    evaluation, (ok, why, _) = judged(candidate, {"false_alarm": far})
+    assert evaluation["feedback"]["false_alarm"]["flagged"] == 3
+    assert not ok and "lets more confirmed false alarms through" in why
