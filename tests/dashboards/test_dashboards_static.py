@@ -30,7 +30,7 @@ from aiops.core.settings import load_settings
 from detector.exporter import AnomalyCollector, DetectorMetrics, IncidentCollector
 from feature_store import tables
 from runbooks.guards import make_guards
-from runbooks.metrics import RunbookMetrics, StateCollector
+from runbooks.metrics import FeedbackCollector, RunbookMetrics, StateCollector
 from sql.migrate import migrate
 from tests.conftest import require_binary
 from tests.dashboards import queries as q
@@ -243,6 +243,7 @@ def exported_series_names(tmp_path: Path) -> set[str]:
     engine = make_engine(url)
     migrate(engine)
     registry.register(StateCollector(engine, settings, make_guards(None)))
+    registry.register(FeedbackCollector(engine))
     names = set()
     for family in registry.collect():
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}

@@ -281,6 +281,24 @@ def test_demo_up_groups_the_payments_storm_heals_its_cause_once_and_stops_cleanl
         run, 'max_over_time(aiops_incident_info{probable_cause_app="payments"}[10m])'
     )
 
+    # the on-call says "real incident" with the console's one-click link: recorded,
+    # audited, exported on the webhook's /metrics and scraped by Prometheus
+    token = (run.workdir / "read-token").read_text().strip()
+    listed = httpx.get(
+        f"{run.url('webhook')}/console/anomalies",
+        params={"by": "on-call"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    ).json()
+    payments = next(a for a in listed["anomalies"] if a["labels"].get("app") == "payments")
+    clicked = httpx.get(run.url("webhook") + payments["incident_url"], timeout=10)
+    assert clicked.status_code == 200 and clicked.json()["feedback"] == "recorded", clicked.text
+    assert any(r["kind"] == "feedback" and r["actor"] == "on-call" for r in run.audit())
+    poll(
+        lambda: _prometheus_has(run, 'aiops_feedback_total{verdict="incident"}'),
+        timeout=60,
+        what="aiops_feedback_total scraped",
+    )
     # every PromQL panel of every dashboard shows data from this run
     assert _empty_panels(run.url("prom")) == []
     # every SQL panel runs on the audit database the run filled
