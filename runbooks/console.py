@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import re
 import time
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -244,25 +245,37 @@ async def anomalies(
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-def _login(why: str) -> HTMLResponse:
-    page = LOGIN.replace("{why}", html.escape(why))
+#: what ``?anomaly=`` may hold (an alert's feedback link: metric, namespace, app)
+ANOMALY_FILTER = r"^[A-Za-z0-9_.:\- ]{1,300}$"
+
+
+def _home(anomaly: str | None) -> str:
+    """``/console``, keeping an alert's anomaly filter across the sign-in."""
+    return "/console" + (f"?{urlencode({'anomaly': anomaly})}" if anomaly else "")
+
+
+def _login(why: str, anomaly: str | None = None) -> HTMLResponse:
+    page = LOGIN.replace("{why}", html.escape(why)).replace(
+        "{anomaly}", html.escape(anomaly or "", quote=True)
+    )
     return HTMLResponse(
         page, status_code=401, headers={**NO_STORE, "WWW-Authenticate": 'Bearer realm="aiops read"'}
     )
 
 
-async def _signed_in(request: Request, token: str) -> Response:
+async def _signed_in(request: Request, token: str, anomaly: str | None = None) -> Response:
     """The token given to the page: a cookie and a redirect to the bare ``/console``
-    (the token leaves the address bar), or the form again with a 401."""
+    (the token leaves the address bar; an alert's ``anomaly`` filter stays), or the form
+    again with a 401."""
     reads = request.app.state.reads
     if reads.open:  # RUNBOOK_READ_OPEN: nothing to sign in to
-        return RedirectResponse("/console", status_code=303, headers=NO_STORE)
+        return RedirectResponse(_home(anomaly), status_code=303, headers=NO_STORE)
     if not reads.token_ok(token):
         why = "wrong read token" if reads.configured else reads.refusal(request) or ""
         request.app.state.metrics.requests.labels("console", "401").inc()
         await request.app.state.refusals.refuse(request, "/console", why)
-        return _login(why)
-    r = RedirectResponse("/console", status_code=303, headers=NO_STORE)
+        return _login(why, anomaly)
+    r = RedirectResponse(_home(anomaly), status_code=303, headers=NO_STORE)
     r.set_cookie(**reads.cookie_for(token))
     return r
 
@@ -273,13 +286,20 @@ async def _signed_in(request: Request, token: str) -> Response:
     responses={401: {"description": "the sign-in form: the read token is needed"}},
 )
 async def console(
-    request: Request, token: str | None = Query(None, min_length=1, max_length=4096)
+    request: Request,
+    token: str | None = Query(None, min_length=1, max_length=4096),
+    anomaly: str | None = Query(
+        None,
+        pattern=ANOMALY_FILTER,
+        description="show the recent anomalies whose series holds these words (the"
+        " alerts' feedback link)",
+    ),
 ) -> Response:
     if token is not None:
-        return await _signed_in(request, token)
+        return await _signed_in(request, token, anomaly)
     why = await read_denied(request, "/console")
     if why is not None:
-        return _login(why)
+        return _login(why, anomaly)
     return HTMLResponse(PAGE, headers=NO_STORE)
 
 
@@ -296,7 +316,9 @@ async def console_sign_in(request: Request) -> Response:
     body = await request.body()
     form = parse_qs(body.decode("utf-8", "replace"))
     token = (form.get("token") or [""])[0]
-    return await _signed_in(request, token)
+    anomaly = (form.get("anomaly") or [""])[0]
+    keep = anomaly if re.match(ANOMALY_FILTER, anomaly) else None
+    return await _signed_in(request, token, keep)
 
 
 LOGIN = """<!doctype html>
@@ -311,6 +333,7 @@ LOGIN = """<!doctype html>
 <h1>aiops runbooks console</h1>
 <p id="why">{why}</p>
 <form method="post" action="/console">
+  <input type="hidden" name="anomaly" value="{anomaly}">
   <label>Read token <input type="password" name="token" autocomplete="current-password"
     required></label>
   <button type="submit">Open the console</button>
@@ -358,6 +381,7 @@ PAGE = """<!doctype html>
 <section id="anomalies">
   <h2>Recent anomalies <button id="refresh-anomalies" type="button">Refresh</button></h2>
   <p><label>Your name <input id="person" placeholder="who gives feedback"></label>
+    <label>series <input id="anomaly-filter" placeholder="metric, namespace, app..."></label>
     <span id="feedback-message"></span></p>
   <table>
     <thead><tr><th>Began</th><th>Series</th><th>Reasons</th><th>Score</th>
@@ -552,6 +576,18 @@ async function giveFeedback(url, tr, button) {
   loadAnomalies();
 }
 
+function anomalyShown(tr) {
+  const terms = $("anomaly-filter").value.trim().toLowerCase().split(" ").filter(Boolean);
+  const series = (tr.dataset.series || "").toLowerCase();
+  return terms.every((t) => series.includes(t));
+}
+
+function filterAnomalies() {
+  for (const tr of $("anomaly-list").rows) {
+    if (tr.dataset.series) tr.hidden = !anomalyShown(tr);
+  }
+}
+
 async function loadAnomalies() {
   const who = person();
   let body;
@@ -591,6 +627,7 @@ async function loadAnomalies() {
       td.appendChild(b);
     }
     if (!td.children.length) td.textContent = body.note || "";
+    tr.hidden = !anomalyShown(tr);
     list.appendChild(tr);
   }
   if (!body.anomalies.length) {
@@ -632,6 +669,9 @@ $("person").addEventListener("change", () => {
   loadAnomalies();
 });
 $("refresh-anomalies").addEventListener("click", loadAnomalies);
+// an alert's feedback link (/console?anomaly=metric+namespace+app) opens on its anomaly
+$("anomaly-filter").value = new URLSearchParams(location.search).get("anomaly") || "";
+$("anomaly-filter").addEventListener("input", filterAnomalies);
 loadPending();
 loadIncidents();
 loadAnomalies();

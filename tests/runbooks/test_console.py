@@ -74,6 +74,25 @@ def test_incidents_lists_the_open_incidents_with_cause_chain_members_and_the_bla
     ]
 
 
+def test_an_alerts_feedback_link_keeps_its_anomaly_through_the_sign_in(make_hook):
+    hook = make_hook()
+    wanted = {"anomaly": "latency_p99 shop checkout"}
+    r = hook.client.get("/console", params={"token": READ_TOKEN, **wanted}, follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/console?anomaly=latency_p99+shop+checkout"
+    form = hook.client.get("/console", params=wanted, headers={"Cookie": ""})
+    assert form.status_code == 401 and 'value="latency_p99 shop checkout"' in form.text
+    posted = hook.client.post(
+        "/console",
+        content=f"token={READ_TOKEN}&anomaly=latency_p99+shop+checkout",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert posted.headers["location"] == "/console?anomaly=latency_p99+shop+checkout"
+    bad = hook.client.get("/console", params={"anomaly": "<script>"})
+    assert bad.status_code == 422
+
+
 def test_pending_lists_a_held_action_with_links_that_work(make_hook):
     hook = make_hook(risk="high")
     empty = hook.read("/console/pending").json()
@@ -343,9 +362,23 @@ def test_a_browser_gives_feedback_on_an_anomaly_with_one_click(chromium, served)
     cdp = DevTools(poll(page_target, timeout=20, what="chromium's page target"))
     try:
         cdp.call("Page.enable")
-        cdp.call("Page.navigate", url=f"{base}/console?token={READ_TOKEN}")
+        # an alert's feedback link, through the sign-in: the filter survives it
+        link = f"{base}/console?token={READ_TOKEN}&anomaly=latency_p99+shop+checkout"
+        cdp.call("Page.navigate", url=link)
         rows = "document.querySelectorAll('#anomaly-list tr[data-series]')"
         poll(lambda: cdp.js(f"{rows}.length") == 1, timeout=15, what="the anomaly listed")
+        assert cdp.js("location.search") == "?anomaly=latency_p99+shop+checkout"
+        assert cdp.js("document.getElementById('anomaly-filter').value") == (
+            "latency_p99 shop checkout"
+        )
+        assert cdp.js(f"{rows}[0].hidden") is False
+        hide = (
+            "(() => { const f = document.getElementById('anomaly-filter');"
+            " f.value = 'payments'; f.dispatchEvent(new Event('input')); })()"
+        )
+        cdp.js(hide)
+        assert cdp.js(f"{rows}[0].hidden") is True
+        cdp.js(hide.replace("'payments'", "''"))
         # no buttons until the person names themself (the links are made for them)
         assert cdp.js("document.querySelectorAll('#anomaly-list button').length") == 0
         cdp.js(
