@@ -412,13 +412,38 @@ def _safe_fit(data: SeriesData) -> tuple[dict[str, Any], bytes] | BaseException:
         return exc
 
 
+def _verdict_words(evaluation: dict[str, Any]) -> str:
+    """``; confirmed incidents let through 3/3, confirmed false alarms 0/2`` (or '')."""
+    fb = evaluation.get("feedback") or {}
+    parts = [
+        f"{label} let through {fb[v]['flagged']}/{fb[v]['rows']}"
+        for v, label in (
+            ("incident", "confirmed incidents"),
+            ("false_alarm", "confirmed false alarms"),
+        )
+        if fb.get(v, {}).get("rows")
+    ]
+    return "; " + ", ".join(parts) if parts else ""
+
+
 def decide(
     data: SeriesData,
     evaluation: dict[str, Any],
     promoted: IsolationForest | None,
     promoted_names: list[str] | None,
 ) -> tuple[bool, str, float | None]:
-    """(promote?, why, the promoted version's tail rate) for a fitted candidate."""
+    """(promote?, why, the promoted version's tail rate) for a fitted candidate; the why
+    says how many of the operators' verdicts on the tail its forest lets through."""
+    ok, why, old_rate = _decide(data, evaluation, promoted, promoted_names)
+    return ok, why + _verdict_words(evaluation), old_rate
+
+
+def _decide(
+    data: SeriesData,
+    evaluation: dict[str, Any],
+    promoted: IsolationForest | None,
+    promoted_names: list[str] | None,
+) -> tuple[bool, str, float | None]:
     rate = evaluation["tail_anomaly_rate"]
     bound = TAIL_RATE_FACTOR * data.params["contamination"]
     if rate > bound:

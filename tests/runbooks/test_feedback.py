@@ -5,6 +5,7 @@ next cycle."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,3 +235,21 @@ def test_the_console_lists_anomalies_with_signed_links_that_record_once_per_pers
     assert not after.anomalous
     metric = {"query": "latency_p99", "reason": "level_shift", "verdict": "false_alarm"}
     assert hook.metric("aiops_feedback_total", **metric) == 1.0
+
+
+def test_a_database_outage_is_a_503_and_loses_nothing_once_it_is_back(flagged):
+    hook, _, r = flagged
+    db = Path(hook.settings.database_url.removeprefix("sqlite:///"))
+    hook.engine.dispose()
+    moved = db.with_name("moved.db")
+    db.rename(moved)
+    db.mkdir()  # the path is now a folder: every query fails
+    try:
+        down = hook.client.post("/feedback", json=verdict(r), headers=GIVER)
+        assert down.status_code == 503 and "error" in down.json()
+    finally:
+        db.rmdir()
+        moved.rename(db)
+    again = hook.client.post("/feedback", json=verdict(r), headers=GIVER)  # the retry
+    assert again.status_code == 200 and again.json()["feedback"] == "recorded"
+    assert len(FeatureStore(hook.engine).feedback()) == 1

@@ -377,6 +377,7 @@ def test_the_promotion_gate_weighs_the_operators_verdicts_on_the_tail():
     evaluation, (ok, why, _) = judged(blind, {"incident": far})
     assert evaluation["feedback"]["incident"] == {"rows": 3, "flagged": 0}
     assert not ok and "catches fewer confirmed incidents than the promoted version (0 vs 3)" in why
+    assert why.endswith("; confirmed incidents let through 0/3")  # the report says so
     # the same candidate on a false alarm at those rows: it lets fewer through, promoted
     evaluation, (ok, why, _) = judged(blind, {"false_alarm": far})
     assert ok, why
