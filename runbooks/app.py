@@ -89,6 +89,7 @@ def create_app(
         metrics=metrics,
         on_pending=slack.pending_notifier(settings),
         guard_store=guard_store,
+        on_incident=slack.incident_notifier(settings),
     )
     registry.register(StateCollector(engine, settings, guard_store, lambda: rem.config.enabled))
     registry.register(FeedbackCollector(engine))

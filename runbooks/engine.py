@@ -62,6 +62,7 @@ class Remediator:
         metrics: Any = None,
         on_pending: Callable[[Signal, Decision], None] | None = None,
         guard_store: Any = None,
+        on_incident: Callable[[Signal, Decision], None] | None = None,
     ) -> None:
         self.engine = engine
         self.policy = policy
@@ -69,6 +70,8 @@ class Remediator:
         self.kube = kube
         self.metrics = metrics
         self.on_pending = on_pending
+        #: a new detector incident (its notice to the team, with feedback buttons)
+        self.on_incident = on_incident
         self.guard_store = guard_store if guard_store is not None else SqlGuards()
         #: every audit row, group-committed by one writer thread with its decision
         self.audit = AuditLog(engine, metrics=metrics, on_audit=on_audit)
@@ -105,7 +108,12 @@ class Remediator:
     async def handle_async(self, sig: Signal) -> Decision:
         """``handle`` for the event loop: only acting and chat notices go to a thread."""
         decision, job = await self.audit.commit_async(self._work(sig), recover=self._duplicate(sig))
-        if job is None and (decision.kind != "approval_pending" or self.on_pending is None):
+        notices = sig.opened and self.on_incident is not None
+        if (
+            job is None
+            and not notices
+            and (decision.kind != "approval_pending" or self.on_pending is None)
+        ):
             return decision
         return await asyncio.to_thread(self._after, sig, decision, job)
 
@@ -124,7 +132,13 @@ class Remediator:
         return recover
 
     def _after(self, sig: Signal, decision: Decision, job: Job | None) -> Decision:
-        """After the commit: run a due action, notify approvers."""
+        """After the commit: tell the team of a new incident, run a due action, notify
+        approvers."""
+        if sig.opened and self.on_incident is not None:
+            try:
+                self.on_incident(sig, decision)
+            except Exception:  # a chat outage must not stop the decision
+                log.exception("incident notice failed incident=%s", decision.incident_id)
         if job is not None:
             return self._execute(sig, job)
         if decision.kind == "approval_pending" and self.on_pending is not None:
@@ -220,6 +234,7 @@ class Remediator:
             rows.append(
                 self.audit.write(conn, "incident_opened", sig, incident_id=iid, details=grouped)
             )
+            sig.opened = inc is not None
         elif incident.joined:
             why = f"{sig.subject} is a member of an open incident"
             if incident.cause:

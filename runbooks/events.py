@@ -247,6 +247,9 @@ class Signal:
     details: dict[str, Any] = field(default_factory=dict)
     #: the detector's incident: its revision and members (None: one series or one alert)
     incident: IncidentIn | None = None
+    #: this signal opened the webhook's incident for a detector incident (set by the
+    #: engine; the incident notice to Slack goes out after the commit)
+    opened: bool = False
 
     @property
     def service(self) -> str | None:

@@ -216,6 +216,69 @@ def pending_notifier(settings: Any) -> Callable[[Any, Any], None] | None:
     return None
 
 
+def incident_message(sig: Any, decision: Any, channel: str) -> dict[str, Any]:
+    """The ``chat.postMessage`` body for a new detector incident: its probable cause,
+    the evidence, and two buttons for the cause's anomaly, "Real incident" and "Not an
+    incident" (``POST /slack/interactive`` records the clicker's verdict)."""
+    inc = sig.incident
+    members = inc.member_count if inc.member_count is not None else len(inc.members)
+    cause = inc.cause or f"{sig.namespace or '-'}/{sig.app or '-'}"
+    text = f"Incident {decision.incident_id}: probable cause {cause} ({sig.metric})"
+    evidence = "\n".join(f"• {_esc(line)}" for line in inc.evidence[:5]) or "-"
+    onset = inc.members[0].onset if inc.members else None
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{_esc(text)}*"}},
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": f"{members} anomalous series; reasons: "
+                f"{_esc(', '.join(sig.reasons) or '-')}\n{evidence}",
+            },
+        },
+    ]
+    if onset is not None:
+        value = json.dumps(
+            {"m": sig.metric, "l": dict(sig.labels), "s": onset}, separators=(",", ":")
+        )
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": f"feedback:{decision.incident_id}",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": f"feedback:{verdict}",
+                        "text": {"type": "plain_text", "text": label},
+                        "value": value,
+                    }
+                    for verdict, label in (
+                        ("incident", "Real incident"),
+                        ("false_alarm", "Not an incident"),
+                    )
+                ],
+            }
+        )
+    return {"channel": channel, "text": text, "blocks": blocks}
+
+
+def incident_notifier(settings: Any) -> Callable[[Any, Any], None] | None:
+    """The callback the remediator calls for every new detector incident (None without
+    ``SLACK_BOT_TOKEN`` and ``SLACK_CHANNEL``: buttons need the Slack app)."""
+    bot = _secret(settings.slack_bot_token)
+    channel = settings.slack_channel
+    if not (bot and channel):
+        return None
+    url = settings.slack_api_url.rstrip("/") + "/chat.postMessage"
+    headers = {"Authorization": f"Bearer {bot}"}
+
+    def post_incident(sig: Any, decision: Any) -> None:
+        if sig.incident is not None:
+            _in_background(url, incident_message(sig, decision, channel), headers)
+
+    return post_incident
+
+
 def approver_lists(approvers: str | None) -> tuple[set[str], set[str]]:
     """RUNBOOK_APPROVERS as (user ids, usernames): an entry is a Slack user id
     (``U024BE7LH``), or ``@name`` for a username."""
@@ -261,13 +324,17 @@ async def _audit(request: Request, actor: str, details: dict[str, Any]) -> None:
         log.error("cannot audit a refused Slack request: database down")
 
 
-def _reply(text: str, response_url: str | None, *, ok: bool) -> JSONResponse:
+def _reply(
+    text: str, response_url: str | None, *, ok: bool, replace: bool | None = None
+) -> JSONResponse:
     """200 for Slack, also sent to ``response_url``: a decision replaces the message
-    (its buttons go), a refusal is shown to the clicker only."""
+    (its buttons go), a refusal is shown to the clicker only; a verdict (``replace``
+    False) is shown to the clicker only and leaves the buttons to the others."""
+    replace = ok if replace is None else replace
     body = {
         "ok": ok,
-        "replace_original": ok,
-        "response_type": "in_channel" if ok else "ephemeral",
+        "replace_original": replace,
+        "response_type": "in_channel" if replace else "ephemeral",
         "text": text,
     }
     if response_url and urlparse(response_url).scheme in ("http", "https"):
@@ -295,15 +362,25 @@ async def interactive(request: Request) -> Response:
             raise ValueError("user is not an object")
         action = payload["actions"][0]
         decision = action["action_id"]
-        if decision not in ("approve", "reject"):
-            raise ValueError(f"unknown action_id {decision!r}")
         value = visible_nul(json.loads(action["value"]))
-        approval_id, token = str(value["id"]), str(value["token"])
+        if decision.startswith("feedback:"):
+            from runbooks.events import FeedbackIn
+
+            verdict = decision.split(":", 1)[1]
+            feedback = FeedbackIn(
+                metric=value["m"], labels=value["l"], started_at=value["s"], verdict=verdict
+            )
+        elif decision not in ("approve", "reject"):
+            raise ValueError(f"unknown action_id {decision!r}")
+        else:
+            approval_id, token = str(value["id"]), str(value["token"])
     except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError) as exc:
         return JSONResponse({"error": f"malformed Slack payload: {exc}"}, status_code=400)
     who = str(user.get("username") or user.get("name") or user.get("id") or "unknown")
     actor = f"slack:{who}"
     response_url = payload.get("response_url")
+    if decision.startswith("feedback:"):
+        return await _verdict(request, feedback, user, who, actor, response_url)
     if not allowed(settings.approvers, user):
         why = f"{who} ({user.get('id')}) is not in RUNBOOK_APPROVERS"
         await _audit(request, actor, {"why": why, "approval": approval_id})
@@ -321,3 +398,51 @@ async def interactive(request: Request) -> Response:
     if d.detail:
         text += f" ({d.detail})"
     return _reply(text, response_url, ok=True)
+
+
+async def _verdict(
+    request: Request, fb: Any, user: dict[str, Any], who: str, actor: str, response_url: Any
+) -> Response:
+    """A "Real incident" / "Not an incident" click: the clicker's verdict on the
+    incident's probable cause, once per person (RUNBOOK_APPROVERS, when set, names who
+    may give one: a verdict changes what the detector pages for)."""
+    from aiops.core.series import series_key
+    from feature_store.store import FeatureStore
+    from runbooks.feedback import _already, give
+
+    settings = request.app.state.settings
+    rem = request.app.state.remediator
+    if not allowed(settings.approvers, user):
+        why = f"{who} ({user.get('id')}) is not in RUNBOOK_APPROVERS"
+        await _audit(request, actor, {"why": why, "feedback": fb.verdict})
+        return JSONResponse({"error": why}, status_code=403)
+    series = series_key(fb.metric, fb.labels)
+    store = FeatureStore(request.app.state.engine)
+    try:
+        if await asyncio.to_thread(_already, store, series, fb.started_at, actor, fb.verdict):
+            return _reply(f"You already said {fb.verdict} of {series}", response_url, ok=False)
+        out = await asyncio.to_thread(give, store, fb, actor, settings, time.time())
+        if out is None:
+            return _reply(f"No recorded anomaly of {series} to judge", response_url, ok=False)
+        replaced, floors, _ = out
+        await asyncio.to_thread(
+            rem.audit.now,
+            "feedback",
+            None,
+            metric=fb.metric,
+            namespace=fb.labels.get("namespace"),
+            app=fb.labels.get("app"),
+            actor=actor,
+            details={
+                "verdict": fb.verdict,
+                "series": series,
+                "started_at": fb.started_at,
+                "replaced": replaced,
+                "via": "slack",
+                "floors": floors,
+            },
+        )
+    except SQLAlchemyError:
+        return _reply("Could not record it: database unavailable", response_url, ok=False)
+    said = "real incident" if fb.verdict == "incident" else "not an incident"
+    return _reply(f"Recorded: {who} says {said} ({series})", response_url, ok=True, replace=False)

@@ -309,3 +309,60 @@ def test_webhook_only_mode_posts_a_plain_text_with_both_links(make_hook, slack):
         assert details[f"{decision}_token_sha256"] == token_digest(token)
     assert "shop/checkout" in message["text"]
     assert slack.requests("/chat.postMessage") == []
+
+
+def test_a_new_incident_posts_a_notice_whose_buttons_record_each_persons_verdict(make_hook, slack):
+    """The detector's incident opens a webhook incident: Slack gets its probable cause,
+    the evidence and two buttons; a click records the clicker's verdict on the cause's
+    anomaly (once per person), which the detector then applies."""
+    from feature_store.store import FeatureStore
+    from tests.runbooks.test_incident_events import STORM, incident_event
+
+    hook = slack_hook(make_hook, slack, risk="low", autofix_enabled=False)
+    event = incident_event(others=STORM)
+    cause = event["incident"]["members"][0]
+    reason = SimpleNamespace(
+        as_dict=lambda: {"reason": "level_shift", "zscore": 6.0, "threshold": 3.0, "window": "5m"}
+    )
+    FeatureStore(hook.engine).record_anomalies(  # what the detector recorded of the cause
+        [
+            SimpleNamespace(
+                metric=cause["metric"],
+                labels=cause["labels"],
+                observed_at=cause["onset"] + 60,
+                started_at=cause["onset"],
+                score=2.0,
+                value=0.2,
+                baseline=0.01,
+                reasons=[reason],
+                model_version="v1",
+                anomalous=True,
+            )
+        ]
+    )
+    assert hook.post_event(event).json()["decision"] in ("skipped_disabled", "no_policy")
+    buttons = posted_buttons(slack)
+    (_, message) = slack.requests("/chat.postMessage")[0]
+    assert "probable cause shop.payments" in message["text"]
+    assert any("40 s before" in json.dumps(b) for b in message["blocks"])
+    assert set(buttons) == {"feedback:incident", "feedback:false_alarm"}
+    # a revision of the same incident posts nothing more
+    hook.post_event(incident_event(revision=2, others=STORM))
+    no_policy = click(
+        hook, buttons["feedback:false_alarm"]["value"], action_id="feedback:false_alarm"
+    )
+    assert no_policy.status_code == 200 and no_policy.json()["ok"] is True, no_policy.text
+    assert "alice says not an incident" in no_policy.json()["text"]
+    assert no_policy.json()["replace_original"] is False  # the buttons stay for the others
+    again = click(hook, buttons["feedback:false_alarm"]["value"], action_id="feedback:false_alarm")
+    assert again.json()["ok"] is False and "already" in again.json()["text"]
+    bob = {"id": "U222", "username": "bob"}
+    refused = click(
+        hook, buttons["feedback:incident"]["value"], action_id="feedback:incident", user=bob
+    )
+    assert refused.status_code == 403  # RUNBOOK_APPROVERS names who may judge
+    (row,) = FeatureStore(hook.engine).feedback()
+    assert (row["actor"], row["verdict"]) == ("slack:alice", "false_alarm")
+    (audited,) = hook.audit(kind="feedback")
+    assert audited["details"]["via"] == "slack"
+    assert len(slack.requests("/chat.postMessage")) == 1
