@@ -490,11 +490,13 @@ class Remediator:
         except Exception as exc:  # a plugin bug or an unreachable API: audited, never raised
             result = ActionResult("failed", f"{type(exc).__name__}: {exc}")
         seconds = time.perf_counter() - t0
+        finished = time.time()  # the row's time: when the action ended, not when written
         kind = "executed" if result.result == "executed" else result.result
         kind = kind if kind in ("executed", "blocked") else "failed"
         self.audit.now(
             kind,
             sig,
+            ts=finished,
             incident_id=iid,
             action=name,
             result=result.result,
