@@ -274,7 +274,7 @@ def feedback_add(
     from aiops.core.series import series_key
     from runbooks.audit import audit_row, insert_row
     from runbooks.events import FeedbackIn
-    from runbooks.feedback import give
+    from runbooks.feedback import audit_of, give
 
     labels = {}
     for item in label or []:
@@ -301,22 +301,9 @@ def feedback_add(
                 raise fail(
                     f"no anomaly of {series_key(fb.metric, fb.labels)} began at {fb.started_at:.0f}"
                 )
-            replaced, floors, _ = out
+            replaced, floors, episode = out
             row = audit_row(
-                "feedback",
-                None,
-                metric=fb.metric,
-                namespace=fb.labels.get("namespace"),
-                app=fb.labels.get("app"),
-                actor=actor,
-                details={
-                    "verdict": fb.verdict,
-                    "series": series_key(fb.metric, fb.labels),
-                    "started_at": fb.started_at,
-                    "note": fb.note,
-                    "replaced": replaced,
-                    "floors": floors,
-                },
+                "feedback", None, **audit_of(fb, actor, replaced, floors, episode, "cli")
             )
             with store.engine.begin() as conn:
                 insert_row(conn, row)

@@ -85,6 +85,29 @@ def give(store: FeatureStore, fb: FeedbackIn, actor: str, settings: Any, now: fl
     return replaced, floors, episode
 
 
+def audit_of(
+    fb: FeedbackIn, actor: str, replaced: bool, floors: list[Any], episode: Any, via: str
+) -> dict[str, Any]:
+    """The ``feedback`` audit row's columns, whoever recorded the verdict (``via``: api,
+    link, slack or cli)."""
+    return {
+        "metric": fb.metric,
+        "namespace": fb.labels.get("namespace"),
+        "app": fb.labels.get("app"),
+        "actor": actor,
+        "details": {
+            "verdict": fb.verdict,
+            "series": series_key(fb.metric, fb.labels),
+            "started_at": fb.started_at,
+            "note": fb.note,
+            "replaced": replaced,
+            "via": via,
+            "reasons": sorted({r.get("reason") for r in episode["reasons"] if r.get("reason")}),
+            "floors": floors,
+        },
+    }
+
+
 @router.post(
     "/feedback",
     responses=ok(FeedbackOut, 400, 401, 404, 413, 422, 503),
@@ -110,24 +133,8 @@ async def feedback(
                 {"error": f"no anomaly of {series} began at {fb.started_at:.0f}"}, status_code=404
             )
         replaced, floors, episode = out
-        await asyncio.to_thread(
-            rem.audit.now,
-            "feedback",
-            None,
-            metric=fb.metric,
-            namespace=fb.labels.get("namespace"),
-            app=fb.labels.get("app"),
-            actor=actor,
-            details={
-                "verdict": fb.verdict,
-                "series": series_key(fb.metric, fb.labels),
-                "started_at": fb.started_at,
-                "note": fb.note,
-                "replaced": replaced,
-                "reasons": sorted({r.get("reason") for r in episode["reasons"] if r.get("reason")}),
-                "floors": floors,
-            },
-        )
+        row = audit_of(fb, actor, replaced, floors, episode, "api")
+        await asyncio.to_thread(rem.audit.now, "feedback", None, **row)
     except SQLAlchemyError as exc:
         metrics.requests.labels("feedback", "503").inc()
         return db_error(exc)
@@ -265,25 +272,9 @@ async def feedback_by_link(
             return JSONResponse(
                 {"error": f"no anomaly of {series} began at {started_at:.0f}"}, status_code=404
             )
-        replaced, floors, _ = out
-        await asyncio.to_thread(
-            rem.audit.now,
-            "feedback",
-            None,
-            metric=fb.metric,
-            namespace=fb.labels.get("namespace"),
-            app=fb.labels.get("app"),
-            actor=by,
-            details={
-                "verdict": fb.verdict,
-                "series": series,
-                "started_at": fb.started_at,
-                "note": fb.note,
-                "replaced": replaced,
-                "via": "link",
-                "floors": floors,
-            },
-        )
+        replaced, floors, episode = out
+        row = audit_of(fb, by, replaced, floors, episode, "link")
+        await asyncio.to_thread(rem.audit.now, "feedback", None, **row)
     except SQLAlchemyError as exc:
         metrics.requests.labels("feedback", "503").inc()
         return db_error(exc)

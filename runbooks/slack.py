@@ -408,7 +408,7 @@ async def _verdict(
     may give one: a verdict changes what the detector pages for)."""
     from aiops.core.series import series_key
     from feature_store.store import FeatureStore
-    from runbooks.feedback import _already, give
+    from runbooks.feedback import _already, audit_of, give
 
     settings = request.app.state.settings
     rem = request.app.state.remediator
@@ -424,24 +424,9 @@ async def _verdict(
         out = await asyncio.to_thread(give, store, fb, actor, settings, time.time())
         if out is None:
             return _reply(f"No recorded anomaly of {series} to judge", response_url, ok=False)
-        replaced, floors, _ = out
-        await asyncio.to_thread(
-            rem.audit.now,
-            "feedback",
-            None,
-            metric=fb.metric,
-            namespace=fb.labels.get("namespace"),
-            app=fb.labels.get("app"),
-            actor=actor,
-            details={
-                "verdict": fb.verdict,
-                "series": series,
-                "started_at": fb.started_at,
-                "replaced": replaced,
-                "via": "slack",
-                "floors": floors,
-            },
-        )
+        replaced, floors, episode = out
+        row = audit_of(fb, actor, replaced, floors, episode, "slack")
+        await asyncio.to_thread(rem.audit.now, "feedback", None, **row)
     except SQLAlchemyError:
         return _reply("Could not record it: database unavailable", response_url, ok=False)
     said = "real incident" if fb.verdict == "incident" else "not an incident"
